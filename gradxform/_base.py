@@ -1,0 +1,229 @@
+"""The protocol: a gradient transformation is a pair of pure functions, and chains of them.
+
+``init(params) -> state`` builds the state; ``update(updates, state, params=None,
+**extra_args) -> (updates, state)`` transforms a gradient tree. The type is a ``NamedTuple``
+of exactly those two fields, the same shape as Optax's ``GradientTransformation``, so code
+written for Optax (``optax.chain``, Flax's ``TrainState``) accepts a gradxform transformation,
+and :func:`chain` accepts an Optax one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _tree
+
+ArrayTree = Any
+OptState = Any
+Params = Any
+Updates = Any
+
+
+class InitFn(Protocol):
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class UpdateFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """A pure gradient transformation: ``init(params) -> state`` and
+    ``update(updates, state, params=None, **extra_args) -> (updates, state)``.
+
+    Extra keyword arguments (e.g. ``value=loss``) are passed by :func:`chain` to the
+    transformations whose ``update`` declares them and left out for the rest.
+    """
+
+    init: InitFn
+    update: UpdateFn
+
+
+class EmptyState(NamedTuple):
+    """The state of a transformation that keeps none."""
+
+
+def identity() -> GradientTransformation:
+    """Leaves updates unchanged: ``u <- u``.
+
+    Returns:
+      A stateless transformation.
+    """
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
+    """A transformation without state from a function: ``u <- fn(u, params)``.
+
+    Args:
+      fn: ``fn(updates, params) -> updates``; ``params`` may be ``None``.
+
+    Returns:
+      A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> double = gx.stateless(lambda u, p: {k: 2 * v for k, v in u.items()})
+      >>> double.update({"w": jnp.ones(2)}, double.init(None))[0]["w"].tolist()
+      [2.0, 2.0]
+    """
+    if not callable(fn):
+        raise TypeError(f"stateless: `fn` must be callable, got {fn!r}")
+
+    def init_fn(params: Params) -> EmptyState:
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        return fn(updates, params), state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def _extra_args_filter(update: Callable) -> Callable[[dict], dict]:
+    """Which extra keyword arguments an ``update`` function accepts, decided once."""
+    try:
+        signature = inspect.signature(update)
+    except (TypeError, ValueError):  # builtins or C functions: pass nothing extra
+        return lambda extra: {}
+    parameters = list(signature.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return lambda extra: extra
+    # The first three positional parameters are updates, state and params.
+    named = {
+        p.name
+        for i, p in enumerate(parameters)
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        or (p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and i >= 3)
+    }
+    return lambda extra: {k: v for k, v in extra.items() if k in named}
+
+
+def _as_transformation(transform: Any, where: str) -> GradientTransformation:
+    init = getattr(transform, "init", None)
+    update = getattr(transform, "update", None)
+    if not (callable(init) and callable(update)):
+        raise TypeError(
+            f"{where}: expected a gradient transformation (an object with `init` and `update`), "
+            f"got {transform!r}. Did you pass an optimizer factory without calling it?"
+        )
+    return transform
+
+
+def _chain_update(transforms: list, filters: list, updates, states, params, extra_args):
+    new_states = []
+    for transform, state, keep in zip(transforms, states, filters, strict=True):
+        updates, state = transform.update(updates, state, params, **keep(extra_args))
+        new_states.append(state)
+    return updates, new_states
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformation:
+    """Applies transformations one after the other: ``u <- t_n(... t_2(t_1(u)))``.
+
+    The state is a tuple of the transformations' states, in order. Optax transformations are
+    accepted as they are.
+
+    Args:
+      *transforms: the transformations, first applied first.
+
+    Returns:
+      One transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.chain(gx.scale_by_adam(), gx.scale_by_learning_rate(0.1))
+      >>> params = {"w": jnp.ones(3)}
+      >>> updates, state = opt.update({"w": jnp.ones(3)}, opt.init(params), params)
+      >>> [round(float(u), 4) for u in updates["w"]]
+      [-0.1, -0.1, -0.1]
+    """
+    transforms = [_as_transformation(t, f"chain argument {i}") for i, t in enumerate(transforms)]
+    filters = [_extra_args_filter(t.update) for t in transforms]
+
+    def init_fn(params: Params) -> tuple:
+        return tuple(t.init(params) for t in transforms)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if not isinstance(state, tuple) or len(state) != len(transforms):
+            raise ValueError(
+                f"chain of {len(transforms)} transformations got a state that is not a tuple "
+                f"of {len(transforms)} states: {jax.tree.structure(state)}"
+            )
+        updates, new_states = _chain_update(transforms, filters, updates, state, params, extra_args)
+        return updates, tuple(new_states)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
+    """Like :func:`chain`, with the state a dict keyed by the given names.
+
+    Args:
+      *named_transforms: ``(name, transformation)`` pairs, first applied first.
+
+    Returns:
+      One transformation whose state is ``{name: state}``.
+    """
+    names = []
+    transforms = []
+    for i, pair in enumerate(named_transforms):
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"named_chain argument {i} must be a (name, transformation) pair")
+        names.append(pair[0])
+        transforms.append(_as_transformation(pair[1], f"named_chain entry {pair[0]!r}"))
+    if len(set(names)) != len(names):
+        raise ValueError(f"named_chain: names must be unique, got {names}")
+    filters = [_extra_args_filter(t.update) for t in transforms]
+
+    def init_fn(params: Params) -> dict:
+        return {name: t.init(params) for name, t in zip(names, transforms, strict=True)}
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if not isinstance(state, dict) or list(state) != names:
+            raise ValueError(
+                f"named_chain expected a state dict with keys {names}, got "
+                f"{list(state) if isinstance(state, dict) else type(state).__name__}"
+            )
+        updates, new_states = _chain_update(
+            transforms, filters, updates, [state[n] for n in names], params, extra_args
+        )
+        return updates, dict(zip(names, new_states, strict=True))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """``p <- p + u`` leaf by leaf; each result keeps its parameter's dtype.
+
+    A ``None`` update leaves its parameter unchanged.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.apply_updates({"w": jnp.ones(2, jnp.bfloat16)}, {"w": jnp.ones(2)})["w"].dtype
+      dtype(bfloat16)
+    """
+    _tree.check_same_structure(params, updates, "params", "updates", none_is_leaf=True)
+    return jax.tree.map(
+        lambda p, u: p if u is None else jnp.asarray(p + u).astype(jnp.result_type(p)),
+        params,
+        updates,
+        is_leaf=lambda x: x is None,
+    )

@@ -1,0 +1,246 @@
+"""Tree arithmetic: the few pytree operations every transformation is written with.
+
+Everything here treats ``None`` as JAX does, as an empty subtree, so ``None`` leaves in a
+parameter tree are passed over. Functions that combine several trees check that their
+structures agree and, when they do not, raise an error that prints both structures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ArrayTree = Any
+
+__all__ = [
+    "check_inexact_leaves",
+    "check_same_structure",
+    "compute_dtype",
+    "default_float_dtype",
+    "real_dtype",
+    "tree_add",
+    "tree_add_scaled",
+    "tree_bias_correction",
+    "tree_cast",
+    "tree_global_norm",
+    "tree_map_multi",
+    "tree_moment_update",
+    "tree_scale",
+    "tree_squared_norm",
+    "tree_subtract",
+    "tree_vdot",
+    "tree_where",
+    "tree_zeros_like",
+]
+
+
+def _none_is_leaf(x: Any) -> bool:
+    return x is None
+
+
+def check_same_structure(
+    expected: ArrayTree, got: ArrayTree, expected_name: str, got_name: str, none_is_leaf=False
+) -> None:
+    """Raises ``ValueError`` showing both tree structures when they differ.
+
+    With ``none_is_leaf`` a ``None`` in either tree matches any leaf of the other.
+    """
+    is_leaf = _none_is_leaf if none_is_leaf else None
+    expected_def = jax.tree.structure(expected, is_leaf=is_leaf)
+    got_def = jax.tree.structure(got, is_leaf=is_leaf)
+    if expected_def != got_def:
+        raise ValueError(
+            f"the {got_name} tree does not match the {expected_name} tree.\n"
+            f"  {expected_name}: {expected_def}\n"
+            f"  {got_name}: {got_def}\n"
+            "Did you pass a gradient tree of a different model, or params in place of updates?"
+        )
+
+
+def check_inexact_leaves(params: ArrayTree, who: str) -> None:
+    """Raises ``TypeError`` when a parameter leaf is not a floating or complex array."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{who}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; "
+                "optimizers only update floating-point or complex leaves. Keep integer and "
+                "boolean leaves out of the optimized tree, or mask them with `gradxform.masked`."
+            )
+
+
+def default_float_dtype() -> np.dtype:
+    """float64 when ``jax_enable_x64`` is on, else float32."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def real_dtype(dtype: Any) -> np.dtype:
+    """The real counterpart of ``dtype`` (complex64 -> float32, float32 -> float32)."""
+    return jnp.dtype(jnp.finfo(dtype).dtype)
+
+
+def compute_dtype(*dtypes: Any) -> np.dtype:
+    """The dtype in which an update is computed: the widest input, at least float32.
+
+    Low-precision leaves (bf16, fp16) are computed in float32 and rounded once when stored.
+    """
+    return jnp.dtype(jnp.result_type(*dtypes, jnp.float32))
+
+
+def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: ArrayTree, *rest: ArrayTree):
+    """Maps ``fn`` returning ``num_outputs`` values over leaves; returns that many trees.
+
+    Used so that one function computes a leaf's update and its new state together, which
+    lets XLA produce them in a single pass over memory.
+    """
+    treedef = jax.tree.structure(tree)
+    leaves = treedef.flatten_up_to(tree)
+    rest_leaves = [treedef.flatten_up_to(r) for r in rest]
+    outputs = [fn(*args) for args in zip(leaves, *rest_leaves, strict=True)]
+    if not outputs:
+        return tuple(treedef.unflatten([]) for _ in range(num_outputs))
+    return tuple(treedef.unflatten([out[i] for out in outputs]) for i in range(num_outputs))
+
+
+def tree_zeros_like(tree: ArrayTree, dtype: Any | None = None) -> ArrayTree:
+    """Zeros shaped like each leaf, in ``dtype`` or the leaf's own dtype."""
+    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), dtype or jnp.result_type(x)), tree)
+
+
+def tree_full_like(tree: ArrayTree, value: float, dtype: Any | None = None) -> ArrayTree:
+    """``value`` shaped like each leaf, in ``dtype`` or the leaf's own dtype."""
+    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, dtype or jnp.result_type(x)), tree)
+
+
+def tree_cast(tree: ArrayTree, dtype: Any | None) -> ArrayTree:
+    """Casts every leaf to ``dtype``; ``None`` leaves the tree as it is."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+
+
+def tree_add(a: ArrayTree, b: ArrayTree) -> ArrayTree:
+    """``a + b`` leaf by leaf, in ``a``'s dtypes."""
+    return jax.tree.map(lambda x, y: (x + y).astype(jnp.result_type(x)), a, b)
+
+
+def tree_subtract(a: ArrayTree, b: ArrayTree) -> ArrayTree:
+    """``a - b`` leaf by leaf, in ``a``'s dtypes."""
+    return jax.tree.map(lambda x, y: (x - y).astype(jnp.result_type(x)), a, b)
+
+
+def tree_scale(scalar: Any, tree: ArrayTree) -> ArrayTree:
+    """``scalar * tree``, each leaf keeping its dtype."""
+    return jax.tree.map(lambda x: scale_leaf(scalar, x), tree)
+
+
+def tree_add_scaled(a: ArrayTree, scalar: Any, b: ArrayTree) -> ArrayTree:
+    """``a + scalar * b`` leaf by leaf, in ``a``'s dtypes."""
+
+    def leaf(x, y):
+        dtype = compute_dtype(jnp.result_type(x), jnp.result_type(y))
+        out = x.astype(dtype) + cast_scalar(scalar, dtype) * y.astype(dtype)
+        return out.astype(jnp.result_type(x))
+
+    return jax.tree.map(leaf, a, b)
+
+
+def tree_where(condition: Any, a: ArrayTree, b: ArrayTree) -> ArrayTree:
+    """``where(condition, a, b)`` leaf by leaf; ``condition`` is a scalar or a matching tree."""
+    if isinstance(condition, jax.Array | np.ndarray | bool):
+        return jax.tree.map(lambda x, y: jnp.where(condition, x, y), a, b)
+    return jax.tree.map(lambda c, x, y: jnp.where(c, x, y), condition, a, b)
+
+
+def tree_vdot(a: ArrayTree, b: ArrayTree) -> jax.Array:
+    """The inner product ``sum(conj(a) * b)`` over all leaves, accumulated in >= float32."""
+    parts = [
+        jnp.vdot(x.astype(compute_dtype(x.dtype)), y.astype(compute_dtype(y.dtype)))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    ]
+    return sum(parts, jnp.zeros([], default_float_dtype()))
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|^2``, real-valued also for complex ``x``."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x) ** 2 + jnp.imag(x) ** 2
+    return x * x
+
+
+def tree_squared_norm(tree: ArrayTree, axis_name: str | None = None) -> jax.Array:
+    """``sum |x|^2`` over every element of every leaf, accumulated in >= float32.
+
+    With ``axis_name`` the sum also runs over that mapped axis (``lax.psum``), which gives the
+    norm of the whole model when each device holds a shard of it.
+    """
+    leaves = jax.tree.leaves(tree)
+    total = jnp.zeros([], default_float_dtype())
+    for x in leaves:
+        x = x.astype(compute_dtype(x.dtype))
+        total = total + jnp.sum(abs_sq(x)).astype(total.dtype)
+    if axis_name is not None:
+        total = jax.lax.psum(total, axis_name)
+    return total
+
+
+def tree_global_norm(tree: ArrayTree, axis_name: str | None = None) -> jax.Array:
+    """The l2 norm of all leaves taken together, ``sqrt(sum |x|^2)``."""
+    return jnp.sqrt(tree_squared_norm(tree, axis_name))
+
+
+def cast_scalar(value: Any, dtype: Any) -> Any:
+    """Casts a scalar hyperparameter to the real dtype matching ``dtype``.
+
+    Python numbers are returned unchanged (they are weakly typed and adapt); arrays are cast
+    so that a float32 (or float64) hyperparameter never promotes a bf16 or float32 leaf.
+    """
+    if isinstance(value, int | float):
+        return value
+    return jnp.asarray(value).astype(real_dtype(dtype))
+
+
+def scale_leaf(scalar: Any, x: jax.Array) -> jax.Array:
+    """``scalar * x`` in ``x``'s dtype."""
+    dtype = jnp.result_type(x)
+    return (cast_scalar(scalar, compute_dtype(dtype)) * x).astype(dtype)
+
+
+def moment_update(moment: jax.Array, value: jax.Array, decay: Any, dtype: Any) -> jax.Array:
+    """``decay * moment + (1 - decay) * value``, computed in ``dtype``."""
+    decay = cast_scalar(decay, dtype)
+    return decay * moment.astype(dtype) + (1 - decay) * value
+
+
+def tree_moment_update(moments: ArrayTree, values: ArrayTree, decay: Any) -> ArrayTree:
+    """``decay * m + (1 - decay) * v`` leaf by leaf; each moment keeps its dtype."""
+
+    def leaf(m, v):
+        dtype = compute_dtype(m.dtype, v.dtype)
+        return moment_update(m, v.astype(dtype), decay, dtype).astype(m.dtype)
+
+    return jax.tree.map(leaf, moments, values)
+
+
+def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
+    """``1 - decay ** count`` for a counter that already counts the current step."""
+    decay = jnp.asarray(decay, default_float_dtype())
+    return 1 - decay ** count.astype(default_float_dtype())
+
+
+def tree_bias_correction(moments: ArrayTree, decay: Any, count: jax.Array) -> ArrayTree:
+    """``m / (1 - decay ** count)`` leaf by leaf, each moment keeping its dtype."""
+    correction = bias_correction(decay, count)
+    return jax.tree.map(
+        lambda m: (m / cast_scalar(correction, compute_dtype(m.dtype))).astype(m.dtype), moments
+    )
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1`` for an int32 counter, saturating instead of wrapping around."""
+    limit = jnp.iinfo(count.dtype).max
+    return jnp.where(count < limit, count + 1, limit).astype(count.dtype)

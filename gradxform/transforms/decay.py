@@ -1,0 +1,64 @@
+"""Weight decay: adding a multiple of the parameters to the updates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gradxform import _checks, _tree
+from gradxform._base import EmptyState, GradientTransformation
+from gradxform.wrappers import masked
+
+MaskOrFn = Any | Callable[[Any], Any] | None
+
+
+def add_decayed_weights(weight_decay: float = 0.0, mask: MaskOrFn = None) -> GradientTransformation:
+    """Adds decayed weights: ``u <- u + weight_decay * p``.
+
+    Placed after the preconditioner and before the learning rate, this is decoupled weight
+    decay (AdamW's ``p <- p - lr * weight_decay * p``); placed first, it is L2 regularisation
+    (see :func:`add_l2`).
+
+    Args:
+      weight_decay: the factor ``lambda`` (>= 0).
+      mask: a tree of bools (or a function of params returning one) selecting the leaves to
+        decay; ``None`` decays all. See :func:`gradxform.masked`.
+
+    Returns:
+      A stateless transformation (masked if ``mask`` is given). Needs ``params``.
+    """
+    who = "add_decayed_weights"
+    _checks.non_negative(who, "weight_decay", weight_decay)
+
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(f"{who} needs `params`: call `update(updates, state, params)`")
+        _tree.check_same_structure(params, updates, "params", "updates")
+        return _tree.tree_add_scaled(updates, weight_decay, params), state
+
+    transform = GradientTransformation(init_fn, update_fn)
+    if mask is not None:
+        return masked(transform, mask)
+    return transform
+
+
+def add_l2(weight_decay: float = 0.0, mask: MaskOrFn = None) -> GradientTransformation:
+    """Coupled weight decay (L2 regularisation): ``g <- g + weight_decay * p``.
+
+    The same arithmetic as :func:`add_decayed_weights`, meant to come first in a chain so that
+    the preconditioner sees the regularised gradient: this is the ``weight_decay`` of
+    ``torch.optim.SGD``, ``Adam``, ``Adagrad``, ``RMSprop`` and ``Adamax``.
+
+    Args:
+      weight_decay: the factor ``lambda`` (>= 0).
+      mask: as in :func:`add_decayed_weights`.
+
+    Returns:
+      A stateless transformation. Needs ``params``.
+    """
+    return add_decayed_weights(weight_decay, mask)

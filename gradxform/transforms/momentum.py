@@ -1,0 +1,133 @@
+"""Momentum: heavy-ball and Nesterov traces, and exponential moving averages."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _checks, _tree
+from gradxform._base import GradientTransformation
+
+
+class TraceState(NamedTuple):
+    """``count``: updates made (int32); ``trace``: the momentum buffer, one leaf per param."""
+
+    count: jax.Array
+    trace: Any
+
+
+class EmaState(NamedTuple):
+    """``count``: updates made (int32); ``ema``: the moving average, one leaf per param."""
+
+    count: jax.Array
+    ema: Any
+
+
+def trace(
+    decay: float,
+    nesterov: bool = False,
+    dampening: float = 0.0,
+    accumulator_dtype: Any | None = None,
+) -> GradientTransformation:
+    """Momentum, as in ``torch.optim.SGD``.
+
+    With ``b`` the buffer, ``mu = decay`` and ``tau = dampening``::
+
+        b_1 = g_1                                  (the first gradient, as torch does)
+        b_t = mu * b_{t-1} + (1 - tau) * g_t
+        u_t = g_t + mu * b_t   if nesterov   else   b_t
+
+    Args:
+      decay: the momentum ``mu`` (>= 0).
+      nesterov: use Nesterov's look-ahead form; needs ``decay > 0`` and no dampening.
+      dampening: ``tau``, the fraction of the gradient held back (torch's ``dampening``).
+      accumulator_dtype: dtype of the buffer; by default each param's dtype.
+
+    Returns:
+      A transformation whose state is :class:`TraceState`.
+    """
+    who = "trace"
+    _checks.non_negative(who, "decay", decay)
+    _checks.non_negative(who, "dampening", dampening)
+    if nesterov and _checks.is_static_zero(decay):
+        raise ValueError(f"{who}: `nesterov=True` needs a momentum `decay` > 0, got {decay!r}")
+    if nesterov and not _checks.is_static_zero(dampening):
+        raise ValueError(f"{who}: `nesterov=True` needs `dampening=0`, got {dampening!r}")
+    undampened = _checks.is_static_zero(dampening)
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        return TraceState(
+            count=jnp.zeros([], jnp.int32),
+            trace=_tree.tree_zeros_like(params, accumulator_dtype),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        _tree.check_same_structure(state.trace, updates, "momentum buffer", "updates")
+        if undampened:
+            gradient_weight = 1
+        else:
+            # The buffer starts at zero, so weighting the first gradient by 1 makes it b_1 = g_1.
+            gradient_weight = jnp.where(state.count == 0, 1.0, 1.0 - jnp.asarray(dampening))
+
+        def leaf(g, b):
+            dtype = _tree.compute_dtype(g.dtype, b.dtype)
+            mu = _tree.cast_scalar(decay, dtype)
+            g32 = g.astype(dtype)
+            weighted = g32 if undampened else _tree.cast_scalar(gradient_weight, dtype) * g32
+            new_b = mu * b.astype(dtype) + weighted
+            u = g32 + mu * new_b if nesterov else new_b
+            return u.astype(g.dtype), new_b.astype(b.dtype)
+
+        updates, new_trace = _tree.tree_map_multi(leaf, 2, updates, state.trace)
+        return updates, TraceState(count=_tree.safe_increment(state.count), trace=new_trace)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def ema(
+    decay: float, debias: bool = True, accumulator_dtype: Any | None = None
+) -> GradientTransformation:
+    """Exponential moving average of the updates.
+
+    ::
+
+        e_t = decay * e_{t-1} + (1 - decay) * g_t,   e_0 = 0
+        u_t = e_t / (1 - decay^t)   if debias   else   e_t
+
+    Args:
+      decay: in [0, 1) (or [0, 1] without ``debias``).
+      debias: divide by ``1 - decay^t`` so that early averages are not biased towards 0.
+      accumulator_dtype: dtype of the average; by default each param's dtype.
+
+    Returns:
+      A transformation whose state is :class:`EmaState`.
+    """
+    who = "ema"
+    _checks.in_unit_interval(who, "decay", decay, closed_right=not debias)
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        return EmaState(
+            count=jnp.zeros([], jnp.int32), ema=_tree.tree_zeros_like(params, accumulator_dtype)
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        _tree.check_same_structure(state.ema, updates, "moving average", "updates")
+        count = _tree.safe_increment(state.count)
+        correction = _tree.bias_correction(decay, count) if debias else None
+
+        def leaf(g, e):
+            dtype = _tree.compute_dtype(g.dtype, e.dtype)
+            new_e = _tree.moment_update(e, g.astype(dtype), decay, dtype)
+            u = new_e / _tree.cast_scalar(correction, dtype) if debias else new_e
+            return u.astype(g.dtype), new_e.astype(e.dtype)
+
+        updates, new_ema = _tree.tree_map_multi(leaf, 2, updates, state.ema)
+        return updates, EmaState(count=count, ema=new_ema)
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,90 @@
+"""Multiplying updates by a constant, a learning rate, or a schedule of the step count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _checks, _tree
+from gradxform._base import EmptyState, GradientTransformation
+
+Schedule = Callable[[jax.Array], Any]
+ScalarOrSchedule = float | jax.Array | Schedule
+
+
+class ScaleByScheduleState(NamedTuple):
+    """``count``: how many updates have been made (int32)."""
+
+    count: jax.Array
+
+
+def scale(step_size: float | jax.Array) -> GradientTransformation:
+    """Multiplies updates by a constant: ``u <- step_size * u``.
+
+    Args:
+      step_size: the factor (any sign).
+
+    Returns:
+      A stateless transformation.
+    """
+    if not (_checks.is_static_number(step_size) or hasattr(step_size, "dtype")):
+        raise TypeError(f"scale: `step_size` must be a number, got {step_size!r}")
+
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        return _tree.tree_scale(step_size, updates), state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
+    """Multiplies updates by a schedule of the step count: ``u <- s(k) * u``.
+
+    ``k`` counts the updates made before this one (0 for the first update).
+
+    Args:
+      step_size_fn: a function of the int32 count returning a scalar.
+
+    Returns:
+      A transformation whose state is :class:`ScaleByScheduleState`.
+    """
+    if not callable(step_size_fn):
+        raise TypeError(f"scale_by_schedule: `step_size_fn` must be callable, got {step_size_fn!r}")
+
+    def init_fn(params):
+        del params
+        return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        step_size = step_size_fn(state.count)
+        updates = _tree.tree_scale(step_size, updates)
+        return updates, ScaleByScheduleState(count=_tree.safe_increment(state.count))
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_learning_rate(
+    learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
+) -> GradientTransformation:
+    """Scales updates by the learning rate, for descent: ``u <- -lr * u``.
+
+    Args:
+      learning_rate: a non-negative number, or a schedule ``k -> lr`` of the step count.
+      flip_sign: negate, so that adding the update descends (the default).
+
+    Returns:
+      :func:`scale` for a number, :func:`scale_by_schedule` for a schedule.
+    """
+    _checks.learning_rate("scale_by_learning_rate", learning_rate)
+    sign = -1 if flip_sign else 1
+    if callable(learning_rate):
+        return scale_by_schedule(lambda count: sign * learning_rate(count))
+    return scale(sign * learning_rate)
