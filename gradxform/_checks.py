@@ -26,6 +26,11 @@ def is_static_zero(value: Any) -> bool:
     return is_static_number(value) and float(value) == 0.0
 
 
+def is_static_nonzero(value: Any) -> bool:
+    """True only when ``value`` is known, now, to be non-zero."""
+    return is_static_number(value) and float(value) != 0.0
+
+
 def _fail(who: str, name: str, value: Any, requirement: str) -> None:
     raise ValueError(f"{who}: `{name}` must be {requirement}, got {value!r}")
 

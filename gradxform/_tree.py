@@ -106,14 +106,32 @@ def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: ArrayTree, 
     return tuple(treedef.unflatten([out[i] for out in outputs]) for i in range(num_outputs))
 
 
+def _full_like_leaf(x: Any, value: Any, dtype: Any | None) -> jax.Array:
+    """``value`` shaped like ``x``, placed (sharded) like ``x``.
+
+    Under ``jit`` the sharding of ``x`` is not always known while tracing (never on a mesh with
+    automatic axes), and a constant that does not depend on ``x`` is compiled as replicated: an
+    optimizer state made of such constants would be whole on every device. Multiplying by
+    ``1 + 0 * |x|`` (with ``0`` where ``x`` is not finite, so the factor is exactly 1) ties the
+    result to ``x``, and sharding propagation gives it ``x``'s sharding. The compiler cannot
+    fold the tie before that (``0 * inf`` is NaN); it costs one elementwise read of ``x``.
+    """
+    dtype = dtype or jnp.result_type(x)
+    full = jnp.full(jnp.shape(x), value, dtype)
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        return full
+    tie = jnp.where(jnp.isfinite(x), jnp.abs(x) * 0, 0).astype(dtype)
+    return (full * (1 + tie)).astype(dtype)
+
+
 def tree_zeros_like(tree: ArrayTree, dtype: Any | None = None) -> ArrayTree:
-    """Zeros shaped like each leaf, in ``dtype`` or the leaf's own dtype."""
-    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), dtype or jnp.result_type(x)), tree)
+    """Zeros shaped like each leaf, in ``dtype`` or the leaf's own dtype, sharded like it."""
+    return jax.tree.map(lambda x: _full_like_leaf(x, 0, dtype), tree)
 
 
 def tree_full_like(tree: ArrayTree, value: float, dtype: Any | None = None) -> ArrayTree:
-    """``value`` shaped like each leaf, in ``dtype`` or the leaf's own dtype."""
-    return jax.tree.map(lambda x: jnp.full(jnp.shape(x), value, dtype or jnp.result_type(x)), tree)
+    """``value`` shaped like each leaf, in ``dtype`` or the leaf's own dtype, sharded like it."""
+    return jax.tree.map(lambda x: _full_like_leaf(x, value, dtype), tree)
 
 
 def tree_cast(tree: ArrayTree, dtype: Any | None) -> ArrayTree:

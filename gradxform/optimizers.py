@@ -70,7 +70,7 @@ def sgd(
     _checks.non_negative(who, "momentum", momentum)
     _checks.non_negative(who, "dampening", dampening)
     no_momentum = _checks.is_static_zero(momentum)
-    if nesterov and (no_momentum or not _checks.is_static_zero(dampening)):
+    if nesterov and (no_momentum or _checks.is_static_nonzero(dampening)):
         raise ValueError(
             f"{who}: Nesterov momentum needs `momentum` > 0 and `dampening` = 0, got "
             f"momentum={momentum!r}, dampening={dampening!r}"

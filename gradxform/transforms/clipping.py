@@ -1,4 +1,11 @@
-"""Clipping updates, and replacing NaNs."""
+"""Clipping updates, and replacing NaNs.
+
+:func:`clip` bounds each element, :func:`clip_by_global_norm` the norm of the whole update
+(torch's ``clip_grad_norm_``), :func:`clip_by_block_rms` the RMS of each leaf, and
+:func:`adaptive_grad_clip` the norm of each unit relative to its parameter's norm (NFNets'
+AGC). :func:`zero_nans` replaces NaNs. Every norm is accumulated in at least float32 and the
+clipped update keeps its dtype; a zero update (or zero params) is never divided by zero.
+"""
 
 from __future__ import annotations
 
@@ -80,6 +87,144 @@ def clip_by_global_norm(max_norm: float, axis_name: str | None = None) -> Gradie
 
     return GradientTransformation(init_fn, update_fn)
 
+
+def _clip_factor(norm: jax.Array, bound: Any) -> jax.Array:
+    """``min(1, bound / norm)``, without dividing by zero: 1 wherever ``norm <= bound``."""
+    over = norm > bound
+    return jnp.where(over, bound / jnp.where(over, norm, 1), 1).astype(norm.dtype)
+
+
+def clip_by_block_rms(threshold: float) -> GradientTransformation:
+    """Rescales each leaf so that its root mean square is at most ``threshold``.
+
+    ::
+
+        rms(u) = sqrt(mean |u|^2)                 (over the elements of one leaf)
+        u <- u * min(1, threshold / rms(u))
+
+    A leaf whose RMS is zero (all zeros, or no elements) is returned unchanged.
+
+    Args:
+      threshold: the bound on each leaf's RMS (>= 0).
+
+    Returns:
+      A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> clip = gx.clip_by_block_rms(1.0)
+      >>> clip.update({"w": jnp.array([3.0, -3.0])}, clip.init(None))[0]["w"].tolist()
+      [1.0, -1.0]
+    """
+    _checks.non_negative("clip_by_block_rms", "threshold", threshold)
+
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+
+        def leaf(u):
+            if u.size == 0:  # the mean of no elements would be 0/0
+                return u
+            dtype = _tree.compute_dtype(u.dtype)
+            x = u.astype(dtype)
+            rms = jnp.sqrt(jnp.mean(_tree.abs_sq(x)))
+            factor = _clip_factor(rms, _tree.cast_scalar(threshold, dtype))
+            return (x * factor).astype(u.dtype)
+
+        return jax.tree.map(leaf, updates), state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def _unit_squared_norms(x: jax.Array) -> jax.Array:
+    """``sum |x|^2`` over every axis but the last (all axes for ``ndim <= 1``), kept as size-1
+    axes so that the result broadcasts against ``x``."""
+    axes = tuple(range(x.ndim - 1)) if x.ndim >= 2 else None
+    return jnp.sum(_tree.abs_sq(x), axis=axes, keepdims=True)
+
+
+def adaptive_grad_clip(
+    clipping: float, eps: float = 1e-3, axis_name: str | None = None
+) -> GradientTransformation:
+    """Adaptive gradient clipping (AGC; Brock et al., 2021): clips each unit's update relative
+    to the norm of its parameters.
+
+    A *unit* is one slice along the last axis of a leaf with ``ndim >= 2`` (one output unit of
+    a dense ``(in, out)`` kernel or of an ``HWIO`` convolution kernel); a leaf with ``ndim <= 1``
+    is a single unit. With norms taken over each unit::
+
+        u <- u * min(1, clipping * max(||w||, eps) / ||u||)
+
+    so units whose update is small next to their weights are left alone, and zero-initialised
+    weights may still move by up to ``clipping * eps``. Zero updates stay zero.
+
+    This is Optax's ``adaptive_grad_clip`` for leaves of rank 0, 1, 2, 4 and 5; Optax differs
+    for rank-3 leaves (it reduces over axis 0 only) and for leaves with size-1 axes (it treats
+    ``squeeze(x)`` of rank <= 1 as one unit).
+
+    Args:
+      clipping: the largest allowed ratio ``||u|| / max(||w||, eps)`` (>= 0).
+      eps: the floor on parameter norms (>= 0).
+      axis_name: when params and updates are sharded over a mapped axis (``pmap`` or
+        ``shard_map``) along the axes the norms reduce over (the input axes of kernels, any
+        axis of vectors), its name: each unit's squared norms are summed over it
+        (``lax.psum``). Every leaf must then be sharded so; a replicated leaf would have its
+        norms counted once per device.
+
+    Returns:
+      A stateless transformation; its ``update`` needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> agc = gx.adaptive_grad_clip(0.5)
+      >>> params = {"w": jnp.array([[3.0, 0.0], [4.0, 1.0]])}   # unit norms 5 and 1
+      >>> grads = {"w": jnp.array([[0.5, 0.0], [0.25, 2.0]])}   # unit norms 0.56 and 2
+      >>> agc.update(grads, agc.init(params), params)[0]["w"].tolist()  # 2 -> 0.5 * 1
+      [[0.5, 0.0], [0.25, 0.5]]
+
+    References:
+      Brock, De, Smith & Simonyan, *High-Performance Large-Scale Image Recognition Without
+      Normalization*, 2021 (https://arxiv.org/abs/2102.06171).
+    """
+    who = "adaptive_grad_clip"
+    _checks.non_negative(who, "clipping", clipping)
+    _checks.non_negative(who, "eps", eps)
+
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(
+                f"{who}: `params` is required, since each update is clipped relative to the "
+                "norm of its parameters; call `update(updates, state, params)`."
+            )
+        _tree.check_same_structure(params, updates, "params", "updates")
+
+        def squared(u, p):
+            dtype = _tree.compute_dtype(u.dtype, p.dtype)
+            return _unit_squared_norms(u.astype(dtype)), _unit_squared_norms(p.astype(dtype))
+
+        u_sq, p_sq = _tree.tree_map_multi(squared, 2, updates, params)
+        if axis_name is not None:
+            u_sq, p_sq = jax.lax.psum((u_sq, p_sq), axis_name)
+
+        def leaf(u, u_sq, p_sq):
+            bound = _tree.cast_scalar(clipping, u_sq.dtype) * jnp.maximum(
+                jnp.sqrt(p_sq), _tree.cast_scalar(eps, p_sq.dtype)
+            )
+            factor = _clip_factor(jnp.sqrt(u_sq), bound)
+            dtype = _tree.compute_dtype(u.dtype)
+            return (u.astype(dtype) * factor).astype(u.dtype)
+
+        return jax.tree.map(leaf, updates, u_sq, p_sq), state
+
+    return GradientTransformation(init_fn, update_fn)
 
 def zero_nans() -> GradientTransformation:
     """Replaces NaN elements by zero: ``u <- where(isnan(u), 0, u)``.

@@ -53,7 +53,7 @@ def trace(
     _checks.non_negative(who, "dampening", dampening)
     if nesterov and _checks.is_static_zero(decay):
         raise ValueError(f"{who}: `nesterov=True` needs a momentum `decay` > 0, got {decay!r}")
-    if nesterov and not _checks.is_static_zero(dampening):
+    if nesterov and _checks.is_static_nonzero(dampening):
         raise ValueError(f"{who}: `nesterov=True` needs `dampening=0`, got {dampening!r}")
     undampened = _checks.is_static_zero(dampening)
 

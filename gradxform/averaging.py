@@ -1,0 +1,288 @@
+"""Averages of the parameters along the optimization path, and Lookahead.
+
+:func:`ema_params` and :func:`swa_params` keep a moving average of the parameters (for
+evaluation) in the optimizer state, read back with :func:`averaged_params`.
+:func:`lookahead` keeps slow weights that follow the fast optimizer's weights and, every few
+steps, pulls the parameters back onto them; read them with :func:`lookahead_slow_params`.
+
+These transformations need ``params`` in ``update``: they compute the new parameters
+``params + updates`` themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _checks, _tree
+from gradxform._base import GradientTransformation, _as_transformation, _extra_args_filter
+from gradxform.wrappers import _find_state
+
+
+class ParamsAverageState(NamedTuple):
+    """``count``: updates seen (int32); ``average``: the averaged params, one leaf per param."""
+
+    count: jax.Array
+    average: Any
+
+
+class LookaheadState(NamedTuple):
+    """``count``: updates made (int32); ``slow``: the slow weights; ``inner_state``: the fast
+    optimizer's state."""
+
+    count: jax.Array
+    slow: Any
+    inner_state: Any
+
+
+def _require_params(who: str, params: Any) -> None:
+    if params is None:
+        raise ValueError(
+            f"{who} needs `params`: call `update(updates, state, params)`; it computes the new "
+            "params `params + updates` itself"
+        )
+
+
+def _new_param(p: jax.Array, u: jax.Array) -> jax.Array:
+    """``p + u`` in ``p``'s dtype, as :func:`gradxform.apply_updates` computes it.
+
+    Fused into a larger computation, XLA may round it differently (e.g. contract it into a
+    fused multiply-add with the learning rate), by about one ulp.
+    """
+    return jnp.asarray(p + u).astype(jnp.result_type(p))
+
+
+def _copy(tree: Any, dtype: Any | None) -> Any:
+    """A copy in ``dtype`` (or each leaf's own) that never aliases ``tree``'s buffers."""
+    return jax.tree.map(lambda x: jnp.array(x, dtype=dtype or jnp.result_type(x), copy=True), tree)
+
+
+def _params_average(who: str, weight_fn, start_step: int, accumulator_dtype: Any | None):
+    """The transformation behind :func:`ema_params` and :func:`swa_params`.
+
+    ``weight_fn(n)`` is the weight of the new params in the average when they are the
+    ``n``-th averaged ones, for ``n >= 2`` (the first averaged params are copied).
+    """
+    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+        raise ValueError(f"{who}: `start_step` must be an int >= 0, got {start_step!r}")
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        return ParamsAverageState(
+            count=jnp.zeros([], jnp.int32), average=_copy(params, accumulator_dtype)
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _require_params(who, params)
+        _tree.check_same_structure(params, updates, "params", "updates")
+        count = _tree.safe_increment(state.count)
+        n = count - start_step  # how many new params the average holds, this one included
+        copy = n <= 1
+        weight = weight_fn(jnp.maximum(n, 2).astype(_tree.default_float_dtype()))
+
+        def leaf(p, u, a):
+            q = _new_param(p, u)
+            dtype = _tree.compute_dtype(q.dtype, a.dtype)
+            a32 = a.astype(dtype)
+            blended = a32 + _tree.cast_scalar(weight, dtype) * (q.astype(dtype) - a32)
+            return jnp.where(copy, q.astype(dtype), blended).astype(a.dtype)
+
+        average = jax.tree.map(leaf, params, updates, state.average)
+        return updates, ParamsAverageState(count=count, average=average)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def ema_params(
+    decay: float, *, start_step: int = 0, accumulator_dtype: Any | None = None
+) -> GradientTransformation:
+    """Keeps an exponential moving average of the parameters, for evaluation.
+
+    With ``q_t = p_{t-1} + u_t`` the params after the ``t``-th update (``u_t`` the updates
+    this transformation receives, so place it last in the chain, after the learning rate)
+    and ``s = start_step``::
+
+        a_t = q_t                                    for t <= s + 1
+        a_t = decay * a_{t-1} + (1 - decay) * q_t    for t > s + 1
+
+    The average starts as a copy of the first averaged params (as
+    ``torch.optim.swa_utils.AveragedModel`` with an EMA ``multi_avg_fn``), so it needs no
+    bias correction. Updates pass through unchanged. Read the average with
+    :func:`averaged_params`.
+
+    Args:
+      decay: the weight of the past, in [0, 1] (e.g. 0.999).
+      start_step: the number of updates to skip; until then the average follows the params.
+      accumulator_dtype: dtype of the average; by default each param's dtype (pass
+        ``jnp.float32`` for bfloat16 params: with decay 0.999 a bfloat16 average stalls).
+
+    Returns:
+      A transformation whose state is :class:`ParamsAverageState`. Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.chain(gx.sgd(1.0), gx.ema_params(0.5))
+      >>> params = {"w": jnp.zeros(1)}
+      >>> state = opt.init(params)
+      >>> for g in (-1.0, -1.0, -1.0):  # params become 1, 2, 3
+      ...     updates, state = opt.update({"w": jnp.array([g])}, state, params)
+      ...     params = gx.apply_updates(params, updates)
+      >>> gx.averaged_params(state)["w"].tolist()  # 0.5 * (0.5 * 1 + 0.5 * 2) + 0.5 * 3
+      [2.25]
+    """
+    who = "ema_params"
+    _checks.in_unit_interval(who, "decay", decay, closed_right=True)
+    return _params_average(who, lambda n: 1 - decay, start_step, accumulator_dtype)
+
+
+def swa_params(*, start_step: int = 0, accumulator_dtype: Any | None = None):
+    """Keeps the uniform running average of the parameters: stochastic weight averaging.
+
+    With ``q_t = p_{t-1} + u_t`` the params after the ``t``-th update (place it last in the
+    chain) and ``s = start_step``::
+
+        a_t = q_t                                        for t <= s + 1
+        a_t = a_{t-1} + (q_t - a_{t-1}) / (t - s)        = mean(q_{s+1}, ..., q_t)
+
+    This is ``torch.optim.swa_utils.AveragedModel`` (default average) with
+    ``update_parameters`` called after every optimizer step past the first ``s``. Updates
+    pass through unchanged. Read the average with :func:`averaged_params`.
+
+    Args:
+      start_step: the number of updates to leave out of the average (SWA's burn-in); until
+        then the average follows the params.
+      accumulator_dtype: dtype of the average; by default each param's dtype.
+
+    Returns:
+      A transformation whose state is :class:`ParamsAverageState`. Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.chain(gx.sgd(1.0), gx.swa_params(start_step=1))
+      >>> params = {"w": jnp.zeros(1)}
+      >>> state = opt.init(params)
+      >>> for g in (-1.0, -1.0, -1.0, -1.0):  # params become 1, 2, 3, 4
+      ...     updates, state = opt.update({"w": jnp.array([g])}, state, params)
+      ...     params = gx.apply_updates(params, updates)
+      >>> gx.averaged_params(state)["w"].tolist()  # mean(2, 3, 4)
+      [3.0]
+    """
+    return _params_average("swa_params", lambda n: 1 / n, start_step, accumulator_dtype)
+
+
+def averaged_params(state: Any) -> Any:
+    """The averaged params kept by :func:`ema_params` or :func:`swa_params`.
+
+    Args:
+      state: the optimizer state holding exactly one :class:`ParamsAverageState` (a chain's
+        state, a wrapper's state, or that state itself).
+
+    Returns:
+      The average, a tree with the params' structure (leaves a wrapper did not show it are
+      :class:`gradxform.MaskedNode`).
+    """
+    return _find_state(state, ParamsAverageState, "averaged_params").average
+
+
+def lookahead(
+    fast_optimizer: GradientTransformation,
+    sync_period: int = 5,
+    slow_step_size: float = 0.5,
+    *,
+    accumulator_dtype: Any | None = None,
+) -> GradientTransformation:
+    """Lookahead (Zhang et al., 2019): slow weights that follow the fast optimizer's weights.
+
+    The params are the fast weights ``theta``; the slow weights ``phi`` live in the state.
+    With ``k = sync_period``, ``alpha = slow_step_size`` and ``u_t`` the fast optimizer's
+    update at step ``t``::
+
+        phi_0 = theta_0
+        theta'_t = theta_{t-1} + u_t
+        if t % k == 0:   phi_t = phi_{t-1} + alpha * (theta'_t - phi_{t-1});   theta_t = phi_t
+        else:            phi_t = phi_{t-1};                                    theta_t = theta'_t
+
+    The returned update is ``u_t``, or on a synchronisation step ``phi_t - theta_{t-1}``,
+    which moves the params onto the slow weights (up to the rounding of
+    ``theta + (phi - theta)``). Keeping the params a plain tree (Optax instead makes them a
+    ``(fast, slow)`` pair) lets Lookahead wrap any optimizer in any training loop and
+    checkpoint. The fast optimizer's state carries on across synchronisations, as in the
+    paper. Evaluate on :func:`lookahead_slow_params` (equal to the params right after a
+    synchronisation).
+
+    Memory: the fast optimizer's state, one copy of the params and an int32 counter.
+
+    Args:
+      fast_optimizer: the inner optimizer, e.g. ``gradxform.adam(1e-3)``.
+      sync_period: ``k``, the number of fast steps between synchronisations (>= 1).
+      slow_step_size: ``alpha``, in [0, 1] (1 makes the slow weights the fast ones).
+      accumulator_dtype: dtype of the slow weights; by default each param's dtype.
+
+    Returns:
+      A transformation whose state is :class:`LookaheadState`. Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.lookahead(gx.sgd(1.0), sync_period=2, slow_step_size=0.5)
+      >>> params = {"w": jnp.zeros(1)}
+      >>> state = opt.init(params)
+      >>> for g in (-1.0, -1.0):  # the fast weights go to 1, then 2; the slow ones to 1
+      ...     updates, state = opt.update({"w": jnp.array([g])}, state, params)
+      ...     params = gx.apply_updates(params, updates)
+      >>> params["w"].tolist(), gx.lookahead_slow_params(state)["w"].tolist()
+      ([1.0], [1.0])
+    """
+    who = "lookahead"
+    fast_optimizer = _as_transformation(fast_optimizer, who)
+    keep_extra = _extra_args_filter(fast_optimizer.update)
+    if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
+        raise ValueError(f"{who}: `sync_period` must be an int >= 1, got {sync_period!r}")
+    _checks.in_unit_interval(who, "slow_step_size", slow_step_size, closed_right=True)
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        return LookaheadState(
+            count=jnp.zeros([], jnp.int32),
+            slow=_copy(params, accumulator_dtype),
+            inner_state=fast_optimizer.init(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        _require_params(who, params)
+        fast_updates, inner_state = fast_optimizer.update(
+            updates, state.inner_state, params, **keep_extra(extra_args)
+        )
+        _tree.check_same_structure(params, fast_updates, "params", "updates")
+        count = _tree.safe_increment(state.count)
+        sync = count % sync_period == 0
+
+        def leaf(p, u, s):
+            dtype = _tree.compute_dtype(p.dtype, u.dtype, s.dtype)
+            fast = _new_param(p, u).astype(dtype)
+            s32 = s.astype(dtype)
+            new_slow = s32 + _tree.cast_scalar(slow_step_size, dtype) * (fast - s32)
+            to_slow = new_slow - p.astype(dtype)
+            return (
+                jnp.where(sync, to_slow.astype(u.dtype), u),
+                jnp.where(sync, new_slow.astype(s.dtype), s),
+            )
+
+        out, slow = _tree.tree_map_multi(leaf, 2, params, fast_updates, state.slow)
+        return out, LookaheadState(count=count, slow=slow, inner_state=inner_state)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def lookahead_slow_params(state: Any) -> Any:
+    """The slow weights of :func:`lookahead`, the ones to evaluate.
+
+    Args:
+      state: the optimizer state holding exactly one :class:`LookaheadState`.
+
+    Returns:
+      The slow weights, a tree with the params' structure.
+    """
+    return _find_state(state, LookaheadState, "lookahead_slow_params").slow

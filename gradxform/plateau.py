@@ -1,0 +1,158 @@
+"""Reducing the step size when the loss stops improving (PyTorch's ``ReduceLROnPlateau``)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradxform import _checks, _tree
+from gradxform._base import GradientTransformation
+
+
+class ReduceLROnPlateauState(NamedTuple):
+    """The state of :func:`reduce_on_plateau`.
+
+    ``scale``: the factor applied to the updates (starts at 1). ``best_value``: the best mean
+    loss so far (starts at ``inf``). ``plateau_count``: decisions since the last improvement
+    (torch's ``num_bad_epochs``). ``cooldown_count``: decisions left in the cooldown.
+    ``count``: losses accumulated towards the next decision; ``value_sum``: their sum.
+    Counters are int32, the rest the default float dtype.
+    """
+
+    scale: jax.Array
+    best_value: jax.Array
+    plateau_count: jax.Array
+    cooldown_count: jax.Array
+    count: jax.Array
+    value_sum: jax.Array
+
+
+def _check_count(who: str, name: str, value: Any, minimum: int) -> None:
+    """A whole number ``>= minimum``; arrays (injected values) pass unchecked."""
+    if isinstance(value, jax.Array):
+        return
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{who}: `{name}` must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{who}: `{name}` must be >= {minimum}, got {value!r}")
+
+
+def reduce_on_plateau(
+    factor: float = 0.1,
+    patience: int = 10,
+    rtol: float = 1e-4,
+    atol: float = 0.0,
+    cooldown: int = 0,
+    min_scale: float = 0.0,
+    accumulation_size: int = 1,
+) -> GradientTransformation:
+    """Multiplies updates by a scale that drops by ``factor`` when the loss stops improving.
+
+    Each update takes the loss as ``update(updates, state, params, value=loss)`` (inside
+    :func:`gradxform.chain`, pass ``value=loss`` to the chain's update). Every
+    ``accumulation_size`` calls, the mean ``v`` of their losses is compared with the best so
+    far, as ``torch.optim.lr_scheduler.ReduceLROnPlateau(mode="min")`` does::
+
+        improved = v < best * (1 - rtol) - atol
+        best, bad = (v, 0) if improved else (best, bad + 1)
+        if cooldown_left > 0:  cooldown_left -= 1;  bad = 0
+        if bad > patience:     scale = max(scale * factor, min_scale);
+                               cooldown_left = cooldown;  bad = 0
+        u <- scale * u
+
+    ``rtol`` alone is torch's ``threshold_mode="rel"`` and ``atol`` alone its ``"abs"``; given
+    both, an improvement must clear both margins at once. The scale decided by a call applies
+    to that call's updates (the loss of the current params is known before they change), where
+    torch's applies from the next ``optimizer.step()``; the sequence of scales is torch's. As
+    torch with ``eps=0``, every reduction is made, however small (torch skips those that change
+    the learning rate by less than its ``eps=1e-8``).
+
+    Args:
+      factor: the multiplier of the scale at each reduction, in [0, 1).
+      patience: how many decisions without improvement are tolerated before a reduction.
+      rtol: the relative improvement needed, in [0, 1) (torch's ``threshold``).
+      atol: the absolute improvement needed (>= 0).
+      cooldown: decisions after a reduction during which bad decisions are not counted.
+      min_scale: the floor of the scale, in [0, 1] (torch's ``min_lr / lr``).
+      accumulation_size: how many losses are averaged into one decision (>= 1).
+
+    Returns:
+      A transformation whose state is :class:`ReduceLROnPlateauState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.reduce_on_plateau(factor=0.5, patience=1)
+      >>> state = opt.init(None)
+      >>> for loss in [1.0, 1.0, 1.0, 1.0]:
+      ...     u, state = opt.update(jnp.ones(1), state, value=loss)
+      >>> float(state.scale)
+      0.5
+    """
+    who = "reduce_on_plateau"
+    _checks.in_unit_interval(who, "factor", factor)
+    _checks.in_unit_interval(who, "rtol", rtol)
+    _checks.non_negative(who, "atol", atol)
+    _checks.in_unit_interval(who, "min_scale", min_scale, closed_right=True)
+    _check_count(who, "patience", patience, 0)
+    _check_count(who, "cooldown", cooldown, 0)
+    _check_count(who, "accumulation_size", accumulation_size, 1)
+
+    def init_fn(params):
+        del params
+        dtype = _tree.default_float_dtype()
+        # One array per leaf: leaves sharing a buffer could not all be donated.
+        return ReduceLROnPlateauState(
+            scale=jnp.ones([], dtype),
+            best_value=jnp.full([], jnp.inf, dtype),
+            plateau_count=jnp.zeros([], jnp.int32),
+            cooldown_count=jnp.zeros([], jnp.int32),
+            count=jnp.zeros([], jnp.int32),
+            value_sum=jnp.zeros([], dtype),
+        )
+
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+        del params, extra_args
+        if value is None:
+            raise ValueError(
+                f"{who} needs the loss: call `update(updates, state, params, value=loss)` "
+                "(with `chain`, pass `value=loss` to the chain's update)"
+            )
+        if jnp.shape(value) != ():
+            raise ValueError(f"{who}: `value` must be a scalar loss, got shape {jnp.shape(value)}")
+        dtype = state.value_sum.dtype
+        count = state.count + 1
+        value_sum = state.value_sum + jnp.asarray(value).astype(dtype)
+        decide = count >= accumulation_size
+
+        # The decision, computed every call and kept only when `decide` (no branch on data).
+        mean = value_sum / accumulation_size
+        improved = mean < state.best_value * (1 - rtol) - atol
+        best_value = jnp.where(improved, mean, state.best_value)
+        plateau_count = jnp.where(improved, 0, _tree.safe_increment(state.plateau_count))
+        in_cooldown = state.cooldown_count > 0
+        cooldown_count = jnp.where(in_cooldown, state.cooldown_count - 1, state.cooldown_count)
+        plateau_count = jnp.where(in_cooldown, 0, plateau_count)
+        reduce = plateau_count > patience
+        reduced = jnp.maximum(state.scale * factor, min_scale).astype(dtype)
+        scale = jnp.where(reduce, reduced, state.scale)
+        cooldown_count = jnp.where(reduce, cooldown, cooldown_count)
+        plateau_count = jnp.where(reduce, 0, plateau_count)
+
+        def pick(decided, accumulating):
+            return jnp.where(decide, decided, accumulating).astype(jnp.result_type(accumulating))
+
+        new_state = ReduceLROnPlateauState(
+            scale=pick(scale, state.scale),
+            best_value=pick(best_value, state.best_value),
+            plateau_count=pick(plateau_count, state.plateau_count),
+            cooldown_count=pick(cooldown_count, state.cooldown_count),
+            count=pick(0, count),
+            value_sum=pick(0, value_sum),
+        )
+        return _tree.tree_scale(new_state.scale, updates), new_state
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,512 @@
+"""The table every optimizer must pass.
+
+Each entry of ``OPTIMIZERS`` is an optimizer with typical settings, built from a learning rate.
+Every test below runs over the whole table: convergence on a parabola and on Rosenbrock's
+function, no recompilation on the second update, state dtypes and shapes that do not change
+between ``init`` and ``update`` (float32, bfloat16, float64), the same numbers with and without
+``jit``, and ``vmap``, ``pmap`` and ``shard_map`` giving what separate single-device runs give.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+import gradxform as gx
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """An optimizer of the table and the learning rates that make it converge.
+
+    ``make(learning_rate)`` builds the optimizer. ``hovers`` marks optimizers whose step does
+    not shrink with the gradient near the minimum of the parabola, so they end within O(lr)
+    of it rather than at the float32 floor (see ``test_converges_on_parabola``). ``l2`` is the
+    coupled weight decay, which moves the parabola's minimum (see ``_parabola_minimum``).
+    """
+
+    make: Callable[[float], gx.GradientTransformation]
+    parabola_lr: float
+    rosenbrock_lr: float
+    hovers: bool = False
+    l2: float = 0.0
+
+
+def _composed_chain(learning_rate: float) -> gx.GradientTransformation:
+    return gx.chain(
+        gx.clip_by_global_norm(1.0),
+        gx.scale_by_adam(),
+        gx.add_decayed_weights(1e-4),
+        gx.scale_by_learning_rate(learning_rate),
+    )
+
+
+# Learning rates. The parabola has Hessian 2I, so gradient descent contracts the error by
+# |1 - 2 lr| per step: lr = 0.1 gives 0.8 per step, at the float32 floor long before the end.
+# Rosenbrock's Hessian at (1, 1) has eigenvalues 1001.6 and 0.40: plain gradient descent is
+# only stable for lr < 2 / 1001.6 = 2.0e-3, heavy-ball momentum 0.9 for lr < 2 (1 + 0.9) /
+# 1001.6 = 3.8e-3 and Nesterov's for lr < 2 (1 + 0.9) / (1 + 2 * 0.9) / 1001.6 = 1.4e-3, so
+# the SGD family uses 1e-3, where the slow direction still contracts by 1 - 4e-4 per step.
+# The adaptive methods take steps of about lr per coordinate whatever the curvature, so they
+# need lr * steps well above the ~3.4 arc length of the valley y = x^2 from x = -1.2 to 1, and
+# lr small enough that hovering across the steep (curvature 1000) direction costs little:
+# an offset of lr there costs about 1000 lr^2 / 2, i.e. 5e-4 at lr = 1e-3.
+OPTIMIZERS = [
+    pytest.param(Entry(lambda lr: gx.sgd(lr), 0.1, 1e-3), id="sgd"),
+    pytest.param(Entry(lambda lr: gx.sgd(lr, momentum=0.9), 0.1, 1e-3), id="sgd_momentum"),
+    pytest.param(
+        Entry(lambda lr: gx.sgd(lr, momentum=0.9, nesterov=True), 0.1, 1e-3), id="sgd_nesterov"
+    ),
+    pytest.param(
+        Entry(lambda lr: gx.sgd(lr, momentum=0.9, dampening=0.5), 0.1, 1e-3), id="sgd_dampening"
+    ),
+    pytest.param(
+        Entry(lambda lr: gx.sgd(lr, momentum=0.9, weight_decay=1e-4), 0.1, 1e-3, l2=1e-4),
+        id="sgd_weight_decay",
+    ),
+    # Adagrad's rate already falls as 1 / sqrt(sum g^2), and Rosenbrock's first gradients are
+    # ~200, hence lr = 1; lr_decay = 1e-3 would divide it by another 21 by step 20000 and stall
+    # it in the valley, 1e-4 by 3.
+    pytest.param(Entry(lambda lr: gx.adagrad(lr, lr_decay=1e-4), 1.0, 1.0), id="adagrad"),
+    pytest.param(Entry(lambda lr: gx.rmsprop(lr), 1e-2, 3e-4), id="rmsprop"),
+    # Centered RMSProp divides by the spread of recent gradients, which vanishes as the
+    # gradient settles, so its steps stay O(lr) near a minimum.
+    pytest.param(
+        Entry(lambda lr: gx.rmsprop(lr, centered=True, momentum=0.9), 3e-3, 3e-4, hovers=True),
+        id="rmsprop_centered",
+    ),
+    pytest.param(Entry(lambda lr: gx.adam(lr), 0.1, 1e-2), id="adam"),
+    pytest.param(Entry(lambda lr: gx.adam(lr, amsgrad=True), 0.1, 3e-2), id="adam_amsgrad"),
+    pytest.param(Entry(lambda lr: gx.amsgrad(lr), 0.1, 3e-2), id="amsgrad"),
+    # Decoupled decay: near the minimum Adam's direction m / sqrt(v) tends to sign(g), which
+    # the decay term weight_decay * p cannot balance, so the iterate hovers within O(lr).
+    pytest.param(
+        Entry(
+            lambda lr: gx.adamw(lr, weight_decay=1e-2, mask=gx.decay_matrices_only),
+            0.1,
+            1e-2,
+            hovers=True,
+        ),
+        id="adamw_masked",
+    ),
+    pytest.param(Entry(lambda lr: gx.adamax(lr), 0.1, 1e-2), id="adamax"),
+    pytest.param(Entry(lambda lr: gx.nadam(lr), 3e-3, 5e-4), id="nadam"),
+    pytest.param(
+        Entry(
+            lambda lr: gx.nadam(lr, weight_decay=1e-2, decoupled_weight_decay=True),
+            1e-2,
+            3e-4,
+            hovers=True,
+        ),
+        id="nadam_decoupled",
+    ),
+    # Lion's step is exactly lr per coordinate (a sign), so it always hovers.
+    pytest.param(Entry(lambda lr: gx.lion(lr), 1e-3, 3e-4, hovers=True), id="lion"),
+    pytest.param(Entry(_composed_chain, 3e-3, 3e-3), id="composed_chain"),
+]
+
+table = pytest.mark.parametrize("entry", OPTIMIZERS)
+
+# --------------------------------------------------------------------------------------------
+# Problems and helpers
+# --------------------------------------------------------------------------------------------
+
+_RNG = np.random.default_rng(0)
+# A small tree with a matrix and a vector, so that masks by rank (decay_matrices_only) split it.
+PARABOLA_START = {
+    "w": _RNG.uniform(-2, 2, (2, 3)).astype(np.float32),
+    "b": _RNG.uniform(-2, 2, 3).astype(np.float32),
+}
+PARABOLA_TARGET = {
+    "w": _RNG.uniform(-2, 2, (2, 3)).astype(np.float32),
+    "b": _RNG.uniform(-2, 2, 3).astype(np.float32),
+}
+PARABOLA_STEPS = 4000
+ROSENBROCK_STEPS = 20000
+
+
+def _parabola_loss(params, target=None):
+    """``sum_i |w_i - t_i|^2`` over the tree, in the params' dtype."""
+    target = PARABOLA_TARGET if target is None else target
+    diffs = jax.tree.map(lambda p, t: p - jnp.asarray(t, p.dtype), params, target)
+    return sum(jnp.sum(d * d) for d in jax.tree.leaves(diffs))
+
+
+def _parabola_minimum(l2: float):
+    """With coupled L2 the loss is ``|w - t|^2 + l2 / 2 |w|^2``, minimal at ``2 t / (2 + l2)``."""
+    return jax.tree.map(lambda t: 2 * t.astype(np.float64) / (2 + l2), PARABOLA_TARGET)
+
+
+def _rosenbrock(xy):
+    x, y = xy[0], xy[1]
+    return (1 - x) ** 2 + 100 * (y - x**2) ** 2
+
+
+def _step(opt, loss, params, state, *loss_args):
+    """One training step: gradient, optimizer update, ``apply_updates``."""
+    grads = jax.grad(loss)(params, *loss_args)
+    updates, state = opt.update(grads, state, params)
+    return gx.apply_updates(params, updates), state
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _minimize(opt, loss, params, num_steps):
+    """``num_steps`` training steps from ``opt.init(params)``, in one compiled scan."""
+
+    def body(carry, _):
+        return _step(opt, loss, *carry), None
+
+    (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), length=num_steps)
+    return params
+
+
+def _as_jnp(tree, dtype=None):
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+
+
+def _distance(a, b) -> float:
+    """The l2 distance between two trees, computed in float64 with NumPy."""
+    squares = jax.tree.map(
+        lambda x, y: np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2), a, b
+    )
+    return float(np.sqrt(sum(jax.tree.leaves(squares))))
+
+
+def _signature(x) -> tuple:
+    """``(shape, dtype, weak_type)``: what ``jit`` keys its cache on, for arrays and shapes."""
+    aval = x if isinstance(x, jax.ShapeDtypeStruct) else jax.typeof(x)
+    return tuple(aval.shape), jnp.dtype(aval.dtype), bool(aval.weak_type)
+
+
+def _assert_trees_equal(actual, expected, rtol=0.0, atol=0.0, what=""):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected), what
+    for path, a, e in zip(
+        (jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(expected)),
+        jax.tree.leaves(actual),
+        jax.tree.leaves(expected),
+        strict=True,
+    ):
+        a, e = np.asarray(a), np.asarray(e)
+        assert a.dtype == e.dtype and a.shape == e.shape, f"{what}{path}"
+        import os
+        if os.environ.get("GX_REPORT"):
+            d = np.abs(a.astype(np.float64) - e.astype(np.float64))
+            rel = np.max(d / np.maximum(np.abs(e.astype(np.float64)), 1e-30)) if d.size else 0
+            print("DIFF", os.environ.get("PYTEST_CURRENT_TEST"), what, path, float(np.max(d, initial=0)), float(rel))
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=f"{what}{path}")
+
+
+# --------------------------------------------------------------------------------------------
+# Convergence
+# --------------------------------------------------------------------------------------------
+
+# Optimizers whose step shrinks with the gradient converge to the float32 floor: a few ulps
+# of the O(1) coordinates, ~1e-6 over the 9 coordinates. 1e-4 leaves room for the slowest
+# (Adam's effective step only shrinks as its second moment forgets the early gradients).
+CONVERGED_DISTANCE = 1e-4
+# The others hover within O(lr) of the minimum (Lion's measured radius is ~2 lr, the others'
+# below 0.5 lr); their learning rates above are chosen so that this radius is at most 1e-2,
+# a 550-fold reduction of the initial distance of 5.6.
+HOVER_DISTANCE = 1e-2
+
+
+@table
+def test_converges_on_parabola(entry):
+    opt = entry.make(entry.parabola_lr)
+    start = _as_jnp(PARABOLA_START)
+    final = _minimize(opt, _parabola_loss, start, PARABOLA_STEPS)
+    minimum = _parabola_minimum(entry.l2)
+    initial = _distance(start, minimum)
+    distance = _distance(final, minimum)
+    bound = HOVER_DISTANCE if entry.hovers else CONVERGED_DISTANCE
+    assert distance < bound, f"distance {distance:.3g} from {initial:.3g}, bound {bound:g}"
+
+
+# f(-1.2, 1) = 24.2. f <= 24.2e-5 puts the iterate in the valley within ~1e-2 of (1, 1) (f is
+# ~ (1 - x)^2 along the valley floor); plain gradient descent, the slowest in the table, gets
+# there only after ~10^4 steps, and every other entry within the same 2 * 10^4.
+ROSENBROCK_REDUCTION = 1e5
+
+
+@table
+def test_converges_on_rosenbrock(entry):
+    opt = entry.make(entry.rosenbrock_lr)
+    start = jnp.array([-1.2, 1.0], jnp.float32)
+    final = _minimize(opt, _rosenbrock, start, ROSENBROCK_STEPS)
+    initial, loss = float(_rosenbrock(start)), float(_rosenbrock(final))
+    assert np.isfinite(loss)
+    assert loss <= initial / ROSENBROCK_REDUCTION, f"loss {initial:.3g} -> {loss:.3g} at {final}"
+
+
+# --------------------------------------------------------------------------------------------
+# Compilation, dtypes and shapes
+# --------------------------------------------------------------------------------------------
+
+
+@table
+def test_no_recompilation_on_second_update(entry):
+    opt = entry.make(entry.parabola_lr)
+    traces = []
+
+    @jax.jit
+    def step(params, state):
+        traces.append(None)  # runs once per trace, i.e. once per compilation
+        return _step(opt, _parabola_loss, params, state)
+
+    params = _as_jnp(PARABOLA_START)
+    state = opt.init(params)
+    for _ in range(3):
+        params, state = step(params, state)
+    assert len(traces) == 1, "the second update retraced: init and update states differ"
+    assert step._cache_size() == 1
+
+
+def _dtype_params(dtype):
+    return _as_jnp(PARABOLA_START, dtype)
+
+
+DTYPES = pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+
+
+def _use_dtype(dtype, request):
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    return jnp.dtype(dtype)
+
+
+@table
+@DTYPES
+def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
+    dtype = _use_dtype(dtype, request)
+    opt = entry.make(entry.parabola_lr)
+    params = _dtype_params(dtype)
+    state = opt.init(params)
+    # eval_shape traces the update exactly as jit would, and returns what jit would cache on.
+    _, new_state = jax.eval_shape(functools.partial(_step, opt, _parabola_loss), params, state)
+
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    param_shapes = {np.shape(p) for p in jax.tree.leaves(params)}
+    for (path, before), after in zip(
+        jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(new_state), strict=True
+    ):
+        where = jax.tree_util.keystr(path)
+        shape, leaf_dtype, weak = _signature(before)
+        assert _signature(after) == (shape, leaf_dtype, False), where
+        assert not weak, f"{where} is weakly typed in init"
+        if jnp.issubdtype(leaf_dtype, jnp.integer):
+            assert leaf_dtype == jnp.int32, f"{where}: counters are int32, got {leaf_dtype}"
+        elif shape in param_shapes:
+            # Moments follow their param's dtype (bf16 params give bf16 moments).
+            assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
+        else:
+            # Scalar bookkeeping (e.g. NAdam's momentum product) is never below float32.
+            assert shape == () and jnp.finfo(leaf_dtype).bits >= 32, f"{where}: {leaf_dtype}"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: gx.adam(1e-2, mu_dtype=jnp.float32), id="adam"),
+        pytest.param(lambda: gx.adam(1e-2, amsgrad=True, mu_dtype=jnp.float32), id="amsgrad"),
+        pytest.param(lambda: gx.adamw(1e-2, mu_dtype=jnp.float32), id="adamw"),
+        pytest.param(lambda: gx.lion(1e-3, mu_dtype=jnp.float32), id="lion"),
+    ],
+)
+def test_mu_dtype_keeps_a_float32_first_moment_for_bfloat16_params(make):
+    opt = make()
+    params = _dtype_params(jnp.bfloat16)
+    state = opt.init(params)
+    new_params, new_state = jax.eval_shape(
+        functools.partial(_step, opt, _parabola_loss), params, state
+    )
+    for s in (state, new_state):
+        (moments,) = [t for t in s if hasattr(t, "mu")]
+        assert {_signature(m)[1:] for m in jax.tree.leaves(moments.mu)} == {
+            (jnp.dtype(jnp.float32), False)
+        }
+        others = [getattr(moments, name) for name in moments._fields if name not in ("count", "mu")]
+        assert {_signature(v)[1] for v in jax.tree.leaves(others)} <= {jnp.dtype(jnp.bfloat16)}
+    assert {_signature(p)[1:] for p in jax.tree.leaves(new_params)} == {
+        (jnp.dtype(jnp.bfloat16), False)
+    }
+
+
+@table
+@DTYPES
+def test_apply_updates_keeps_param_dtype(entry, dtype, request):
+    dtype = _use_dtype(dtype, request)
+    opt = entry.make(entry.parabola_lr)
+    params = _dtype_params(dtype)
+    grads = jax.grad(_parabola_loss)(params)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    new_params = gx.apply_updates(params, updates)
+    for tree in (updates, new_params):
+        for leaf in jax.tree.leaves(tree):
+            assert _signature(leaf)[1:] == (dtype, False)
+            assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+    # Every optimizer moves every coordinate on the first step here (|g| >= 0.1, lr >= 1e-3;
+    # bf16's ulp at |p| <= 2 is 2^-6, so a step of 1e-3 may round away in bf16).
+    if dtype != jnp.bfloat16:
+        moved = jax.tree.map(
+            lambda a, b: np.all(np.asarray(a) != np.asarray(b)), params, new_params
+        )
+        assert all(jax.tree.leaves(moved))
+
+
+# --------------------------------------------------------------------------------------------
+# Transformations of the training step: jit, vmap, pmap, shard_map
+# --------------------------------------------------------------------------------------------
+
+# Three steps: the second and third start from a state that earlier updates wrote. Each run is
+# one function (steps unrolled) so that it compiles and dispatches once.
+NUM_STEPS = 3
+
+
+def _train(opt, loss, params, *loss_args):
+    """``NUM_STEPS`` training steps from ``opt.init(params)``; returns ``(params, state)``."""
+    state = opt.init(params)
+    for _ in range(NUM_STEPS):
+        params, state = _step(opt, loss, params, state, *loss_args)
+    return params, state
+
+
+@table
+def test_same_numbers_with_and_without_jit(entry, x64):
+    opt = entry.make(entry.parabola_lr)
+    params = _as_jnp(PARABOLA_START, jnp.float64)
+    run = functools.partial(_train, opt, _parabola_loss)
+    eager, jitted = run(params), jax.jit(run)(params)
+    # Eager mode runs each primitive on its own, jit fuses them; XLA's CPU backend may then
+    # contract a * b + c into one fused multiply-add, which rounds once instead of twice. That
+    # changes results by an ulp or so per step: 1e-14 relative over 3 steps in float64.
+    _assert_trees_equal(jitted, eager, rtol=1e-14, atol=1e-15)
+
+
+BATCH = 3
+
+
+def _batched_starts():
+    """``BATCH`` different starting points, stacked on a leading axis."""
+    shifts = np.linspace(-0.5, 0.5, BATCH, dtype=np.float32)
+    return jax.tree.map(lambda x: x[None] + shifts.reshape((-1,) + (1,) * x.ndim), PARABOLA_START)
+
+
+@table
+def test_vmap_equals_separate_runs(entry):
+    opt = entry.make(entry.parabola_lr)
+    starts = _as_jnp(_batched_starts())
+    run = functools.partial(_train, opt, _parabola_loss)
+
+    single = jax.jit(run)
+    separate = [single(jax.tree.map(lambda x, i=i: x[i], starts)) for i in range(BATCH)]
+    expected = jax.tree.map(lambda *xs: np.stack(xs), *separate)
+    batched = jax.jit(jax.vmap(run))(starts)
+    # Element-wise arithmetic is identical under vmap; only reductions (the global norm of the
+    # composed chain) may sum in another order, an ulp or two of float32.
+    _assert_trees_equal(batched, expected, rtol=1e-6, atol=1e-7)
+
+
+NUM_DEVICES = 4
+
+
+def _replica_targets():
+    """A different target per replica: each replica sees its own data, hence gradients."""
+    offsets = np.arange(NUM_DEVICES, dtype=np.float32) - 1.5
+    return jax.tree.map(lambda t: t[None] + offsets.reshape((-1,) + (1,) * t.ndim), PARABOLA_TARGET)
+
+
+@functools.cache
+def _averaged_gradient_reference(entry):
+    """The single-device run on the gradients averaged over replicas (shared by two tests)."""
+    opt = entry.make(entry.parabola_lr)
+
+    def mean_loss(params, targets):
+        # The gradient of the mean loss is the mean of the replicas' gradients.
+        losses = [
+            _parabola_loss(params, jax.tree.map(lambda t, i=i: t[i], targets))
+            for i in range(NUM_DEVICES)
+        ]
+        return sum(losses) / NUM_DEVICES
+
+    run = jax.jit(functools.partial(_train, opt, mean_loss))
+    return jax.device_get(run(_as_jnp(PARABOLA_START), _as_jnp(_replica_targets())))
+
+
+def _data_parallel_train(opt, params, state, local_grad):
+    """``NUM_STEPS`` data-parallel steps: average the replicas' gradients, then update."""
+    for _ in range(NUM_STEPS):
+        grads = jax.lax.pmean(local_grad(params), "data")
+        updates, state = opt.update(grads, state, params)
+        params = gx.apply_updates(params, updates)
+    return params, state
+
+
+def _devices():
+    devices = jax.devices()
+    if len(devices) < NUM_DEVICES:
+        pytest.skip(f"needs {NUM_DEVICES} devices (tests/conftest.py forces 8 host devices)")
+    return devices[:NUM_DEVICES]
+
+
+# The replicas average their gradients with an all-reduce, whose summation order may differ
+# from the reference's; that is an ulp of the gradient, and a few ulps of the params after 3
+# steps (Adam-type updates are invariant to the gradient's scale, so errors do not grow).
+PARALLEL_RTOL = 1e-6
+PARALLEL_ATOL = 1e-7
+
+
+@table
+def test_pmap_equals_single_device_on_averaged_gradients(entry):
+    devices = _devices()
+    opt = entry.make(entry.parabola_lr)
+
+    def replica_train(params, state, target):
+        local_grad = functools.partial(jax.grad(_parabola_loss), target=target)
+        return _data_parallel_train(opt, params, state, local_grad)
+
+    params = _as_jnp(PARABOLA_START)
+    replicate = functools.partial(jax.tree.map, lambda x: jnp.stack([x] * NUM_DEVICES))
+    run = jax.pmap(replica_train, axis_name="data", devices=devices)(
+        replicate(params), replicate(opt.init(params)), _as_jnp(_replica_targets())
+    )
+    expected = _averaged_gradient_reference(entry)
+    for i in range(NUM_DEVICES):
+        replica = jax.tree.map(lambda x, i=i: np.asarray(x[i]), run)
+        _assert_trees_equal(
+            replica, expected, rtol=PARALLEL_RTOL, atol=PARALLEL_ATOL, what=f"replica {i}: "
+        )
+
+
+@table
+def test_shard_map_equals_single_device_on_averaged_gradients(entry):
+    mesh = Mesh(np.array(_devices()), ("data",))
+    opt = entry.make(entry.parabola_lr)
+
+    def shard_train(params, state, targets):
+        target = jax.tree.map(lambda t: t[0], targets)  # this shard's slice of the targets
+
+        def local_grad(params):
+            # Under shard_map the gradient with respect to a replicated (device-invariant)
+            # input is summed over the devices by autodiff itself. Casting the params to
+            # device-varying first keeps each device's own gradient, averaged as under pmap.
+            varying = jax.lax.pcast(params, "data", to="varying")
+            return jax.grad(_parabola_loss)(varying, target)
+
+        return _data_parallel_train(opt, params, state, local_grad)
+
+    sharded = jax.shard_map(
+        shard_train, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=(P(), P())
+    )
+    params = _as_jnp(PARABOLA_START)
+    run = jax.jit(sharded)(params, opt.init(params), _as_jnp(_replica_targets()))
+    _assert_trees_equal(
+        run, _averaged_gradient_reference(entry), rtol=PARALLEL_RTOL, atol=PARALLEL_ATOL
+    )

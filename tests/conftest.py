@@ -1,0 +1,22 @@
+"""Test configuration shared by every test file.
+
+Eight host CPU devices are requested before JAX starts, so that ``pmap``, ``shard_map`` and
+sharded ``jit`` can be tested on an ordinary machine. The flag only takes effect if it is set
+before the first JAX backend is created, which is why it lives here.
+"""
+
+import os
+
+_DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
+if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _DEVICES_FLAG).strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+    """Runs the test with float64 enabled (``jax_enable_x64``), restoring it afterwards."""
+    with jax.enable_x64(True):
+        yield
