@@ -20,6 +20,16 @@ from gradxform.averaging import (
     lookahead_slow_params,
     swa_params,
 )
+from gradxform.checkpoint import CheckpointError, load_state, save_state
+from gradxform.guards import (
+    ApplyIfFiniteState,
+    DynamicLossScale,
+    DynamicLossScaleState,
+    all_finite,
+    apply_if_finite,
+    current_loss_scale,
+    dynamic_loss_scale,
+)
 from gradxform.hyperparams import InjectHyperparamsState, inject_hyperparams
 from gradxform.optimizers import adagrad, adam, adamax, adamw, amsgrad, lion, nadam, rmsprop, sgd
 from gradxform.parallel import ShardedState, cross_replica_mean, shard_optimizer_state
@@ -60,7 +70,14 @@ from gradxform.transforms.adaptive import (
     scale_by_rss,
     scale_by_stddev,
 )
-from gradxform.transforms.clipping import ZeroNansState, clip, clip_by_global_norm, zero_nans
+from gradxform.transforms.clipping import (
+    ZeroNansState,
+    adaptive_grad_clip,
+    clip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    zero_nans,
+)
 from gradxform.transforms.decay import add_decayed_weights, add_l2
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.scaling import (
@@ -83,6 +100,10 @@ from gradxform.wrappers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApplyIfFiniteState",
+    "CheckpointError",
+    "DynamicLossScale",
+    "DynamicLossScaleState",
     "EmaState",
     "EmptyState",
     "GradientTransformation",
@@ -112,21 +133,27 @@ __all__ = [
     "adam",
     "adamax",
     "adamw",
+    "adaptive_grad_clip",
     "add_decayed_weights",
     "add_l2",
+    "all_finite",
     "amsgrad",
+    "apply_if_finite",
     "apply_updates",
     "averaged_params",
     "chain",
     "clip",
+    "clip_by_block_rms",
     "clip_by_global_norm",
     "constant_schedule",
     "cosine_annealing_warm_restarts",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
     "cross_replica_mean",
+    "current_loss_scale",
     "cyclic_schedule",
     "decay_matrices_only",
+    "dynamic_loss_scale",
     "ema",
     "ema_params",
     "exponential_decay",
@@ -140,6 +167,7 @@ __all__ = [
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
+    "load_state",
     "lookahead",
     "lookahead_slow_params",
     "masked",
@@ -151,6 +179,7 @@ __all__ = [
     "polynomial_schedule",
     "reduce_on_plateau",
     "rmsprop",
+    "save_state",
     "scale",
     "scale_by_adam",
     "scale_by_adamax",

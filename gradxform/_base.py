@@ -185,7 +185,9 @@ def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
     names = []
     transforms = []
     for i, pair in enumerate(named_transforms):
-        if not (isinstance(pair, tuple) and len(pair) == 2):
+        if isinstance(pair, GradientTransformation) or not (
+            isinstance(pair, tuple) and len(pair) == 2
+        ):
             raise TypeError(f"named_chain argument {i} must be a (name, transformation) pair")
         names.append(pair[0])
         transforms.append(_as_transformation(pair[1], f"named_chain entry {pair[0]!r}"))

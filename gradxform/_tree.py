@@ -7,12 +7,15 @@ structures agree and, when they do not, raise an error that prints both structur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gradxform import _checks
 
 ArrayTree = Any
 
@@ -245,9 +248,21 @@ def tree_moment_update(moments: ArrayTree, values: ArrayTree, decay: Any) -> Arr
 
 
 def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
-    """``1 - decay ** count`` for a counter that already counts the current step."""
-    decay = jnp.asarray(decay, default_float_dtype())
-    return 1 - decay ** count.astype(default_float_dtype())
+    """``1 - decay ** count`` for a counter that already counts the current step (>= 1).
+
+    Written as ``-expm1(count * log(decay))``: subtracting ``decay ** count`` from 1 in float32
+    would cancel most digits (about 1e-5 relative error for ``decay = 0.999``). For a static
+    ``decay`` the logarithm is taken in Python's float64, as torch computes it.
+    """
+    dtype = default_float_dtype()
+    steps = count.astype(dtype)
+    if _checks.is_static_number(decay):
+        if float(decay) == 0.0:
+            return jnp.ones_like(steps)
+        log_decay = jnp.asarray(math.log(float(decay)), dtype)
+    else:
+        log_decay = jnp.log(jnp.asarray(decay).astype(dtype))
+    return -jnp.expm1(steps * log_decay)
 
 
 def tree_bias_correction(moments: ArrayTree, decay: Any, count: jax.Array) -> ArrayTree:

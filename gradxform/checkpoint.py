@@ -1,4 +1,4 @@
-"""Checkpoints: a tree of arrays (optimizer state, params) saved to one file and loaded back bitwise.
+"""Checkpoints: a tree of arrays (optimizer state, params) saved to one file, loaded back bitwise.
 
 :func:`save_state` writes any pytree of arrays and numbers (NamedTuple states, dicts, lists,
 tuples, ``None``, int32 counters, bool flags, bfloat16/float16/float32/float64/complex leaves,
@@ -30,6 +30,7 @@ For multi-host checkpoints of arrays no process holds whole, use Orbax.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import json
 import os
@@ -118,7 +119,7 @@ def _describe(tree: Any) -> tuple[dict, list[tuple[str, Any]]]:
             "mapping": _is_mapping_node(node, keys),
             "keys": [jax.tree_util.keystr((k,)) for k in keys],
             "names": [_child_name(k) for k in keys],
-            "children": [visit(child, (*path, k)) for k, (_, child) in zip(keys, children)],
+            "children": [visit(child, (*path, key_path[0])) for key_path, child in children],
         }
 
     return visit(tree, ()), leaves
@@ -134,7 +135,7 @@ def _display_node(description: dict) -> str:
         return "a leaf"
     if node == "None":
         return "None"
-    return f"a {_short_type_name(node)} node"
+    return _short_type_name(node)
 
 
 def _structure_differences(expected: dict, found: dict, path: str, out: list[str]) -> None:
@@ -148,14 +149,21 @@ def _structure_differences(expected: dict, found: dict, path: str, out: list[str
     if expected["node"] in ("leaf", "None"):
         return
     found_children = dict(zip(found["keys"], found["children"], strict=True))
+    expected_keys = set(expected["keys"])
     for key, child in zip(expected["keys"], expected["children"], strict=True):
         if key in found_children:
             _structure_differences(child, found_children[key], path + key, out)
         else:
             out.append(f"{path + key}: in `like` but missing from the checkpoint")
     for key in found["keys"]:
-        if key not in expected["keys"]:
+        if key not in expected_keys:
             out.append(f"{path + key}: in the checkpoint but not in `like`")
+    if set(found_children) == expected_keys and found["keys"] != expected["keys"]:
+        # Leaves are matched by position, so the children's order must agree too.
+        out.append(
+            f"{_display_path(path)}: children in another order: expected "
+            f"{expected['keys']}, found {found['keys']}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,11 +174,16 @@ def _is_key_dtype(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def _leaf_signature(path: str, leaf: Any, role: str) -> dict:
+def _is_key_array(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and _is_key_dtype(leaf.dtype)
+
+
+def _leaf_signature(path: str, leaf: Any, role: str, *, abstract_ok: bool = False) -> dict:
     """``{"dtype", "shape"}`` of a leaf (plus ``"python"`` for a Python number), or a
-    TypeError naming the path."""
-    if isinstance(leaf, _PYTHON_SCALARS):
-        python = next(t.__name__ for t in _PYTHON_SCALARS if isinstance(leaf, t))
+    TypeError naming the path. ``abstract_ok`` also accepts ``jax.ShapeDtypeStruct`` s (and
+    other objects with a shape and a dtype), which describe a leaf without holding one."""
+    if _is_python_number(leaf):
+        python = _python_type_name(leaf)
         try:
             dtype = np.asarray(leaf).dtype
         except OverflowError:
@@ -180,7 +193,8 @@ def _leaf_signature(path: str, leaf: Any, role: str) -> dict:
         return {"dtype": dtype.name, "shape": [], "python": python}
     dtype = getattr(leaf, "dtype", None)
     shape = getattr(leaf, "shape", None)
-    if dtype is None or shape is None:
+    is_array = isinstance(leaf, jax.Array | np.ndarray | np.generic)
+    if dtype is None or shape is None or not (is_array or abstract_ok):
         raise TypeError(
             f"{role} leaf {_display_path(path)} is a {type(leaf).__name__}; checkpoints hold "
             "arrays and Python numbers only"
@@ -212,9 +226,9 @@ def _is_raw_dtype(dtype: np.dtype) -> bool:
         return False
 
 
-def _to_stored(leaf: Any, signature: dict) -> np.ndarray:
+def _to_stored(leaf: Any) -> np.ndarray:
     """The host array written for a leaf: NumPy-native, C-contiguous."""
-    if _is_key_dtype(signature["dtype"]) if "python" not in signature else False:
+    if _is_key_array(leaf):
         array = np.asarray(jax.random.key_data(leaf))
     else:
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
@@ -225,23 +239,36 @@ def _to_stored(leaf: Any, signature: dict) -> np.ndarray:
         array = np.asarray(leaf)
         if _is_raw_dtype(array.dtype):
             array = array.view(np.dtype(f"u{array.dtype.itemsize}"))
-    return np.ascontiguousarray(array)
+    # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
+    return np.array(array, order="C", copy=None)
 
 
 def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).reshape(-1).view(np.uint8)).hexdigest()
+    return hashlib.sha256(
+        np.array(array, order="C", copy=None).reshape(-1).view(np.uint8)
+    ).hexdigest()
 
 
 def _from_stored(array: np.ndarray, record: dict) -> Any:
-    """The stored array as the leaf it was: a NumPy array, a Python number or a PRNG key."""
-    dtype = record["dtype"]
+    """The stored array with the dtype it was saved with (a PRNG key array for keys)."""
     if "impl" in record:
         return jax.random.wrap_key_data(array, impl=record["impl"])
-    if array.dtype.name != dtype:
-        array = array.view(jnp.dtype(dtype))
-    if "python" in record:
-        return getattr(builtins, record["python"])(array.item())
+    if array.dtype.name != record["dtype"]:
+        array = array.view(jnp.dtype(record["dtype"]))
     return array
+
+
+def _is_python_number(leaf: Any) -> bool:
+    # np.float64 and np.complex128 subclass float and complex, but are NumPy scalars.
+    return isinstance(leaf, _PYTHON_SCALARS) and not isinstance(leaf, np.generic)
+
+
+def _python_type_name(number: Any) -> str:
+    return next(t.__name__ for t in _PYTHON_SCALARS if isinstance(number, t))
+
+
+def _python_number(value: np.ndarray, python: str) -> Any:
+    return getattr(builtins, python)(value.item())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,9 +288,8 @@ def _fsync_directory(directory: str) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -298,9 +324,12 @@ def save_state(path: str | os.PathLike, tree: Any) -> None:
     structure, leaves = _describe(tree)
     signatures = [_leaf_signature(p, leaf, "save_state: the tree's") for p, leaf in leaves]
     directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    # Truncated so that the temporary name stays within the usual 255-byte limit.
+    prefix = os.path.basename(path)[:120]
+    temporary = os.path.join(directory, f".{prefix}.{uuid.uuid4().hex}.tmp")
     # 0o666 and the process umask give the permissions of any newly created file.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(temporary, flags, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
             records = []
@@ -309,10 +338,10 @@ def save_state(path: str | os.PathLike, tree: Any) -> None:
                     zip(leaves, signatures, strict=True)
                 ):
                     # One leaf on the host at a time, so saving needs little extra memory.
-                    stored = _to_stored(leaf, signature)
+                    stored = _to_stored(leaf)
                     _write_entry(archive, f"leaf_{index}", stored)
                     record = {"path": leaf_path, **signature, "sha256": _digest(stored)}
-                    if _is_key_dtype(signature["dtype"]) and "python" not in signature:
+                    if _is_key_array(leaf):
                         record["impl"] = str(jax.random.key_impl(leaf))
                     records.append(record)
                 meta = {
@@ -330,10 +359,8 @@ def save_state(path: str | os.PathLike, tree: Any) -> None:
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_directory(directory)
 
@@ -379,11 +406,14 @@ class _Archive:
         if name not in self._archive.files:
             raise _unreadable(self.path, f"the entry {name!r} is missing")
         try:
-            return self._archive[name]
+            array = self._archive[name]
         except Exception as error:
             raise _unreadable(
                 self.path, f"the entry {name!r} is truncated or corrupted", error
             ) from error
+        if not isinstance(array, np.ndarray):  # NumPy returns raw bytes when the header is bad
+            raise _unreadable(self.path, f"the entry {name!r} is not an array (corrupted)")
+        return array
 
     def _read_meta(self) -> dict:
         if _META not in self._archive.files:
@@ -392,9 +422,13 @@ class _Archive:
         expected = self._entry(_META_DIGEST).tobytes()
         if hashlib.sha256(meta_bytes).hexdigest().encode() != expected:
             raise _unreadable(self.path, "the metadata does not match its checksum (corrupted)")
-        meta = json.loads(meta_bytes)
-        if meta.get("format") != FORMAT_NAME:
-            raise _unreadable(self.path, f"unknown format {meta.get('format')!r}")
+        try:
+            meta = json.loads(meta_bytes)
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+            raise _unreadable(self.path, "the metadata is not JSON", error) from error
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            format_name = meta.get("format") if isinstance(meta, dict) else None
+            raise _unreadable(self.path, f"unknown format {format_name!r}")
         if meta.get("version") != FORMAT_VERSION:
             raise _unreadable(
                 self.path,
@@ -404,14 +438,13 @@ class _Archive:
         return meta
 
     def leaf(self, index: int) -> Any:
-        """Leaf ``index``, checked against its checksum, as the value that was saved."""
+        """Leaf ``index``, checked against its checksum, as an array of its saved dtype."""
         record = self.meta["leaves"][index]
         array = self._entry(f"leaf_{index}")
         if _digest(array) != record["sha256"]:
             raise _unreadable(
                 self.path,
-                f"the leaf {_display_path(record['path'])} does not match its checksum "
-                "(corrupted)",
+                f"the leaf {_display_path(record['path'])} does not match its checksum (corrupted)",
             )
         value = _from_stored(array, record)
         if list(np.shape(value)) != record["shape"]:
@@ -428,7 +461,10 @@ def _plain(description: dict, archive: _Archive) -> Any:
     if node == "None":
         return None
     if node == "leaf":
-        return archive.leaf(description["index"])
+        index = description["index"]
+        value = archive.leaf(index)
+        python = archive.meta["leaves"][index].get("python")
+        return value if python is None else _python_number(value, python)
     children = [_plain(child, archive) for child in description["children"]]
     if description["mapping"]:
         return dict(zip(description["names"], children, strict=True))
@@ -437,10 +473,12 @@ def _plain(description: dict, archive: _Archive) -> Any:
 
 def _as_like(value: Any, like_leaf: Any) -> Any:
     """A loaded leaf in the form of ``like``'s leaf, on its devices."""
-    if isinstance(like_leaf, _PYTHON_SCALARS):
-        return value  # already the Python number that was saved
-    if isinstance(like_leaf, np.ndarray | np.generic):
-        return type(like_leaf)(value) if isinstance(like_leaf, np.generic) else np.asarray(value)
+    if _is_python_number(like_leaf):
+        return _python_number(value, _python_type_name(like_leaf))
+    if isinstance(like_leaf, np.generic):
+        return value[()]
+    if isinstance(like_leaf, np.ndarray):
+        return value
     sharding = getattr(like_leaf, "sharding", None)
     if sharding is None or (isinstance(like_leaf, jax.Array) and not like_leaf.committed):
         return jax.device_put(value)  # the default device, uncommitted like `like_leaf`
@@ -502,7 +540,9 @@ def load_state(path: str | os.PathLike, like: Any = None) -> Any:
         if not differences:
             # The same structure numbers the leaves alike in both trees.
             for (leaf_path, like_leaf), record in zip(like_leaves, meta["leaves"], strict=True):
-                expected = _leaf_signature(leaf_path, like_leaf, "load_state: `like`'s")
+                expected = _leaf_signature(
+                    leaf_path, like_leaf, "load_state: `like`'s", abstract_ok=True
+                )
                 for field in ("dtype", "shape"):
                     if expected[field] != record[field]:
                         shown = (

@@ -140,7 +140,9 @@ def apply_if_finite(
         finite = all_finite((updates, new_updates), axis_name)
         notfinite_count = jnp.where(finite, 0, _tree.safe_increment(state.notfinite_count))
         apply = finite | (notfinite_count > max_consecutive_errors)
-        total = jnp.where(finite, state.total_notfinite, _tree.safe_increment(state.total_notfinite))
+        total = jnp.where(
+            finite, state.total_notfinite, _tree.safe_increment(state.total_notfinite)
+        )
         return _zeros_unless(apply, new_updates), ApplyIfFiniteState(
             notfinite_count=notfinite_count.astype(jnp.int32),
             last_finite=finite,
@@ -152,6 +154,11 @@ def apply_if_finite(
 
 
 # --- dynamic loss scaling ----------------------------------------------------------------------
+
+
+def _upcast_leaf(x: Any) -> jax.Array:
+    x = jnp.asarray(x)
+    return x.astype(_tree.compute_dtype(x.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,20 +225,16 @@ class DynamicLossScale:
         The float32 product keeps the scaled loss itself from overflowing float16; its
         gradient enters the float16 part of the model as ``loss_scale`` cast to float16.
         """
-        return jax.tree.map(
-            lambda x: x.astype(_tree.compute_dtype(x.dtype)) * self.loss_scale, tree
-        )
+        return jax.tree.map(lambda x: _upcast_leaf(x) * self.loss_scale, tree)
 
     def unscale(self, tree: Any) -> Any:
         """``x / loss_scale`` for every leaf, computed and returned in at least float32."""
-        return jax.tree.map(
-            lambda x: x.astype(_tree.compute_dtype(x.dtype)) / self.loss_scale, tree
-        )
+        return jax.tree.map(lambda x: _upcast_leaf(x) / self.loss_scale, tree)
 
     def adjust(self, grads_finite: jax.Array) -> DynamicLossScale:
         """The scale for the next step, given whether this step's gradients were finite."""
         one_more = self.good_steps + 1
-        grow = grads_finite & (one_more >= self.period)
+        grow = grads_finite & (one_more > self.period)
         grown = self.loss_scale * jnp.float32(self.factor)
         grown = jnp.where(jnp.isfinite(grown), grown, self.loss_scale)
         shrunk = jnp.maximum(self.loss_scale / jnp.float32(self.factor), self.min_loss_scale)
@@ -273,9 +276,10 @@ def _upcast(params: Params, dtype: Any) -> Params:
 
     def leaf(p):
         p_dtype = jnp.result_type(p)
-        if jnp.issubdtype(p_dtype, jnp.floating) and jnp.finfo(p_dtype).bits < jnp.finfo(
-            dtype
-        ).bits:
+        if (
+            jnp.issubdtype(p_dtype, jnp.floating)
+            and jnp.finfo(p_dtype).bits < jnp.finfo(dtype).bits
+        ):
             return jnp.asarray(p).astype(dtype)
         return p
 

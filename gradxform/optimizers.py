@@ -19,7 +19,7 @@ from gradxform.transforms.adaptive import (
     scale_by_rms,
     scale_by_rss,
 )
-from gradxform.transforms.decay import MaskOrFn, add_decayed_weights, add_l2
+from gradxform.transforms.decay import MaskOrFn, decayed_weights
 from gradxform.transforms.momentum import trace
 from gradxform.transforms.scaling import ScalarOrSchedule, scale_by_learning_rate
 
@@ -76,7 +76,7 @@ def sgd(
             f"momentum={momentum!r}, dampening={dampening!r}"
         )
     return chain(
-        *_maybe(not _checks.is_static_zero(weight_decay), add_l2(weight_decay)),
+        *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, None, who)),
         *_maybe(not no_momentum, trace(momentum, nesterov=nesterov, dampening=dampening)),
         scale_by_learning_rate(learning_rate),
     )
@@ -120,7 +120,7 @@ def adagrad(
             return base / (1 + count * lr_decay)
 
     return chain(
-        *_maybe(not _checks.is_static_zero(weight_decay), add_l2(weight_decay)),
+        *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, None, who)),
         scale_by_rss(initial_accumulator_value, eps),
         scale_by_learning_rate(rate),
     )
@@ -161,7 +161,7 @@ def rmsprop(
     _checks.non_negative(who, "eps", eps)
     _checks.non_negative(who, "momentum", momentum)
     return chain(
-        *_maybe(not _checks.is_static_zero(weight_decay), add_l2(weight_decay)),
+        *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, None, who)),
         scale_by_rms(decay, eps, eps_in_sqrt=False, centered=centered),
         *_maybe(not _checks.is_static_zero(momentum), trace(momentum)),
         scale_by_learning_rate(learning_rate),
@@ -205,7 +205,7 @@ def adam(
     _check_common(who, learning_rate, weight_decay)
     _check_betas(who, b1, b2, eps)
     return chain(
-        *_maybe(not _checks.is_static_zero(weight_decay), add_l2(weight_decay)),
+        *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, None, who)),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, amsgrad=amsgrad),
         scale_by_learning_rate(learning_rate),
     )
@@ -227,6 +227,9 @@ def amsgrad(
 
         v'_t = max(v'_{t-1}, v_t),   p <- p - lr * m_hat_t / (sqrt(v'_t / (1 - b2^t)) + eps)
     """
+    who = "amsgrad"
+    _check_common(who, learning_rate, weight_decay)
+    _check_betas(who, b1, b2, eps)
     return adam(
         learning_rate, b1, b2, eps, weight_decay, True, eps_root=eps_root, mu_dtype=mu_dtype
     )
@@ -265,7 +268,7 @@ def adamw(
     _check_betas(who, b1, b2, eps)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, amsgrad=amsgrad),
-        *_maybe(not _checks.is_static_zero(weight_decay), add_decayed_weights(weight_decay, mask)),
+        *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, mask, who)),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -293,7 +296,7 @@ def adamax(
     _check_common(who, learning_rate, weight_decay)
     _check_betas(who, b1, b2, eps)
     return chain(
-        *_maybe(not _checks.is_static_zero(weight_decay), add_l2(weight_decay)),
+        *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, None, who)),
         scale_by_adamax(b1, b2, eps),
         scale_by_learning_rate(learning_rate),
     )
@@ -334,9 +337,9 @@ def nadam(
     _check_betas(who, b1, b2, eps)
     decays = not _checks.is_static_zero(weight_decay)
     return chain(
-        *_maybe(decays and not decoupled_weight_decay, add_l2(weight_decay)),
+        *_maybe(decays and not decoupled_weight_decay, decayed_weights(weight_decay, None, who)),
         scale_by_nadam(b1, b2, eps, momentum_decay),
-        *_maybe(decays and decoupled_weight_decay, add_decayed_weights(weight_decay)),
+        *_maybe(decays and decoupled_weight_decay, decayed_weights(weight_decay, None, who)),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -373,6 +376,6 @@ def lion(
     _checks.in_unit_interval(who, "b2", b2)
     return chain(
         scale_by_lion(b1, b2, mu_dtype=mu_dtype),
-        *_maybe(not _checks.is_static_zero(weight_decay), add_decayed_weights(weight_decay, mask)),
+        *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, mask, who)),
         scale_by_learning_rate(learning_rate),
     )

@@ -5,6 +5,8 @@ NumPy is the order of a handful of roundings: tolerances of 1e-14 relative are t
 hundred ulps of slack. Tests of the float32 path use tolerances justified where they appear.
 """
 
+from fractions import Fraction
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -266,15 +268,36 @@ def test_moment_update_complex(x64):
     np.testing.assert_allclose(np.asarray(got), 0.75 * m + 0.25 * v, rtol=RTOL64)
 
 
+def _exact_correction(decay, count):
+    """1 - decay^count for the binary ``decay``, correctly rounded to float64."""
+    return float(1 - Fraction(decay) ** count)
+
+
 @pytest.mark.parametrize("decay", [0.0, 0.5, 0.9, 0.999])
 @pytest.mark.parametrize("count", [1, 2, 10, 1000])
-def test_bias_correction_matches_numpy(x64, decay, count):
+def test_bias_correction_matches_exact_value(x64, decay, count):
+    # To a few float64 ulps of the correctly rounded value. Computing 1 - decay^count by
+    # subtraction misses this for decay near 1: an ulp of decay^count is up to 1e-13 of the
+    # result when decay = 0.999 (and 1e-4 in float32).
+    expected = _exact_correction(decay, count)
     correction = _tree.bias_correction(decay, jnp.array(count, jnp.int32))
-    np.testing.assert_allclose(float(correction), 1 - decay**count, rtol=RTOL64)
+    assert correction.dtype == jnp.float64
+    np.testing.assert_allclose(float(correction), expected, rtol=RTOL64)
     moments = {"m": jnp.array([0.3, -2.0]), "n": jnp.array(5.0)}
     got = _tree.tree_bias_correction(moments, decay, jnp.array(count, jnp.int32))
-    expected = {"m": np.array([0.3, -2.0]) / (1 - decay**count), "n": 5.0 / (1 - decay**count)}
-    _assert_tree_close(got, expected)
+    _assert_tree_close(got, {"m": np.array([0.3, -2.0]) / expected, "n": 5.0 / expected})
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.99, 0.999, 0.9999])
+@pytest.mark.parametrize("count", [1, 2, 10, 1000])
+def test_bias_correction_float32_accuracy(decay, count):
+    # The moments use the weight (1 - decay) rounded once to float32; their correction must be
+    # as accurate (a few float32 ulps, 1e-6), or Adam's first step is not sign(g) and a
+    # debiased average of a constant is not that constant. Subtracting float32(decay)^count
+    # from 1 is off by up to 2e-4 here.
+    correction = _tree.bias_correction(decay, jnp.array(count, jnp.int32))
+    assert correction.dtype == jnp.float32
+    np.testing.assert_allclose(float(correction), 1 - decay**count, rtol=1e-6)
 
 
 def test_bias_correction_keeps_moment_dtype():

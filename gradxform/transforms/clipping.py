@@ -226,6 +226,7 @@ def adaptive_grad_clip(
 
     return GradientTransformation(init_fn, update_fn)
 
+
 def zero_nans() -> GradientTransformation:
     """Replaces NaN elements by zero: ``u <- where(isnan(u), 0, u)``.
 

@@ -27,7 +27,11 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: MaskOrFn = None) -> Gra
     Returns:
       A stateless transformation (masked if ``mask`` is given). Needs ``params``.
     """
-    who = "add_decayed_weights"
+    return decayed_weights(weight_decay, mask, who="add_decayed_weights")
+
+
+def decayed_weights(weight_decay: Any, mask: MaskOrFn, who: str) -> GradientTransformation:
+    """``u <- u + weight_decay * p``, with errors naming ``who`` (the caller users see)."""
     _checks.non_negative(who, "weight_decay", weight_decay)
 
     def init_fn(params):
@@ -61,4 +65,4 @@ def add_l2(weight_decay: float = 0.0, mask: MaskOrFn = None) -> GradientTransfor
     Returns:
       A stateless transformation. Needs ``params``.
     """
-    return add_decayed_weights(weight_decay, mask)
+    return decayed_weights(weight_decay, mask, who="add_l2")

@@ -34,7 +34,7 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
         raise TypeError(f"scale: `step_size` must be a number, got {step_size!r}")
 
     def init_fn(params):
-        del params
+        _tree.check_inexact_leaves(params, "scale")
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -59,7 +59,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
         raise TypeError(f"scale_by_schedule: `step_size_fn` must be callable, got {step_size_fn!r}")
 
     def init_fn(params):
-        del params
+        _tree.check_inexact_leaves(params, "scale_by_schedule")
         return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):
