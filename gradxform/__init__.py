@@ -21,6 +21,7 @@ from gradxform.averaging import (
     swa_params,
 )
 from gradxform.checkpoint import CheckpointError, load_state, save_state
+from gradxform.flat import FlatLayout, flatten_params
 from gradxform.guards import (
     ApplyIfFiniteState,
     DynamicLossScale,
@@ -106,6 +107,7 @@ __all__ = [
     "DynamicLossScaleState",
     "EmaState",
     "EmptyState",
+    "FlatLayout",
     "GradientTransformation",
     "InjectHyperparamsState",
     "JoinTransformsState",
@@ -157,6 +159,7 @@ __all__ = [
     "ema",
     "ema_params",
     "exponential_decay",
+    "flatten_params",
     "freeze",
     "gradient_accumulation",
     "identity",

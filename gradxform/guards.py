@@ -177,7 +177,7 @@ class DynamicLossScale:
     The loop, in full (:func:`dynamic_loss_scale` does the last three lines for you)::
 
         scaler = gx.DynamicLossScale(2.0**15)
-        loss, grads = jax.value_and_grad(lambda p: scaler.scale(loss_fn(p)))(params)
+        grads = jax.grad(lambda p: scaler.scale(loss_fn(p)))(params)
         grads = scaler.unscale(grads)                 # float32 gradients of the true loss
         finite = gx.all_finite(grads)
         scaler = scaler.adjust(finite)                # and skip the update if not finite
@@ -234,7 +234,7 @@ class DynamicLossScale:
     def adjust(self, grads_finite: jax.Array) -> DynamicLossScale:
         """The scale for the next step, given whether this step's gradients were finite."""
         one_more = self.good_steps + 1
-        grow = grads_finite & (one_more > self.period)
+        grow = grads_finite & (one_more >= self.period)
         grown = self.loss_scale * jnp.float32(self.factor)
         grown = jnp.where(jnp.isfinite(grown), grown, self.loss_scale)
         shrunk = jnp.maximum(self.loss_scale / jnp.float32(self.factor), self.min_loss_scale)
@@ -356,7 +356,12 @@ def dynamic_loss_scale(
     keep_extra = _extra_args_filter(inner.update)
     if not float(initial_scale) > 0:
         raise ValueError(f"{who}: `initial_scale` must be > 0, got {initial_scale!r}")
-    # Validates period, factor and min_scale once, here.
+    if not isinstance(period, int) or isinstance(period, bool) or period < 1:
+        raise ValueError(f"{who}: `period` must be an int >= 1, got {period!r}")
+    if not float(factor) > 1:
+        raise ValueError(f"{who}: `factor` must be > 1, got {factor!r}")
+    if not float(min_scale) > 0:
+        raise ValueError(f"{who}: `min_scale` must be > 0, got {min_scale!r}")
     template = DynamicLossScale(
         float(initial_scale), period=period, factor=factor, min_loss_scale=min_scale
     )

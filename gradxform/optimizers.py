@@ -178,6 +178,7 @@ def adam(
     *,
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """Adam (Kingma & Ba, 2015), as ``torch.optim.Adam`` (``betas=(b1, b2)``).
 
@@ -197,6 +198,7 @@ def adam(
       amsgrad: AMSGrad's running maximum of the second moment.
       eps_root: added inside the root (>= 0).
       mu_dtype: dtype of the first moment.
+      nu_dtype: dtype of the second moment (float32 for float16 params).
 
     Returns:
       ``chain(add_l2, scale_by_adam, scale_by_learning_rate)``.
@@ -206,7 +208,7 @@ def adam(
     _check_betas(who, b1, b2, eps)
     return chain(
         *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, None, who)),
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, amsgrad=amsgrad),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -220,6 +222,7 @@ def amsgrad(
     *,
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """AMSGrad (Reddi et al., 2018): :func:`adam` with ``amsgrad=True``.
 
@@ -231,7 +234,15 @@ def amsgrad(
     _check_common(who, learning_rate, weight_decay)
     _check_betas(who, b1, b2, eps)
     return adam(
-        learning_rate, b1, b2, eps, weight_decay, True, eps_root=eps_root, mu_dtype=mu_dtype
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        weight_decay,
+        True,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
     )
 
 
@@ -246,6 +257,7 @@ def adamw(
     *,
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """AdamW (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW``: decoupled weight decay.
 
@@ -255,7 +267,7 @@ def adamw(
 
     Args:
       learning_rate: ``lr``, a number or a schedule.
-      b1, b2, eps, amsgrad, eps_root, mu_dtype: as in :func:`adam`.
+      b1, b2, eps, amsgrad, eps_root, mu_dtype, nu_dtype: as in :func:`adam`.
       weight_decay: the decoupled decay ``lambda`` (torch's default 1e-2).
       mask: which leaves to decay: a tree of bools or a function of params, e.g.
         :func:`gradxform.decay_matrices_only` to leave biases and scales alone.
@@ -267,7 +279,7 @@ def adamw(
     _check_common(who, learning_rate, weight_decay)
     _check_betas(who, b1, b2, eps)
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, amsgrad=amsgrad),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype=mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
         *_maybe(not _checks.is_static_zero(weight_decay), decayed_weights(weight_decay, mask, who)),
         scale_by_learning_rate(learning_rate),
     )

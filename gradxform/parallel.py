@@ -72,8 +72,8 @@ def cross_replica_mean(axis_name: Hashable) -> GradientTransformation:
       >>> import jax, jax.numpy as jnp, gradxform as gx
       >>> mean = gx.cross_replica_mean("i")
       >>> step = jax.pmap(lambda g: mean.update(g, mean.init(g))[0], axis_name="i")
-      >>> step(jnp.arange(jax.local_device_count(), dtype=jnp.float32)).tolist()[0] == (
-      ...     (jax.local_device_count() - 1) / 2)
+      >>> grads = jnp.arange(jax.local_device_count(), dtype=jnp.float32)  # device d has d
+      >>> bool(jnp.all(step(grads) == grads.mean()))
       True
     """
     _check_axis_name("cross_replica_mean", axis_name)
@@ -154,7 +154,7 @@ def shard_optimizer_state(
     device: ``init`` builds this device's slice of the state, and the state leaves carry a
     leading device axis of length 1 (:class:`ShardedState`). Under ``shard_map`` give the
     state ``P(axis_name)`` in ``in_specs`` and ``out_specs``; under ``pmap`` map it over axis 0
-    as usual::
+    as usual (called outside a mapped function, both raise ``NameError`` saying so)::
 
         opt = gx.shard_optimizer_state(gx.adam(1e-3), "data", average_updates=True)
         state = jax.pmap(opt.init, axis_name="data")(replicated_params)
@@ -226,6 +226,11 @@ def shard_optimizer_state(
         return ShardedState(jax.tree.map(lambda s: jnp.asarray(s)[None], inner_state))
 
     def update_fn(updates, state, params=None, **extra_args):
+        if not isinstance(state, ShardedState):
+            raise TypeError(
+                f"{who}: expected the state made by this transformation's `init` (a "
+                f"ShardedState), got {type(state).__name__}"
+            )
         n, index = _axis_position(who, axis_name)
         extra_args = keep_extra(extra_args)
         _check_elementwise(inner, updates, params, extra_args, axis_name, n)
@@ -277,6 +282,8 @@ _POSITIONAL = {
     "select_and_gather_add",
 }
 _POSITIONAL_PREFIXES = ("cum", "scatter", "reduce_window")
+# Operations that make values from positions: on a slice, the positions are not the param's.
+_POSITION_SOURCES = {"iota", "random_bits"}
 _SUMS = {"psum", "psum_invariant"}
 # Only change how shard_map types a value (varying or not over an axis); no data moves.
 _TYPE_ONLY = {"pvary", "pcast"}
@@ -300,6 +307,8 @@ def _names_axis(eqn: Any, axis_name: Hashable) -> bool:
 def _mixing_mark(eqn: Any) -> int:
     """The mark an operation gives by itself: does it combine elements, and how."""
     name = eqn.primitive.name
+    if name in _POSITION_SOURCES:
+        return _MIXED if any(_size(v) > 1 for v in eqn.outvars) else _ELEMENTWISE
     if not eqn.invars:
         return _ELEMENTWISE
     shape = getattr(eqn.invars[0].aval, "shape", ())
@@ -431,8 +440,9 @@ def _check_elementwise(
     if mark == _MIXED:
         raise ValueError(
             f"shard_optimizer_state: the wrapped transformation combines different elements "
-            f"of a parameter (`{cause}`), which it cannot do on the 1/{n} slices each device "
-            f"holds (per-row or per-matrix statistics, sorting, matrix products, ...). Only "
+            f"of a parameter, or depends on their positions (`{cause}`), which it cannot do on "
+            f"the 1/{n} slices each device holds (per-row or per-matrix statistics, sorting, "
+            f"matrix products, random noise, ...). Only "
             f"element-wise transformations (Adam, SGD, RMSProp, Lion, ...) can be wrapped: "
             f"apply this one outside the wrapper, on the whole averaged gradient."
         )

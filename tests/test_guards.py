@@ -338,6 +338,20 @@ def test_dynamic_loss_scale_transformation_sequence():
     assert float(gx.current_loss_scale(state)) == expected_scales[-1]
 
 
+def test_dynamic_loss_scale_skips_non_finite_inner_updates_without_shrinking():
+    # Finite gradients, but the inner transformation produces -inf (log 0): the step is
+    # skipped, yet the scale did not overflow anything, so it is not shrunk.
+    log = gx.stateless(lambda u, p: jax.tree.map(jnp.log, u))
+    opt = gx.dynamic_loss_scale(gx.chain(log, gx.sgd(1.0, momentum=0.5)), initial_scale=8.0)
+    params = {"w": jnp.ones(2)}
+    state = opt.init(params)
+    updates, new_state = opt.update({"w": jnp.array([8.0, 0.0])}, state, params)
+    np.testing.assert_array_equal(np.asarray(updates["w"]), [0.0, 0.0])
+    _assert_trees_equal(new_state.inner_state, state.inner_state)
+    assert float(new_state.loss_scale) == 8.0 and bool(new_state.last_finite)
+    assert int(new_state.total_notfinite) == 1
+
+
 def test_dynamic_loss_scale_keeps_float32_inner_state_for_float16_params():
     params = {"w": jnp.ones((2, 2), jnp.float16), "b": jnp.ones(2, jnp.bfloat16)}
     opt = gx.dynamic_loss_scale(gx.adam(0.1))
@@ -373,7 +387,7 @@ def test_current_loss_scale_finds_the_state_in_a_chain():
         ({"initial_scale": -2.0}, "initial_scale"),
         ({"period": 0}, "period"),
         ({"factor": 0.5}, "factor"),
-        ({"min_scale": -1.0}, "min_loss_scale"),
+        ({"min_scale": -1.0}, "min_scale"),
     ],
 )
 def test_dynamic_loss_scale_transformation_validation(kwargs, name):

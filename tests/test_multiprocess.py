@@ -38,21 +38,22 @@ def _run_workers(tmp_path: Path) -> list[Path]:
     env.pop("XLA_FLAGS", None)  # one CPU device per process (conftest asks for 8 here)
     env["JAX_PLATFORMS"] = "cpu"
     outputs = [tmp_path / f"process{i}.npz" for i in range(worker.NUM_PROCESSES)]
-    logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(worker.NUM_PROCESSES)]  # noqa: SIM115
+    logs = [tmp_path / f"process{i}.log" for i in range(worker.NUM_PROCESSES)]
     processes = []
+    failure = None
     try:
         for i in range(worker.NUM_PROCESSES):
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, str(WORKER), str(port), str(i), str(outputs[i])],
-                    stdout=logs[i],
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=WORKER.parent,
+            with open(logs[i], "w") as log:  # the child keeps its own handle
+                processes.append(
+                    subprocess.Popen(
+                        [sys.executable, str(WORKER), str(port), str(i), str(outputs[i])],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=WORKER.parent,
+                    )
                 )
-            )
         deadline = time.monotonic() + TIMEOUT_S
-        failure = None
         # Poll both: when one fails, its peer would wait for it until the timeout.
         while failure is None and any(p.poll() is None for p in processes):
             failed = [i for i, p in enumerate(processes) if p.poll() not in (None, 0)]
@@ -70,13 +71,11 @@ def _run_workers(tmp_path: Path) -> list[Path]:
                 process.kill()
                 process.wait()
     if failure is not None:
-        shown = []
-        for i, log in enumerate(logs):
-            log.seek(0)
-            shown.append(f"--- process {i} (stdout and stderr) ---\n{log.read()[-6000:]}")
+        shown = [
+            f"--- process {i} (stdout and stderr) ---\n{log.read_text()[-6000:]}"
+            for i, log in enumerate(logs)
+        ]
         pytest.fail(f"two-process training failed: {failure}\n" + "\n".join(shown))
-    for log in logs:
-        log.close()
     return outputs
 
 

@@ -466,12 +466,22 @@ def test_sharded_state_matches_unsharded_over_50_steps(mode):
 
 
 def _row_normalize():
-    """A transformation that divides each row by its norm: it combines elements of a row."""
+    """A transformation that divides each row by its norm: it combines elements of a row.
 
+    The norm sits inside a nested ``jit``, which the check must look into.
+    """
+
+    @jax.jit
     def leaf(x):
         return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1.0) if x.ndim else x
 
     return gx.stateless(lambda u, p: jax.tree.map(leaf, u))
+
+
+def _add_noise():
+    """Adds fixed-key Gaussian noise: on slices, every device would draw the same numbers."""
+    noise = lambda x: x + 0.01 * jax.random.normal(jax.random.key(0), x.shape)  # noqa: E731
+    return gx.stateless(lambda u, p: jax.tree.map(noise, u))
 
 
 # Transformations the wrapper supports, as functions of the axis to sum a norm over: the
@@ -543,8 +553,10 @@ def test_sharded_state_accepts_optax_transformations():
             lambda: gx.stateless(lambda u, p: jax.lax.psum(u, AXIS)),
             "combines different elements",
         ),
+        # Values made from positions differ between a slice and its param.
+        (lambda: gx.chain(_add_noise(), gx.sgd(0.1)), "depends on their positions"),
     ],
-    ids=["global_norm", "row_norm", "psum_of_arrays"],
+    ids=["global_norm", "row_norm", "psum_of_arrays", "noise"],
 )
 def test_sharded_state_rejects_transformations_that_combine_elements(make, message):
     rng = np.random.default_rng(9)
@@ -582,6 +594,13 @@ def test_sharded_state_needs_the_mapped_axis():
     opt = gx.shard_optimizer_state(gx.adam(), AXIS)
     with pytest.raises(NameError, match="inside the function mapped over it"):
         opt.init({"w": jnp.ones(3)})
+
+
+def test_sharded_state_rejects_a_foreign_state():
+    opt = gx.shard_optimizer_state(gx.adam(), AXIS)
+    grads = {"w": jnp.ones((N, 3))}
+    with pytest.raises(TypeError, match="ShardedState"):
+        jax.pmap(lambda g: opt.update(g, gx.adam().init(g)), axis_name=AXIS)(grads)
 
 
 def test_sharded_state_validates_arguments():

@@ -100,6 +100,8 @@ def scale_by_adam(
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
     amsgrad: bool = False,
+    *,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     """Adam's preconditioner (Kingma & Ba, 2015), optionally AMSGrad (Reddi et al., 2018).
 
@@ -119,6 +121,8 @@ def scale_by_adam(
       eps_root: added inside the root (>= 0); useful when differentiating through the update.
       mu_dtype: dtype of the first moment; by default each param's dtype.
       amsgrad: use the running maximum of the second moment (torch's ``amsgrad``).
+      nu_dtype: dtype of the second moment (and its maximum); by default each param's dtype.
+        float16 params want float32 here: squares of gradients below ~2e-4 underflow in float16.
 
     Returns:
       A transformation whose state is :class:`ScaleByAdamState`
@@ -134,9 +138,9 @@ def scale_by_adam(
         _tree.check_inexact_leaves(params, who)
         count = jnp.zeros([], jnp.int32)
         mu = _tree.tree_zeros_like(params, mu_dtype)
-        nu = _tree.tree_zeros_like(params)
+        nu = _tree.tree_zeros_like(params, nu_dtype)
         if amsgrad:
-            return ScaleByAmsgradState(count, mu, nu, _tree.tree_zeros_like(params))
+            return ScaleByAmsgradState(count, mu, nu, _tree.tree_zeros_like(params, nu_dtype))
         return ScaleByAdamState(count, mu, nu)
 
     def update_fn(updates, state, params=None, **extra_args):

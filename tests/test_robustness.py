@@ -1,0 +1,341 @@
+"""Property tests: every optimizer, any tree, any valid hyperparameters.
+
+Hypothesis draws parameter trees (nested dicts, lists and tuples, empty containers, ``None``
+leaves, scalars, size-0 arrays, float32/bfloat16/float16 leaves) with finite gradients, and
+hyperparameters from each optimizer's valid ranges. Every optimizer must then run ``init``,
+two ``update`` s and ``apply_updates`` without error, give finite updates, state and params,
+keep each param's dtype, and keep its state's dtypes (so a jitted step never recompiles).
+Hyperparameters drawn from outside the valid ranges must raise ``ValueError`` naming the
+argument, in the factory, before any array is touched.
+
+Steps run eagerly: the trees are tiny, and one jit per drawn tree would cost a compilation
+per example where eager dispatch reuses each primitive's compiled kernel across examples.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gradxform as gx
+
+SETTINGS = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+FLOAT_DTYPES = (np.float32, ml_dtypes.bfloat16, np.float16)
+
+
+# --- trees ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSpec:
+    """What one leaf will be (a plain dataclass, so JAX sees it as a leaf of the spec tree)."""
+
+    shape: tuple
+    dtype: type
+    # log10 of the gradient's magnitude: tiny values exercise underflow in float16 and
+    # bfloat16 moments, large ones their range. Gradients are bounded by 10^exponent <= 100,
+    # so that the sum of two |g|^2 (Adagrad's accumulator) fits float16 (max 65504): second
+    # moments are kept in the param's dtype, and a float16 Adam with |g| > 256 overflows its
+    # `nu` by design.
+    grad_exponent: int
+    seed: int
+
+
+leaf_specs = st.builds(
+    LeafSpec,
+    shape=st.lists(st.integers(0, 3), max_size=2).map(tuple),
+    dtype=st.sampled_from(FLOAT_DTYPES),
+    grad_exponent=st.sampled_from([-6, -3, 0, 2]),
+    seed=st.integers(0, 2**16),
+)
+
+
+def _containers(children):
+    return st.one_of(
+        st.dictionaries(st.sampled_from("abcd"), children, max_size=3),
+        st.lists(children, max_size=3),
+        st.lists(children, max_size=3).map(tuple),
+    )
+
+
+# A whole tree of ``None`` is left out: ``update(..., params=None)`` means "no params given",
+# which the weight-decay transformations rightly refuse. ``None`` inside a tree is drawn.
+tree_specs = st.recursive(st.one_of(leaf_specs, st.none()), _containers, max_leaves=6).filter(
+    lambda spec: spec is not None
+)
+
+
+def _build(spec, kind):
+    """Params (``kind="params"``) or the gradient of step ``kind`` (an int), from a spec."""
+
+    def leaf(s):
+        offset = 0 if kind == "params" else 1 + kind
+        rng = np.random.default_rng(s.seed + 7919 * offset)
+        if kind == "params":
+            values = np.asarray(rng.standard_normal(s.shape))
+        else:
+            values = np.asarray(rng.uniform(-1.0, 1.0, s.shape))
+            values = np.asarray(values * 10.0**s.grad_exponent)
+            values[rng.random(s.shape) < 0.2] = 0.0  # exact zeros: the 0/0 cases
+        return jnp.asarray(values.astype(s.dtype))
+
+    return jax.tree.map(leaf, spec)
+
+
+def _all_finite(tree):
+    return all(bool(np.all(np.isfinite(np.asarray(x, np.float32)))) for x in jax.tree.leaves(tree))
+
+
+def _dtypes(tree):
+    return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+
+# --- hyperparameters ------------------------------------------------------------------------------
+
+
+def _number(lo, hi):
+    """A valid number in [lo, hi], as a Python float or a NumPy scalar (both are static)."""
+    value = st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+    return st.one_of(value, value.map(np.float32), value.map(np.float64))
+
+
+rate = _number(0.0, 1.0)
+unit = _number(0.0, 0.999)
+eps = st.one_of(st.just(0.0), _number(1e-12, 1e-3))
+decay = _number(0.0, 0.1)
+mu_dtype = st.sampled_from([None, jnp.float32, jnp.bfloat16])
+
+
+@st.composite
+def sgd_kwargs(draw):
+    momentum = draw(st.one_of(st.just(0.0), _number(0.0, 0.99)))
+    dampening = draw(st.one_of(st.just(0.0), _number(0.0, 1.0)))
+    nesterov = float(momentum) > 0 and float(dampening) == 0 and draw(st.booleans())
+    return {
+        "learning_rate": draw(rate),
+        "momentum": momentum,
+        "dampening": dampening,
+        "nesterov": nesterov,
+        "weight_decay": draw(decay),
+    }
+
+
+def _adam_like(**extra):
+    return st.fixed_dictionaries(
+        {"learning_rate": rate, "b1": unit, "b2": unit, "eps": eps, "weight_decay": decay},
+        optional=extra,
+    )
+
+
+VALID = {
+    "sgd": (gx.sgd, sgd_kwargs()),
+    "adagrad": (
+        gx.adagrad,
+        st.fixed_dictionaries(
+            {
+                "learning_rate": rate,
+                "lr_decay": _number(0.0, 1.0),
+                "weight_decay": decay,
+                "initial_accumulator_value": _number(0.0, 1.0),
+                "eps": eps,
+            }
+        ),
+    ),
+    "rmsprop": (
+        gx.rmsprop,
+        st.fixed_dictionaries(
+            {
+                "learning_rate": rate,
+                "decay": unit,
+                "eps": eps,
+                "weight_decay": decay,
+                "momentum": _number(0.0, 0.99),
+                "centered": st.booleans(),
+            }
+        ),
+    ),
+    "adam": (
+        gx.adam,
+        _adam_like(amsgrad=st.booleans(), eps_root=eps, mu_dtype=mu_dtype),
+    ),
+    "amsgrad": (gx.amsgrad, _adam_like(eps_root=eps, mu_dtype=mu_dtype)),
+    "adamw": (gx.adamw, _adam_like(amsgrad=st.booleans(), eps_root=eps, mu_dtype=mu_dtype)),
+    "adamax": (gx.adamax, _adam_like()),
+    "nadam": (
+        gx.nadam,
+        _adam_like(momentum_decay=_number(0.0, 0.1), decoupled_weight_decay=st.booleans()),
+    ),
+    "lion": (
+        gx.lion,
+        st.fixed_dictionaries(
+            {"learning_rate": rate, "b1": unit, "b2": unit, "weight_decay": decay},
+            optional={"mu_dtype": mu_dtype},
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+@SETTINGS
+@given(data=st.data())
+def test_optimizer_runs_on_any_tree_with_finite_results(name, data):
+    factory, kwargs_strategy = VALID[name]
+    kwargs = data.draw(kwargs_strategy, label="hyperparameters")
+    spec = data.draw(tree_specs, label="tree")
+    params = _build(spec, "params")
+    param_dtypes = _dtypes(params)
+    opt = factory(**kwargs)
+
+    state = opt.init(params)
+    state_dtypes = _dtypes(state)
+    for step in range(2):
+        grads = _build(spec, step)
+        updates, state = opt.update(grads, state, params)
+        assert jax.tree.structure(updates) == jax.tree.structure(params)
+        assert _dtypes(state) == state_dtypes, "the state's dtypes changed: jit would recompile"
+        params = gx.apply_updates(params, updates)
+        assert _dtypes(params) == param_dtypes
+        assert _all_finite(updates), (kwargs, updates)
+        assert _all_finite(state), (kwargs, state)
+        assert _all_finite(params), (kwargs, params)
+
+
+# --- invalid hyperparameters ----------------------------------------------------------------------
+
+negative = st.one_of(
+    st.floats(max_value=-1e-12, allow_nan=False),  # includes -inf
+    st.just(math.nan),
+    st.floats(-1e3, -1e-12).map(np.float32),
+)
+outside_unit = st.one_of(
+    st.floats(max_value=-1e-12, allow_nan=False),
+    st.floats(min_value=1.0, allow_nan=False),  # includes 1.0 and +inf
+    st.just(math.nan),
+    st.floats(1.0, 10.0).map(np.float64),
+)
+
+_ADAM_INVALID = {
+    "learning_rate": negative,
+    "b1": outside_unit,
+    "b2": outside_unit,
+    "eps": negative,
+    "weight_decay": negative,
+}
+INVALID = {
+    "sgd": (gx.sgd, {"learning_rate": 0.1}, {
+        "learning_rate": negative, "momentum": negative, "dampening": negative,
+        "weight_decay": negative,
+    }),
+    "adagrad": (gx.adagrad, {}, {
+        "learning_rate": negative, "lr_decay": negative, "weight_decay": negative,
+        "initial_accumulator_value": negative, "eps": negative,
+    }),
+    "rmsprop": (gx.rmsprop, {}, {
+        "learning_rate": negative, "decay": outside_unit, "eps": negative,
+        "weight_decay": negative, "momentum": negative,
+    }),
+    "adam": (gx.adam, {}, {**_ADAM_INVALID, "eps_root": negative}),
+    "amsgrad": (gx.amsgrad, {}, {**_ADAM_INVALID, "eps_root": negative}),
+    "adamw": (gx.adamw, {}, {**_ADAM_INVALID, "eps_root": negative}),
+    "adamax": (gx.adamax, {}, _ADAM_INVALID),
+    "nadam": (gx.nadam, {}, {**_ADAM_INVALID, "momentum_decay": negative}),
+    "lion": (gx.lion, {}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit,
+        "weight_decay": negative,
+    }),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_invalid_hyperparameters_raise_at_construction(name, data):
+    factory, base, invalid = INVALID[name]
+    key = data.draw(st.sampled_from(sorted(invalid)), label="argument")
+    value = data.draw(invalid[key], label="value")
+    with pytest.raises(ValueError, match=f"`{key}`"):
+        factory(**{**base, key: value})
+
+
+@SETTINGS
+@given(
+    momentum=st.one_of(st.just(0.0), st.just(0), st.floats(0.01, 0.99)),
+    dampening=st.one_of(st.just(0.0), st.floats(0.01, 1.0)),
+)
+def test_nesterov_without_momentum_or_with_dampening_raises(momentum, dampening):
+    if momentum > 0 and dampening == 0:
+        gx.sgd(0.1, momentum=momentum, dampening=dampening, nesterov=True)  # the valid case
+        return
+    with pytest.raises(ValueError, match="Nesterov"):
+        gx.sgd(0.1, momentum=momentum, dampening=dampening, nesterov=True)
+
+
+# --- the guards around any optimizer --------------------------------------------------------------
+
+
+def _poison_first_element(tree):
+    """``tree`` with the first element of its first non-empty leaf made NaN, or ``None`` if it
+    has no element at all."""
+    leaves, treedef = jax.tree.flatten(tree)
+    for i, leaf in enumerate(leaves):
+        if leaf.size:
+            leaves[i] = leaf.reshape(-1).at[0].set(jnp.nan).reshape(leaf.shape)
+            return jax.tree.unflatten(treedef, leaves)
+    return None
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_guards_around_any_optimizer_and_tree(data):
+    name = data.draw(st.sampled_from(sorted(VALID)), label="optimizer")
+    factory, kwargs_strategy = VALID[name]
+    kwargs = data.draw(kwargs_strategy, label="hyperparameters")
+    spec = data.draw(tree_specs, label="tree")
+    params = _build(spec, "params")
+    plain = factory(**kwargs)
+    guarded = gx.apply_if_finite(factory(**kwargs), max_consecutive_errors=1)
+    scaled = gx.dynamic_loss_scale(factory(**kwargs), initial_scale=4.0, period=1)
+
+    grads = _build(spec, 0)
+    # Finite gradients: apply_if_finite is the plain optimizer, bitwise.
+    p_updates, p_state = plain.update(grads, plain.init(params), params)
+    g_updates, g_state = guarded.update(grads, guarded.init(params), params)
+    _assert_trees_equal(g_updates, p_updates)
+    _assert_trees_equal(g_state.inner_state, p_state)
+    # dynamic_loss_scale takes gradients times the scale (4, exact) and grows it (period 1).
+    s_state = scaled.init(params)
+    s_signature = _dtypes(s_state)
+    s_updates, s_state = scaled.update(jax.tree.map(lambda g: g * 4, grads), s_state, params)
+    assert _all_finite(s_updates) and _dtypes(s_state) == s_signature
+    assert float(s_state.loss_scale) == 8.0
+    assert _dtypes(gx.apply_updates(params, s_updates)) == _dtypes(params)
+
+    # A NaN anywhere: zero updates, inner state unchanged, scale halved.
+    poisoned = _poison_first_element(grads)
+    if poisoned is None:
+        return
+    updates, state = guarded.update(poisoned, g_state, params)
+    assert all(not np.any(np.asarray(u, np.float32)) for u in jax.tree.leaves(updates))
+    _assert_trees_equal(state.inner_state, g_state.inner_state)
+    updates, new_s_state = scaled.update(poisoned, s_state, params)
+    assert all(not np.any(np.asarray(u, np.float32)) for u in jax.tree.leaves(updates))
+    _assert_trees_equal(new_s_state.inner_state, s_state.inner_state)
+    assert float(new_s_state.loss_scale) == 4.0
