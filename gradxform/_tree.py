@@ -94,6 +94,15 @@ def compute_dtype(*dtypes: Any) -> np.dtype:
     return jnp.dtype(jnp.result_type(*dtypes, jnp.float32))
 
 
+def update_dtype(gradient: jax.Array, *state: jax.Array | None) -> np.dtype:
+    """The dtype of an update: the gradient's, promoted with the state it was computed from.
+
+    bf16 gradients with float32 moments give float32 updates, so the parameter is rounded once,
+    in ``apply_updates``, rather than once here and again there.
+    """
+    return jnp.dtype(jnp.result_type(gradient.dtype, *(s.dtype for s in state if s is not None)))
+
+
 def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: ArrayTree, *rest: ArrayTree):
     """Maps ``fn`` returning ``num_outputs`` values over leaves; returns that many trees.
 

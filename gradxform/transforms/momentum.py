@@ -80,7 +80,7 @@ def trace(
             weighted = g32 if undampened else _tree.cast_scalar(gradient_weight, dtype) * g32
             new_b = mu * b.astype(dtype) + weighted
             u = g32 + mu * new_b if nesterov else new_b
-            return u.astype(g.dtype), new_b.astype(b.dtype)
+            return u.astype(_tree.update_dtype(g, b)), new_b.astype(b.dtype)
 
         updates, new_trace = _tree.tree_map_multi(leaf, 2, updates, state.trace)
         return updates, TraceState(count=_tree.safe_increment(state.count), trace=new_trace)
@@ -125,7 +125,7 @@ def ema(
             dtype = _tree.compute_dtype(g.dtype, e.dtype)
             new_e = _tree.moment_update(e, g.astype(dtype), decay, dtype)
             u = new_e / _tree.cast_scalar(correction, dtype) if debias else new_e
-            return u.astype(g.dtype), new_e.astype(e.dtype)
+            return u.astype(_tree.update_dtype(g, e)), new_e.astype(e.dtype)
 
         updates, new_ema = _tree.tree_map_multi(leaf, 2, updates, state.ema)
         return updates, EmaState(count=count, ema=new_ema)
