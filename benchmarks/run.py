@@ -8,7 +8,8 @@ The step is ``update`` + ``apply_updates`` under one ``jax.jit`` with params and
 interleaved rounds, so that the machine's drifting memory bandwidth hits them all alike, and
 every time is reported as a ratio to the others and to the floor: the bytes an optimizer must
 move (28 per float32 parameter for Adam) at the bandwidth of an elementwise triad
-``a <- a + s * b`` of the same size, measured in the same rounds.
+``a <- a + s * b`` of the same size (the faster of XLA's and torch's), measured in the same
+rounds.
 
 Results: a table on stdout, raw numbers as JSON and a PNG (time per parameter against model
 size) under ``--out`` (default ``benchmarks/results``).
@@ -257,6 +258,15 @@ def triad_runner(case: Case) -> Runner:
     return Runner("triad", run, 0.0, None)
 
 
+def torch_triad_runner(case: Case) -> Runner | None:
+    """The same triad in torch (``a.add_(b, alpha=s)``), which may use more threads than XLA."""
+    if torch is None:
+        return None
+    a = torch.ones(case.size)
+    b = torch.full((case.size,), 0.5)
+    return Runner("triad-torch", lambda: a.add_(b, alpha=1e-3), 0.0, None)
+
+
 # ----------------------------------------------------------------------------- measuring
 
 
@@ -281,7 +291,8 @@ def bench_case(case: Case, names: list[str], impls: list[str], args) -> list[dic
     flat_grads = layout.flatten(grads)
     reps = args.reps or max(3, min(50, int(3e7 / max(case.size, 1))))
     for name in names:
-        runners = [triad_runner(case)]
+        triads = [r for r in (triad_runner(case), torch_triad_runner(case)) if r is not None]
+        runners = list(triads)
         skipped = {}
         for impl in impls:
             per_leaf = impl in ("gradxform", "optax")
@@ -302,11 +313,13 @@ def bench_case(case: Case, names: list[str], impls: list[str], args) -> list[dic
                 else:
                     runners.append(runner)
         measure(runners, args.rounds, reps)
-        triad = statistics.median(runners[0].times)
+        # The floor takes the faster triad: the best bandwidth this machine showed for the size.
+        triad = min(statistics.median(r.times) for r in triads)
         bytes_per_param = (FLOOR_BYTES_BF16_PARAMS if bf16 else FLOOR_BYTES)[name]
         floor = triad * bytes_per_param / 12.0
-        medians = {r.impl: statistics.median(r.times) for r in runners[1:]}
-        for r in runners[1:]:
+        measured = runners[len(triads) :]
+        medians = {r.impl: statistics.median(r.times) for r in measured}
+        for r in measured:
             t = medians[r.impl]
             rows.append(
                 {

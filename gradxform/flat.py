@@ -109,13 +109,24 @@ class FlatLayout:
             raise ValueError(
                 f"FlatLayout.unflatten: expected buffers {sorted(self.sizes)}, got {sorted(flat)}"
             )
-        leaves = []
-        for slot in self.slots:
-            size = math.prod(slot.shape)
-            buffer = flat[slot.key]
-            piece = jax.lax.slice_in_dim(buffer, slot.offset, slot.offset + size, axis=-1)
-            leaves.append(piece.reshape(buffer.shape[:-1] + slot.shape))
-        return self.treedef.unflatten(leaves)
+        pieces = {}
+        for key, size in self.sizes.items():
+            buffer = flat[key]
+            if buffer.shape[-1:] != (size,):
+                raise ValueError(
+                    f"FlatLayout.unflatten: buffer {key!r} has shape {buffer.shape}, the layout "
+                    f"needs a last axis of {size}"
+                )
+            slots = [slot for slot in self.slots if slot.key == key]
+            # One split per buffer: a single operation, rather than a slice (and a separately
+            # compiled kernel) per leaf.
+            sizes = [math.prod(slot.shape) for slot in slots]
+            parts = (
+                jax.lax.split(buffer, sizes, axis=buffer.ndim - 1) if len(sizes) > 1 else [buffer]
+            )
+            for slot, part in zip(slots, parts, strict=True):
+                pieces[slot] = part.reshape(buffer.shape[:-1] + slot.shape)
+        return self.treedef.unflatten([pieces[slot] for slot in self.slots])
 
     def mask(self, mask: Any | Callable[[Any], Any]) -> dict[str, bool]:
         """A per-leaf boolean mask (or mask function) as a per-buffer mask.
@@ -174,6 +185,13 @@ def flatten_params(params: Any, groups: Groups = None) -> tuple[dict[str, jax.Ar
     slots, sizes, key_labels = [], {}, {}
     for leaf, label in zip(leaves, labels, strict=True):
         key = _buffer_key(jnp.result_type(leaf), label)
+        if key in key_labels and (
+            key_labels[key] != label or type(key_labels[key]) is not type(label)
+        ):
+            raise ValueError(
+                f"flatten_params: group labels {key_labels[key]!r} and {label!r} both name the "
+                f"buffer {key!r}; use labels whose strings differ"
+            )
         offset = sizes.get(key, 0)
         slots.append(_Slot(key, offset, tuple(jnp.shape(leaf))))
         sizes[key] = offset + math.prod(jnp.shape(leaf))

@@ -4,9 +4,8 @@ The reference everywhere is the plain tree path: the same optimizer run on the p
 The transformations work element by element, and the flat path asks for exactly the same
 per-element operations in the same dtypes, only on concatenated buffers, so the results should
 be equal bit for bit: ``np.array_equal`` on the raw values, with dtypes and shapes checked too,
-and a failure reports the largest difference in ulps. Two known exceptions, each with its own
-justification below: a global-norm clip (its reduction sums the squares in another order) and
-the optimizers that divide by a traced scalar (``KNOWN_ULP_DIFFERENCES``).
+and a failure reports the largest difference in ulps. One known exception, justified below: a
+global-norm clip (its reduction sums the squares in another order).
 """
 
 import functools
@@ -195,26 +194,13 @@ OPTIMIZERS = {
     ),
 }
 
-# These preconditioners divide arrays by traced scalars (the bias corrections: ``m / (1 - b1^t)``,
-# ``sqrt(v) / sqrt(1 - b2^t)``). XLA's algebraic simplifier rewrites such divisions in ways
-# that round differently (``x / c`` -> ``x * (1 / c)``, ``(a / b) / c`` -> ``a / (b * c)``) and
-# picks the rewrite from the surrounding graph: with one buffer it takes the reciprocal once,
-# with a tree the scalar is shared by many leaves and it reassociates instead. So the update
-# differs by about an ulp and the params by up to an ulp of their magnitude (measured on XLA:CPU,
-# jax 0.10.2; the moments stay bitwise equal). Computing the scalar reciprocals once and
-# multiplying (``m * (1 / c1)``) removes the difference (checked with a copy of scale_by_adam);
-# this is reported to the owner of transforms/adaptive.py. Until then these cases xfail, with
-# the ulps in the reason, after passing the bound below; the others must be bitwise equal.
-KNOWN_ULP_DIFFERENCES = {
-    "adam",
-    "adam_mu_bf16",
-    "amsgrad",
-    "adamw",
-    "adamax",
-    "nadam",
-    "nadam_decoupled",
-    "clip_adam_schedule",
-}
+# XLA rewrites a division by a traced scalar (``x / c`` -> ``x * (1 / c)``, ``1 / sqrt(c)`` ->
+# ``rsqrt(c)``, ``(a / b) * w`` -> ``a * w / b``) depending on the surrounding program, so the flat
+# and tree programs used to round Adam's, Adamax's and NAdam's updates differently by an ulp.
+# The transformations now multiply by reciprocals computed once and divide once per element,
+# which leaves nothing to rewrite: every optimizer must be bitwise equal, and this set stays
+# empty. (The machinery below stays for a future exception, which must then be justified here.)
+KNOWN_ULP_DIFFERENCES: set[str] = set()
 
 
 def _assert_within_step_ulps(got, expected, per_step, what):

@@ -149,7 +149,6 @@ def scale_by_adam(
         count = _tree.safe_increment(state.count)
         correction1 = _tree.bias_correction(b1, count)
         correction2 = _tree.bias_correction(b2, count)
-        sqrt_correction2 = jnp.sqrt(correction2)
 
         def leaf(g, m, v, v_max=None):
             dtype = _tree.compute_dtype(g.dtype, m.dtype, v.dtype)
@@ -160,12 +159,12 @@ def scale_by_adam(
             if amsgrad:
                 v_used = jnp.maximum(v_max.astype(dtype), new_v)
             if no_eps_root:
-                root = jnp.sqrt(v_used) / _tree.cast_scalar(sqrt_correction2, dtype)
+                root = jnp.sqrt(v_used) * _tree.cast_scalar(jax.lax.rsqrt(correction2), dtype)
             else:
-                v_hat = v_used / _tree.cast_scalar(correction2, dtype)
+                v_hat = v_used * _tree.cast_scalar(1 / correction2, dtype)
                 root = jnp.sqrt(v_hat + _tree.cast_scalar(eps_root, dtype))
             denominator = root + _tree.cast_scalar(eps, dtype)
-            m_hat = new_m / _tree.cast_scalar(correction1, dtype)
+            m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
             u = _divide(m_hat, denominator, guard_zero)
             outputs = (u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype))
             if amsgrad:
@@ -223,7 +222,7 @@ def scale_by_adamax(
             new_m = _tree.moment_update(m, g, b1, dtype)
             scaled = _tree.cast_scalar(b2, dtype) * u_inf.astype(dtype)
             new_u_inf = jnp.maximum(scaled, jnp.abs(g) + _tree.cast_scalar(eps, dtype))
-            m_hat = new_m / _tree.cast_scalar(correction1, dtype)
+            m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
             u = _divide(m_hat, new_u_inf, guard_zero)
             return u.astype(out_dtype), new_m.astype(m.dtype), new_u_inf.astype(u_inf.dtype)
 
@@ -286,12 +285,12 @@ def scale_by_nadam(
             out_dtype, g = _tree.update_dtype(g, m, v), g.astype(dtype)
             new_m = _tree.moment_update(m, g, b1, dtype)
             new_v = _tree.moment_update(v, _tree.abs_sq(g), b2, dtype)
-            root = jnp.sqrt(new_v / _tree.cast_scalar(correction2, dtype))
+            root = jnp.sqrt(new_v * _tree.cast_scalar(1 / correction2, dtype))
             denominator = root + _tree.cast_scalar(eps, dtype)
-            u = _divide(g, denominator, guard_zero) * _tree.cast_scalar(gradient_weight, dtype)
-            u = u + _divide(new_m, denominator, guard_zero) * _tree.cast_scalar(
+            weighted = g * _tree.cast_scalar(gradient_weight, dtype) + new_m * _tree.cast_scalar(
                 moment_weight, dtype
             )
+            u = _divide(weighted, denominator, guard_zero)
             return u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
         u, mu, nu = _tree.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
