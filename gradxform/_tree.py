@@ -95,12 +95,13 @@ def compute_dtype(*dtypes: Any) -> np.dtype:
 
 
 def update_dtype(gradient: jax.Array, *state: jax.Array | None) -> np.dtype:
-    """The dtype of an update: the gradient's, promoted with the state it was computed from.
+    """The dtype of an update computed from a gradient and state: their promotion, >= float32.
 
-    bf16 gradients with float32 moments give float32 updates, so the parameter is rounded once,
-    in ``apply_updates``, rather than once here and again there.
+    Low-precision updates are not rounded here: the parameter is rounded once, in
+    ``apply_updates``. Rounding a large update to float16 here could also overflow it to inf,
+    and a learning rate of 0 would then turn it into NaN.
     """
-    return jnp.dtype(jnp.result_type(gradient.dtype, *(s.dtype for s in state if s is not None)))
+    return compute_dtype(gradient.dtype, *(s.dtype for s in state if s is not None))
 
 
 def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: ArrayTree, *rest: ArrayTree):

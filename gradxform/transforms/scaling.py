@@ -15,6 +15,16 @@ Schedule = Callable[[jax.Array], Any]
 ScalarOrSchedule = float | jax.Array | Schedule
 
 
+def _scaled(factor: Any, updates: Any) -> Any:
+    """``factor * u`` leaf by leaf, in the compute dtype (at least float32)."""
+
+    def leaf(u):
+        dtype = _tree.compute_dtype(u.dtype)
+        return _tree.cast_scalar(factor, dtype) * u.astype(dtype)
+
+    return jax.tree.map(leaf, updates)
+
+
 class ScaleByScheduleState(NamedTuple):
     """``count``: how many updates have been made (int32)."""
 
@@ -23,6 +33,9 @@ class ScaleByScheduleState(NamedTuple):
 
 def scale(step_size: float | jax.Array) -> GradientTransformation:
     """Multiplies updates by a constant: ``u <- step_size * u``.
+
+    Like every transformation, it computes in at least float32: bf16 or float16 updates come
+    out as float32, and ``apply_updates`` rounds each parameter once.
 
     Args:
       step_size: the factor (any sign).
@@ -39,7 +52,7 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        return _tree.tree_scale(step_size, updates), state
+        return _scaled(step_size, updates), state
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -65,7 +78,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         step_size = step_size_fn(state.count)
-        updates = _tree.tree_scale(step_size, updates)
+        updates = _scaled(step_size, updates)
         return updates, ScaleByScheduleState(count=_tree.safe_increment(state.count))
 
     return GradientTransformation(init_fn, update_fn)
