@@ -404,7 +404,6 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     single = [
         r
         for r in rows
@@ -413,6 +412,9 @@ def plot(rows: list[dict], path: Path) -> None:
         and r["leaves"] == 1
         and r["dtype"] == "float32"
     ]
+    if not single:
+        return  # no single-leaf float32 Adam rows in this run: nothing to draw
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for impl in sorted({r["impl"] for r in single}):
         pts = sorted(
             (r["params"], 1e6 * r["step_ms"] / r["params"]) for r in single if r["impl"] == impl
