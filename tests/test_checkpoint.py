@@ -516,3 +516,26 @@ def test_flax_serialization_round_trip():
     state = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)[1]
     restored = serialization.from_bytes(opt.init(params), serialization.to_bytes(state))
     _assert_bitwise_equal(restored, state)
+
+
+def test_orbax_round_trip(tmp_path):
+    ocp = pytest.importorskip(
+        "orbax.checkpoint",
+        reason="orbax-checkpoint is not installed (optional interoperability test)",
+    )
+    # A state with every kind of node gradxform produces: NamedTuples, a tuple chain, a dict of
+    # injected hyperparameters, int32 counters and float32 moments.
+    opt = gx.chain(
+        gx.clip_by_global_norm(1.0),
+        gx.inject_hyperparams(gx.adamw)(learning_rate=gx.cosine_decay_schedule(1e-3, 100)),
+    )
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), _params())
+    state = opt.init(params)
+    for _ in range(2):
+        state = opt.update(jax.tree.map(jnp.ones_like, params), state, params)[1]
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "state", state)
+    checkpointer.wait_until_finished()
+    restored = checkpointer.restore(tmp_path / "state", opt.init(params))
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    _assert_bitwise_equal(restored, state)
