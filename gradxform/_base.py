@@ -176,6 +176,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
     """Like :func:`chain`, with the state a dict keyed by the given names.
 
+    ::
+
+        u <- t_n(... t_2(t_1(u))),   state = {name_i: state_i}
+
     Args:
       *named_transforms: ``(name, transformation)`` pairs, first applied first.
 
@@ -215,7 +219,15 @@ def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
 def apply_updates(params: Params, updates: Updates) -> Params:
     """``p <- p + u`` leaf by leaf; each result keeps its parameter's dtype.
 
-    A ``None`` update leaves its parameter unchanged.
+    A ``None`` update leaves its parameter unchanged. Updates may be wider than the params
+    (float32 updates for bf16 params): the sum is rounded once, into the param's dtype.
+
+    Args:
+      params: the parameter tree.
+      updates: a tree of the same structure (``None`` leaves allowed).
+
+    Returns:
+      The new parameters, with the dtypes of ``params``.
 
     Example:
       >>> import jax.numpy as jnp, gradxform as gx

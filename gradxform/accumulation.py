@@ -169,7 +169,12 @@ def gradient_accumulation(
 ) -> GradientTransformation:
     """Updates with ``inner`` once every ``k`` calls, using the mean of the ``k`` gradients.
 
-    The function form of :class:`MultiSteps` (see there for the formula and the memory);
+    ::
+
+        a <- a + g_t;   u_t = 0                                 (t not a multiple of k)
+        u_t = inner(a / k);   a <- 0                            (every k-th call)
+
+    The function form of :class:`MultiSteps` (see there for the memory);
     read whether a call updated with ``MultiSteps.has_updated(state)``.
 
     Args:

@@ -229,6 +229,13 @@ def amsgrad(
     ::
 
         v'_t = max(v'_{t-1}, v_t),   p <- p - lr * m_hat_t / (sqrt(v'_t / (1 - b2^t)) + eps)
+
+    Args:
+      learning_rate, b1, b2, eps, weight_decay, eps_root, mu_dtype, nu_dtype: as in
+        :func:`adam`.
+
+    Returns:
+      ``adam(..., amsgrad=True)``: ``chain(add_l2, scale_by_adam, scale_by_learning_rate)``.
     """
     who = "amsgrad"
     _check_common(who, learning_rate, weight_decay)
