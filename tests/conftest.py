@@ -20,3 +20,21 @@ def x64():
     """Runs the test with float64 enabled (``jax_enable_x64``), restoring it afterwards."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture
+def torch64(x64):
+    """float64 on both sides, JAX's x64 and torch's default dtype; yields the torch module.
+
+    torch keeps some scalar state (NAdam's ``mu_product``, step counters) in its default dtype,
+    so float64 tensors alone are not enough. Skips when torch is not installed.
+    """
+    from references import require_torch
+
+    torch = require_torch()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield torch
+    finally:
+        torch.set_default_dtype(previous)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import gradxform as gx
-from tests.references import require_torch
 
 RTOL64 = 1e-12
 SHAPES = {"w": (3, 2), "b": (2,)}
@@ -88,17 +87,6 @@ def test_averages_before_the_start_step_follow_the_params(x64):
     path, state = _run(gx.chain(gx.sgd(0.1), gx.ema_params(0.9, start_step=10)), 3)
     for k in SHAPES:  # equal up to XLA fusing ``p + u`` differently in and out of the update
         np.testing.assert_allclose(gx.averaged_params(state)[k], path[-1][k], rtol=RTOL64, atol=0)
-
-
-@pytest.fixture
-def torch64(x64):
-    torch = require_torch()
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield torch
-    finally:
-        torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize("kind", ["swa", "ema"])

@@ -36,21 +36,6 @@ ATOL64 = 1e-14
 
 
 @pytest.fixture
-def torch64(x64):
-    """float64 on both sides: JAX's x64, and torch's default dtype.
-
-    torch keeps some scalar state (NAdam's ``mu_product``, the step counters) in its default
-    dtype, so float64 tensors alone are not enough.
-    """
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-@pytest.fixture
 def torch32():
     """float32 on both sides (JAX's default, and torch's default dtype)."""
     previous = torch.get_default_dtype()

@@ -19,7 +19,6 @@ import pytest
 
 import gradxform as gx
 from gradxform.wrappers import is_mask_function
-from tests.references import require_torch
 
 RTOL64 = 1e-12
 SHAPES = {"enc": {"w": (3, 2), "b": (2,)}, "head": {"w": (2, 1)}}
@@ -221,17 +220,6 @@ def test_decay_matrices_only_with_adamw_decays_matrices_only(x64):
 
 # ----------------------------------------------------------------------------------------------
 # multi_transform
-
-
-@pytest.fixture
-def torch64(x64):
-    torch = require_torch()
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield torch
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _affine_grad(seed=3):
