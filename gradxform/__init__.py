@@ -1,6 +1,6 @@
 """gradxform: optimizers for JAX built by chaining small, pure gradient transformations."""
 
-from gradxform import _tree as tree_utils
+from gradxform import tree_utils
 from gradxform._base import (
     EmptyState,
     GradientTransformation,
@@ -10,32 +10,13 @@ from gradxform._base import (
     named_chain,
     stateless,
 )
-from gradxform.accumulation import MultiSteps, MultiStepsState, gradient_accumulation
-from gradxform.averaging import (
-    LookaheadState,
-    ParamsAverageState,
-    averaged_params,
-    ema_params,
-    lookahead,
-    lookahead_slow_params,
-    swa_params,
-)
+from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
-from gradxform.guards import (
-    ApplyIfFiniteState,
-    DynamicLossScale,
-    DynamicLossScaleState,
-    all_finite,
-    apply_if_finite,
-    current_loss_scale,
-    dynamic_loss_scale,
-)
-from gradxform.hyperparams import InjectHyperparamsState, inject_hyperparams
-from gradxform.optimizers import adagrad, adam, adamax, adamw, amsgrad, lion, nadam, rmsprop, sgd
-from gradxform.parallel import ShardedState, cross_replica_mean, shard_optimizer_state
-from gradxform.phases import JoinTransformsState, join_transforms
-from gradxform.plateau import ReduceLROnPlateauState, reduce_on_plateau
+from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam
+from gradxform.optimizers.rms import adagrad, rmsprop
+from gradxform.optimizers.sgd import sgd
+from gradxform.optimizers.sign import lion
 from gradxform.schedules import (
     constant_schedule,
     cosine_annealing_warm_restarts,
@@ -54,49 +35,69 @@ from gradxform.schedules import (
     warmup_cosine_decay_schedule,
     warmup_exponential_decay_schedule,
 )
-from gradxform.transforms.adaptive import (
+from gradxform.transforms.adam import (
     ScaleByAdamaxState,
     ScaleByAdamState,
     ScaleByAmsgradState,
-    ScaleByLionState,
     ScaleByNadamState,
-    ScaleByRmsState,
-    ScaleByRssState,
-    ScaleByRStdDevState,
     scale_by_adam,
     scale_by_adamax,
-    scale_by_lion,
     scale_by_nadam,
-    scale_by_rms,
-    scale_by_rss,
-    scale_by_stddev,
 )
 from gradxform.transforms.clipping import (
-    ZeroNansState,
     adaptive_grad_clip,
     clip,
     clip_by_block_rms,
     clip_by_global_norm,
-    zero_nans,
 )
+from gradxform.transforms.constrain import ZeroNansState, zero_nans
 from gradxform.transforms.decay import add_decayed_weights, add_l2
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
+from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
+from gradxform.transforms.rms import (
+    ScaleByRmsState,
+    ScaleByRssState,
+    ScaleByRStdDevState,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
 from gradxform.transforms.scaling import (
     ScaleByScheduleState,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
+    set_to_zero,
 )
-from gradxform.wrappers import (
-    MaskedNode,
+from gradxform.transforms.sign import ScaleByLionState, scale_by_lion
+from gradxform.wrappers.accumulation import MultiSteps, MultiStepsState, gradient_accumulation
+from gradxform.wrappers.averaging import (
+    LookaheadState,
+    ParamsAverageState,
+    averaged_params,
+    ema_params,
+    lookahead,
+    lookahead_slow_params,
+    swa_params,
+)
+from gradxform.wrappers.guards import ApplyIfFiniteState, all_finite, apply_if_finite
+from gradxform.wrappers.hyperparams import InjectHyperparamsState, inject_hyperparams
+from gradxform.wrappers.loss_scale import (
+    DynamicLossScale,
+    DynamicLossScaleState,
+    current_loss_scale,
+    dynamic_loss_scale,
+)
+from gradxform.wrappers.masking import (
     MaskedState,
     MultiTransformState,
     decay_matrices_only,
     freeze,
     masked,
     multi_transform,
-    set_to_zero,
 )
+from gradxform.wrappers.phases import JoinTransformsState, join_transforms
+from gradxform.wrappers.sharding import ShardedState, cross_replica_mean, shard_optimizer_state
 
 __version__ = "0.1.0"
 

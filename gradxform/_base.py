@@ -16,12 +16,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree
-
-ArrayTree = Any
-OptState = Any
-Params = Any
-Updates = Any
+from gradxform import _tree, _validate
+from gradxform._types import OptState, Params, Updates
 
 
 class InitFn(Protocol):
@@ -68,11 +64,11 @@ def identity() -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
-def stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
-    """A transformation without state from a function: ``u <- fn(u, params)``.
+def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
+    """A transformation without state from a function: ``u <- f(u, params)``.
 
     Args:
-      fn: ``fn(updates, params) -> updates``; ``params`` may be ``None``.
+      f: ``f(updates, params) -> updates``; ``params`` may be ``None``.
 
     Returns:
       A stateless transformation.
@@ -83,8 +79,7 @@ def stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransf
       >>> double.update({"w": jnp.ones(2)}, double.init(None))[0]["w"].tolist()
       [2.0, 2.0]
     """
-    if not callable(fn):
-        raise TypeError(f"stateless: `fn` must be callable, got {fn!r}")
+    _validate.function("stateless", "f", f)
 
     def init_fn(params: Params) -> EmptyState:
         del params
@@ -92,12 +87,12 @@ def stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransf
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        return fn(updates, params), state
+        return f(updates, params), state
 
     return GradientTransformation(init_fn, update_fn)
 
 
-def _extra_args_filter(update: Callable) -> Callable[[dict], dict]:
+def extra_args_filter(update: Callable) -> Callable[[dict], dict]:
     """Which extra keyword arguments an ``update`` function accepts, decided once."""
     try:
         signature = inspect.signature(update)
@@ -116,7 +111,7 @@ def _extra_args_filter(update: Callable) -> Callable[[dict], dict]:
     return lambda extra: {k: v for k, v in extra.items() if k in named}
 
 
-def _as_transformation(transform: Any, where: str) -> GradientTransformation:
+def as_transformation(transform: Any, where: str) -> GradientTransformation:
     init = getattr(transform, "init", None)
     update = getattr(transform, "update", None)
     if not (callable(init) and callable(update)):
@@ -155,8 +150,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
       >>> [round(float(u), 4) for u in updates["w"]]
       [-0.1, -0.1, -0.1]
     """
-    transforms = [_as_transformation(t, f"chain argument {i}") for i, t in enumerate(transforms)]
-    filters = [_extra_args_filter(t.update) for t in transforms]
+    transforms = [as_transformation(t, f"chain argument {i}") for i, t in enumerate(transforms)]
+    filters = [extra_args_filter(t.update) for t in transforms]
 
     def init_fn(params: Params) -> tuple:
         return tuple(t.init(params) for t in transforms)
@@ -194,10 +189,10 @@ def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
         ):
             raise TypeError(f"named_chain argument {i} must be a (name, transformation) pair")
         names.append(pair[0])
-        transforms.append(_as_transformation(pair[1], f"named_chain entry {pair[0]!r}"))
+        transforms.append(as_transformation(pair[1], f"named_chain entry {pair[0]!r}"))
     if len(set(names)) != len(names):
         raise ValueError(f"named_chain: names must be unique, got {names}")
-    filters = [_extra_args_filter(t.update) for t in transforms]
+    filters = [extra_args_filter(t.update) for t in transforms]
 
     def init_fn(params: Params) -> dict:
         return {name: t.init(params) for name, t in zip(names, transforms, strict=True)}
@@ -219,8 +214,10 @@ def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
 def apply_updates(params: Params, updates: Updates) -> Params:
     """``p <- p + u`` leaf by leaf; each result keeps its parameter's dtype.
 
-    A ``None`` update leaves its parameter unchanged. Updates may be wider than the params
-    (float32 updates for bf16 params): the sum is rounded once, into the param's dtype.
+    A ``None`` update leaves its parameter unchanged, and a ``None`` parameter stays ``None``.
+    Updates may be wider than the params (float32 updates for bf16 params): the sum is rounded
+    once, into the param's dtype. Nothing is broadcast: an update whose shape differs from its
+    parameter's raises, and so does a complex update for a real parameter.
 
     Args:
       params: the parameter tree.
@@ -229,15 +226,64 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     Returns:
       The new parameters, with the dtypes of ``params``.
 
+    Raises:
+      ValueError: the trees' structures differ, or a leaf's shapes do (the error names the
+        leaf's path and both shapes).
+      TypeError: a complex update for a real parameter.
+
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
       >>> gx.apply_updates({"w": jnp.ones(2, jnp.bfloat16)}, {"w": jnp.ones(2)})["w"].dtype
       dtype(bfloat16)
     """
     _tree.check_same_structure(params, updates, "params", "updates", none_is_leaf=True)
-    return jax.tree.map(
-        lambda p, u: p if u is None else jnp.asarray(p + u).astype(jnp.result_type(p)),
-        params,
-        updates,
-        is_leaf=lambda x: x is None,
+    paths_and_params, treedef = jax.tree_util.tree_flatten_with_path(
+        params, is_leaf=lambda x: x is None
     )
+    new_params = []
+    for (path, p), u in zip(paths_and_params, treedef.flatten_up_to(updates), strict=True):
+        if p is None or u is None:
+            new_params.append(p)
+            continue
+        _tree.check_leaf_update("apply_updates", path, u, p, "param", inexact=False)
+        new_params.append(jnp.asarray(p + u).astype(jnp.result_type(p)))
+    return treedef.unflatten(new_params)
+
+
+def find_state(state: Any, state_type: type, who: str) -> Any:
+    """The one node of type ``state_type`` inside a (chained, wrapped) optimizer state.
+
+    Raises ``ValueError`` when there is none or more than one.
+    """
+    found = [
+        node
+        for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, state_type))
+        if isinstance(node, state_type)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"{who}: expected exactly one {state_type.__name__} in the optimizer state, found "
+            f"{len(found)}. Pass the state of (or containing) one such transformation."
+        )
+    return found[0]
+
+
+def expect_state(who: str, state: Any, *state_types: type) -> None:
+    """Raises ``TypeError`` unless ``state`` is one of ``state_types``, naming both.
+
+    Every transformation's ``update`` calls it first, so that the state of another optimizer
+    (an SGD state given to Adam, say) fails with a message instead of an ``AttributeError``.
+    """
+    if not isinstance(state, state_types):
+        expected = " or ".join(t.__name__ for t in state_types)
+        raise TypeError(
+            f"{who}: expected its state, a {expected}, got a {type(state).__name__}. Was the "
+            "state made by another optimizer's `init`, or are the states of a chain out of "
+            "order?"
+        )
+
+
+def require_params(who: str, params: Any, why: str) -> None:
+    """Raises ``ValueError`` when a transformation that reads the params was not given them."""
+    if params is None:
+        raise ValueError(f"{who} needs `params`: call `update(updates, state, params)`; {why}")

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform import _checks
+from gradxform import _validate
 
 ArrayTree = Any
 
@@ -46,7 +46,12 @@ def _none_is_leaf(x: Any) -> bool:
 
 
 def check_same_structure(
-    expected: ArrayTree, got: ArrayTree, expected_name: str, got_name: str, none_is_leaf=False
+    expected: ArrayTree,
+    got: ArrayTree,
+    expected_name: str,
+    got_name: str,
+    none_is_leaf: bool = False,
+    who: str | None = None,
 ) -> None:
     """Raises ``ValueError`` showing both tree structures when they differ.
 
@@ -56,12 +61,70 @@ def check_same_structure(
     expected_def = jax.tree.structure(expected, is_leaf=is_leaf)
     got_def = jax.tree.structure(got, is_leaf=is_leaf)
     if expected_def != got_def:
+        prefix = f"{who}: " if who else ""
         raise ValueError(
-            f"the {got_name} tree does not match the {expected_name} tree.\n"
+            f"{prefix}the {got_name} tree does not match the {expected_name} tree.\n"
             f"  {expected_name}: {expected_def}\n"
             f"  {got_name}: {got_def}\n"
             "Did you pass a gradient tree of a different model, or params in place of updates?"
         )
+
+
+def _path_name(path: tuple) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def check_leaf_update(
+    who: str, path: tuple, update: Any, reference: Any, name: str, *, inexact: bool = True
+) -> None:
+    """One update leaf against the leaf it updates (a param, or a state leaf shaped like one).
+
+    Raises ``ValueError`` when the shapes differ (nothing is broadcast), and ``TypeError`` when
+    the update is boolean, is complex for a real ``reference`` (its imaginary part would be
+    dropped), or, with ``inexact``, is not floating point at all (a transformation that keeps
+    floating-point state of its gradients). The message names ``who``, the leaf's path and both
+    sides.
+    """
+    u_shape, r_shape = jnp.shape(update), jnp.shape(reference)
+    if u_shape != r_shape:
+        raise ValueError(
+            f"{who}: the update at {_path_name(path)} has shape {u_shape}, but the {name} "
+            f"there has shape {r_shape}. Updates must match the params leaf for leaf; nothing "
+            "is broadcast."
+        )
+    u_dtype, r_dtype = jnp.result_type(update), jnp.result_type(reference)
+    if u_dtype == jnp.bool_ or (inexact and not jnp.issubdtype(u_dtype, jnp.inexact)):
+        raise TypeError(
+            f"{who}: the update at {_path_name(path)} has dtype {u_dtype}; gradients and "
+            "updates must be floating point (or complex, for complex params)."
+        )
+    if jnp.issubdtype(u_dtype, jnp.complexfloating) and not jnp.issubdtype(
+        r_dtype, jnp.complexfloating
+    ):
+        raise TypeError(
+            f"{who}: the update at {_path_name(path)} is complex ({u_dtype}) but the {name} "
+            f"there is real ({r_dtype}); its imaginary part would be dropped. Take gradients of "
+            "real params as real arrays (`jnp.real`), or make the param complex."
+        )
+
+
+def check_updates(
+    who: str, updates: ArrayTree, reference: ArrayTree, name: str, *, inexact: bool = True
+) -> None:
+    """``updates`` against a tree shaped like the params (the params, or a state moment):
+    the same structure, and leaf by leaf the same shape and a compatible dtype (see
+    :func:`check_leaf_update`). Runs at trace time, on shapes and dtypes only."""
+    check_same_structure(reference, updates, name, "updates", who=who)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    for (path, u), r in zip(with_paths, treedef.flatten_up_to(reference), strict=True):
+        check_leaf_update(who, path, u, r, name, inexact=inexact)
+
+
+def check_against_params(who: str, updates: ArrayTree, params: ArrayTree | None) -> None:
+    """For transformations without per-leaf state: ``updates`` against ``params`` (see
+    :func:`check_updates`) when the params are given; nothing to compare against otherwise."""
+    if params is not None:
+        check_updates(who, updates, params, "param", inexact=False)
 
 
 def check_inexact_leaves(params: ArrayTree, who: str) -> None:
@@ -70,7 +133,7 @@ def check_inexact_leaves(params: ArrayTree, who: str) -> None:
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                f"{who}: parameter {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; "
+                f"{who}: parameter {_path_name(path)} has dtype {dtype}; "
                 "optimizers only update floating-point or complex leaves. Keep integer and "
                 "boolean leaves out of the optimized tree, or mask them with `gradxform.masked`."
             )
@@ -122,14 +185,19 @@ def tree_map_multi(fn: Callable[..., tuple], num_outputs: int, tree: ArrayTree, 
 def _full_like_leaf(x: Any, value: Any, dtype: Any | None) -> jax.Array:
     """``value`` shaped like ``x``, placed (sharded) like ``x``.
 
-    Under ``jit`` the sharding of ``x`` is not always known while tracing (never on a mesh with
-    automatic axes), and a constant that does not depend on ``x`` is compiled as replicated: an
-    optimizer state made of such constants would be whole on every device. Multiplying by
-    ``1 + 0 * |x|`` (with ``0`` where ``x`` is not finite, so the factor is exactly 1) ties the
-    result to ``x``, and sharding propagation gives it ``x``'s sharding. The compiler cannot
-    fold the tie before that (``0 * inf`` is NaN); it costs one elementwise read of ``x``.
+    Eagerly this is ``lax.full_like``. Under ``jit`` the sharding of ``x`` is not always known
+    while tracing (never on a mesh with automatic axes), and a constant that does not depend on
+    ``x`` is compiled as replicated: an optimizer state made of such constants would be whole
+    on every device. Multiplying by ``1 + 0 * |x|`` (with ``0`` where ``x`` is not finite, so
+    the factor is exactly 1) ties the result to ``x``, and sharding propagation gives it
+    ``x``'s sharding. The compiler cannot fold the tie before that (``0 * inf`` is NaN); it
+    costs one elementwise read of ``x``.
     """
     dtype = dtype or jnp.result_type(x)
+    if not _validate.is_traced(x):
+        # Outside a trace the sharding of `x` is known: one allocation, placed like `x` (the
+        # tie below would materialise several temporaries of x's size when run eagerly).
+        return jax.lax.full_like(x, value, dtype)
     full = jnp.full(jnp.shape(x), value, dtype)
     if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
         return full
@@ -247,6 +315,40 @@ def moment_update(moment: jax.Array, value: jax.Array, decay: Any, dtype: Any) -
     return decay * moment.astype(dtype) + (1 - decay) * value
 
 
+def square_moment_update(moment: jax.Array, g: jax.Array, decay: Any, dtype: Any) -> jax.Array:
+    """``decay * v + (1 - decay) * |g|^2``, in the real counterpart of ``dtype``.
+
+    The weight multiplies ``g`` before the second factor does, ``((1 - decay) * g) * g``, as
+    torch's ``addcmul`` computes it: ``g * g`` alone overflows float32 for ``|g| > 1.8e19``,
+    which would make the moment infinite and freeze that parameter for good, while the weighted
+    product stays finite up to ``|g| ~ 1.8e19 / sqrt(1 - decay)``. Complex ``g`` counts as
+    ``|g|^2 = re^2 + im^2``.
+    """
+    real = real_dtype(dtype)
+    decay = cast_scalar(decay, real)
+    weight = 1 - decay
+    if jnp.iscomplexobj(g):
+        re, im = jnp.real(g).astype(real), jnp.imag(g).astype(real)
+        square = (weight * re) * re + (weight * im) * im
+    else:
+        g = g.astype(real)
+        square = (weight * g) * g
+    return decay * moment.astype(real) + square
+
+
+def safe_divide(numerator: jax.Array, denominator: jax.Array, may_be_zero: bool) -> jax.Array:
+    """``numerator / denominator``, giving 0 where the denominator is 0 if ``may_be_zero``.
+
+    A preconditioner's denominator ``sqrt(v) + eps`` is zero only when ``eps`` is 0 and the
+    gradient history is all zeros, where the numerator is zero too and 0/0 would be NaN. The
+    guard is left out only when a static ``eps`` (or ``eps_root``) is known to be non-zero: an
+    injected or traced ``eps`` may be 0, so it always gets the guard.
+    """
+    if may_be_zero:
+        return numerator / jnp.where(denominator == 0, 1, denominator)
+    return numerator / denominator
+
+
 def tree_moment_update(moments: ArrayTree, values: ArrayTree, decay: Any) -> ArrayTree:
     """``decay * m + (1 - decay) * v`` leaf by leaf; each moment keeps its dtype."""
 
@@ -266,7 +368,7 @@ def bias_correction(decay: Any, count: jax.Array) -> jax.Array:
     """
     dtype = default_float_dtype()
     steps = count.astype(dtype)
-    if _checks.is_static_number(decay):
+    if _validate.is_static_number(decay):
         if float(decay) == 0.0:
             return jnp.ones_like(steps)
         log_decay = jnp.asarray(math.log(float(decay)), dtype)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradxform import _tree
-from gradxform.wrappers import is_mask_function
+from gradxform._masks import broadcast_prefix, is_mask_function
 
 Groups = Any  # a tree of hashable labels (e.g. bools) matching the params, or a function of them
 
@@ -53,14 +53,7 @@ def _label_leaves(groups: Groups, params: Any, treedef) -> list[Hashable]:
     if groups is None:
         return [None] * treedef.num_leaves
     labels = groups(params) if is_mask_function(groups) else groups
-    try:
-        full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), labels, params)
-        return treedef.flatten_up_to(full)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            "flatten_params: `groups` does not match the params tree.\n"
-            f"  groups: {jax.tree.structure(labels)}\n  params: {treedef}"
-        ) from error
+    return broadcast_prefix(labels, params, "flatten_params", "groups")[0]
 
 
 def _buffer_key(dtype: np.dtype, label: Hashable) -> str:
@@ -152,7 +145,9 @@ class FlatLayout:
         return {key: seen.pop() for key, seen in per_buffer.items() if seen}
 
 
-def flatten_params(params: Any, groups: Groups = None) -> tuple[dict[str, jax.Array], FlatLayout]:
+def flatten_params(
+    params: Any, *, groups: Groups = None
+) -> tuple[dict[str, jax.Array], FlatLayout]:
     """Packs a parameter tree into one contiguous buffer per dtype (and per group).
 
     ::

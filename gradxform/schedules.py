@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from gradxform import _checks, _tree
-
-Schedule = Callable[[ArrayLike], jax.Array]
+from gradxform import _tree, _validate
+from gradxform._types import Schedule
 
 __all__ = [
     "constant_schedule",
@@ -63,7 +62,7 @@ _INT32_MAX = int(np.iinfo(np.int32).max)
 
 def _steps(who: str, name: str, value: Any, *, minimum: int = 1) -> int:
     """Checks a step argument: an integer (an integral float such as ``1e4`` is accepted)."""
-    if not (_checks.is_static_number(value) and float(value).is_integer()):
+    if not (_validate.is_static_number(value) and float(value).is_integer()):
         raise TypeError(f"{who}: `{name}` must be a whole number of steps, got {value!r}")
     steps = int(value)
     if steps < minimum:
@@ -84,14 +83,14 @@ def _boundaries_and_scales(who: str, boundaries_and_scales: Any) -> list[tuple[i
     items = []
     for boundary, scale in boundaries_and_scales.items():
         step = _steps(who, "boundaries_and_scales", boundary, minimum=0)
-        _checks.non_negative(who, f"boundaries_and_scales[{boundary!r}]", scale)
+        _validate.non_negative(who, f"boundaries_and_scales[{boundary!r}]", scale)
         items.append((step, scale))
     return sorted(items, key=lambda item: item[0])
 
 
 def _open_fraction(who: str, name: str, value: Any) -> float:
     """Checks a static number in the open interval (0, 1)."""
-    if not _checks.is_static_number(value):
+    if not _validate.is_static_number(value):
         raise TypeError(f"{who}: `{name}` must be a number in (0, 1), got {value!r}")
     if not 0 < float(value) < 1:
         raise ValueError(f"{who}: `{name}` must be in (0, 1), got {value!r}")
@@ -109,7 +108,7 @@ def _broadcast(value: ArrayLike, count: jax.Array) -> jax.Array:
 
 
 def _is_static_one(value: Any) -> bool:
-    return _checks.is_static_number(value) and float(value) == 1.0
+    return _validate.is_static_number(value) and float(value) == 1.0
 
 
 def _power(base: jax.Array, exponent: Any) -> jax.Array:
@@ -125,7 +124,7 @@ def _static_log(value: Any) -> float | None:
     rounding error (up to 3e-3 relative after 1e5 steps); rounding its logarithm instead keeps
     the error at a few float32 ulps of ``k * log(rate)``.
     """
-    if _checks.is_static_number(value) and float(value) > 0:
+    if _validate.is_static_number(value) and float(value) > 0:
         return math.log(float(value))
     return None
 
@@ -251,7 +250,7 @@ def polynomial_schedule(
       [1.0, 0.5625, 0.25, 0.0625, 0.0, 0.0]
     """
     who = "polynomial_schedule"
-    _checks.positive(who, "power", power)
+    _validate.positive(who, "power", power)
     return _polynomial(who, init_value, end_value, power, transition_steps, transition_begin)
 
 
@@ -296,7 +295,7 @@ def _exponential(
 ):
     transition_steps = _steps(who, "transition_steps", transition_steps)
     transition_begin = _steps(who, "transition_begin", transition_begin, minimum=0)
-    _checks.positive(who, "decay_rate", decay_rate)
+    _validate.positive(who, "decay_rate", decay_rate)
     log_rate = _static_log(decay_rate)
 
     def schedule(count: ArrayLike) -> jax.Array:
@@ -395,7 +394,7 @@ def inverse_time_decay(
       [1.0, 0.5, 0.25]
     """
     who = "inverse_time_decay"
-    _checks.non_negative(who, "decay_rate", decay_rate)
+    _validate.non_negative(who, "decay_rate", decay_rate)
     decay_steps = _steps(who, "decay_steps", decay_steps)
 
     def schedule(count: ArrayLike) -> jax.Array:
@@ -513,7 +512,7 @@ def piecewise_interpolate_schedule(
 def _cosine_decay(who, init_value, end_value, decay_steps, exponent):
     """``end + (init - end) * w(k) ** exponent``, ``w`` the cosine weight over decay_steps."""
     decay_steps = _steps(who, "decay_steps", decay_steps)
-    _checks.positive(who, "exponent", exponent)
+    _validate.positive(who, "exponent", exponent)
 
     def schedule(count: ArrayLike) -> jax.Array:
         remaining = decay_steps - jnp.clip(jnp.asarray(count), 0, decay_steps)
@@ -557,7 +556,7 @@ def cosine_decay_schedule(
     """
     who = "cosine_decay_schedule"
     decay_steps = _steps(who, "decay_steps", decay_steps)
-    _checks.positive(who, "exponent", exponent)
+    _validate.positive(who, "exponent", exponent)
 
     def schedule(count: ArrayLike) -> jax.Array:
         remaining = decay_steps - jnp.clip(jnp.asarray(count), 0, decay_steps)
@@ -777,8 +776,8 @@ def _onecycle(
 ):
     total = _steps(who, "transition_steps", transition_steps)
     pct_start = _open_fraction(who, "pct_start", pct_start)
-    _checks.positive(who, "div_factor", div_factor)
-    _checks.positive(who, "final_div_factor", final_div_factor)
+    _validate.positive(who, "div_factor", div_factor)
+    _validate.positive(who, "final_div_factor", final_div_factor)
     # Phase ends exactly as torch computes them, in float64; a phase covers the steps k with
     # previous end < k <= its end, and the last phase holds its final value from k = total - 1.
     warmup_end = float(pct_start * total) - 1
@@ -972,7 +971,7 @@ def cyclic_schedule(
     )
     if mode not in _CYCLIC_MODES:
         raise ValueError(f"{who}: `mode` must be one of {_CYCLIC_MODES}, got {mode!r}")
-    _checks.positive(who, "gamma", gamma)
+    _validate.positive(who, "gamma", gamma)
     log_gamma = _static_log(gamma)
     period = up + down
 

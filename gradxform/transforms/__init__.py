@@ -1,6 +1,7 @@
 """Gradient transformations, one module per family.
 
-``scaling`` (constant factors, learning rates, schedules), ``momentum`` (trace, ema),
-``adaptive`` (Adam and the other per-coordinate preconditioners), ``decay`` (weight decay),
-``clipping`` (clipping and NaN handling).
+``scaling`` (constant factors, learning rates, schedules, zeros), ``momentum`` (trace, ema),
+``adam`` (Adam, AMSGrad, Adamax, NAdam), ``rms`` (RMSProp, Adagrad), ``sign`` (Lion),
+``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling), ``plateau`` (reducing
+the step size on a plateau of the loss).
 """

@@ -1,27 +1,21 @@
-"""Clipping updates, and replacing NaNs.
+"""Clipping updates: by value, by global norm, by block RMS, and adaptively (AGC).
 
 :func:`clip` bounds each element, :func:`clip_by_global_norm` the norm of the whole update
 (torch's ``clip_grad_norm_``), :func:`clip_by_block_rms` the RMS of each leaf, and
 :func:`adaptive_grad_clip` the norm of each unit relative to its parameter's norm (NFNets'
-AGC). :func:`zero_nans` replaces NaNs. Every norm is accumulated in at least float32 and the
+AGC). Every norm is accumulated in at least float32 and the
 clipped update keeps its dtype; a zero update (or zero params) is never divided by zero.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from gradxform import _checks, _tree
-from gradxform._base import EmptyState, GradientTransformation
-
-
-class ZeroNansState(NamedTuple):
-    """``found_nan``: one bool per leaf, whether the last update had a NaN there."""
-
-    found_nan: Any
+from gradxform import _tree, _validate
+from gradxform._base import EmptyState, GradientTransformation, require_params
 
 
 def clip(max_delta: float) -> GradientTransformation:
@@ -33,14 +27,15 @@ def clip(max_delta: float) -> GradientTransformation:
     Returns:
       A stateless transformation.
     """
-    _checks.non_negative("clip", "max_delta", max_delta)
+    _validate.non_negative("clip", "max_delta", max_delta)
 
     def init_fn(params):
         del params
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del extra_args
+        _tree.check_against_params("clip", updates, params)
 
         def leaf(u):
             bound = _tree.cast_scalar(max_delta, u.dtype)
@@ -55,7 +50,7 @@ def clip(max_delta: float) -> GradientTransformation:
 _TORCH_NORM_EPS = 1e-6
 
 
-def clip_by_global_norm(max_norm: float, axis_name: str | None = None) -> GradientTransformation:
+def clip_by_global_norm(max_norm: float, *, axis_name: str | None = None) -> GradientTransformation:
     """Rescales all updates together so that their global norm is at most ``max_norm``.
 
     ::
@@ -73,14 +68,17 @@ def clip_by_global_norm(max_norm: float, axis_name: str | None = None) -> Gradie
     Returns:
       A stateless transformation.
     """
-    _checks.positive("clip_by_global_norm", "max_norm", max_norm)
+    who = "clip_by_global_norm"
+    _validate.positive(who, "max_norm", max_norm)
+    _validate.axis_name(who, axis_name)
 
     def init_fn(params):
         del params
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del extra_args
+        _tree.check_against_params(who, updates, params)
         norm = _tree.tree_global_norm(updates, axis_name)
         factor = jnp.minimum(1.0, max_norm / (norm + _TORCH_NORM_EPS))
         return _tree.tree_scale(factor, updates), state
@@ -116,14 +114,15 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
       >>> clip.update({"w": jnp.array([3.0, -3.0])}, clip.init(None))[0]["w"].tolist()
       [1.0, -1.0]
     """
-    _checks.non_negative("clip_by_block_rms", "threshold", threshold)
+    _validate.non_negative("clip_by_block_rms", "threshold", threshold)
 
     def init_fn(params):
         del params
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del extra_args
+        _tree.check_against_params("clip_by_block_rms", updates, params)
 
         def leaf(u):
             if u.size == 0:  # the mean of no elements would be 0/0
@@ -147,7 +146,7 @@ def _unit_squared_norms(x: jax.Array) -> jax.Array:
 
 
 def adaptive_grad_clip(
-    clipping: float, eps: float = 1e-3, axis_name: str | None = None
+    clipping: float, eps: float = 1e-3, *, axis_name: str | None = None
 ) -> GradientTransformation:
     """Adaptive gradient clipping (AGC; Brock et al., 2021): clips each unit's update relative
     to the norm of its parameters.
@@ -190,8 +189,9 @@ def adaptive_grad_clip(
       Normalization*, 2021 (https://arxiv.org/abs/2102.06171).
     """
     who = "adaptive_grad_clip"
-    _checks.non_negative(who, "clipping", clipping)
-    _checks.non_negative(who, "eps", eps)
+    _validate.non_negative(who, "clipping", clipping)
+    _validate.non_negative(who, "eps", eps)
+    _validate.axis_name(who, axis_name)
 
     def init_fn(params):
         del params
@@ -199,12 +199,8 @@ def adaptive_grad_clip(
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(
-                f"{who}: `params` is required, since each update is clipped relative to the "
-                "norm of its parameters; call `update(updates, state, params)`."
-            )
-        _tree.check_same_structure(params, updates, "params", "updates")
+        require_params(who, params, "each update is clipped relative to its param's norm")
+        _tree.check_updates(who, updates, params, "param")
 
         def squared(u, p):
             dtype = _tree.compute_dtype(u.dtype, p.dtype)
@@ -223,26 +219,5 @@ def adaptive_grad_clip(
             return (u.astype(dtype) * factor).astype(u.dtype)
 
         return jax.tree.map(leaf, updates, u_sq, p_sq), state
-
-    return GradientTransformation(init_fn, update_fn)
-
-
-def zero_nans() -> GradientTransformation:
-    """Replaces NaN elements by zero: ``u <- where(isnan(u), 0, u)``.
-
-    Returns:
-      A transformation whose state, :class:`ZeroNansState`, records per leaf whether the last
-      update contained a NaN.
-    """
-
-    def init_fn(params):
-        return ZeroNansState(jax.tree.map(lambda _: jnp.zeros([], jnp.bool_), params))
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        _tree.check_same_structure(state.found_nan, updates, "NaN flags", "updates")
-        found = jax.tree.map(lambda u: jnp.any(jnp.isnan(u)), updates)
-        cleaned = jax.tree.map(lambda u: jnp.where(jnp.isnan(u), 0, u).astype(u.dtype), updates)
-        return cleaned, ZeroNansState(found)
 
     return GradientTransformation(init_fn, update_fn)

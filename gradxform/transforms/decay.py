@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from gradxform import _checks, _tree
-from gradxform._base import EmptyState, GradientTransformation
-from gradxform.wrappers import masked
-
-MaskOrFn = Any | Callable[[Any], Any] | None
+from gradxform import _tree, _validate
+from gradxform._base import EmptyState, GradientTransformation, require_params
+from gradxform._types import MaskOrFn
+from gradxform.wrappers.masking import masked
 
 
 def add_decayed_weights(weight_decay: float = 0.0, mask: MaskOrFn = None) -> GradientTransformation:
@@ -32,7 +30,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: MaskOrFn = None) -> Gra
 
 def decayed_weights(weight_decay: Any, mask: MaskOrFn, who: str) -> GradientTransformation:
     """``u <- u + weight_decay * p``, with errors naming ``who`` (the caller users see)."""
-    _checks.non_negative(who, "weight_decay", weight_decay)
+    _validate.non_negative(who, "weight_decay", weight_decay)
 
     def init_fn(params):
         del params
@@ -40,9 +38,8 @@ def decayed_weights(weight_decay: Any, mask: MaskOrFn, who: str) -> GradientTran
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        if params is None:
-            raise ValueError(f"{who} needs `params`: call `update(updates, state, params)`")
-        _tree.check_same_structure(params, updates, "params", "updates")
+        require_params(who, params, "weight decay adds a multiple of them to the updates")
+        _tree.check_updates(who, updates, params, "param", inexact=False)
         return _tree.tree_add_scaled(updates, weight_decay, params), state
 
     transform = GradientTransformation(init_fn, update_fn)
@@ -51,7 +48,7 @@ def decayed_weights(weight_decay: Any, mask: MaskOrFn, who: str) -> GradientTran
     return transform
 
 
-def add_l2(weight_decay: float = 0.0, mask: MaskOrFn = None) -> GradientTransformation:
+def add_l2(weight_decay: float = 0.0, *, mask: MaskOrFn = None) -> GradientTransformation:
     """Coupled weight decay (L2 regularisation): ``g <- g + weight_decay * p``.
 
     The same arithmetic as :func:`add_decayed_weights`, meant to come first in a chain so that

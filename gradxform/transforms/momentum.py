@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _checks, _tree
-from gradxform._base import GradientTransformation
+from gradxform import _tree, _validate
+from gradxform._base import GradientTransformation, expect_state
 
 
 class TraceState(NamedTuple):
@@ -28,8 +28,9 @@ class EmaState(NamedTuple):
 def trace(
     decay: float,
     nesterov: bool = False,
-    dampening: float = 0.0,
     accumulator_dtype: Any | None = None,
+    *,
+    dampening: float = 0.0,
 ) -> GradientTransformation:
     """Momentum, as in ``torch.optim.SGD``.
 
@@ -42,20 +43,22 @@ def trace(
     Args:
       decay: the momentum ``mu`` (>= 0).
       nesterov: use Nesterov's look-ahead form; needs ``decay > 0`` and no dampening.
-      dampening: ``tau``, the fraction of the gradient held back (torch's ``dampening``).
       accumulator_dtype: dtype of the buffer; by default each param's dtype.
+      dampening: ``tau``, the fraction of the gradient held back (torch's ``dampening``).
 
     Returns:
       A transformation whose state is :class:`TraceState`.
     """
     who = "trace"
-    _checks.non_negative(who, "decay", decay)
-    _checks.non_negative(who, "dampening", dampening)
-    if nesterov and _checks.is_static_zero(decay):
+    _validate.non_negative(who, "decay", decay)
+    _validate.boolean(who, "nesterov", nesterov)
+    _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
+    _validate.non_negative(who, "dampening", dampening)
+    if nesterov and _validate.is_static_zero(decay):
         raise ValueError(f"{who}: `nesterov=True` needs a momentum `decay` > 0, got {decay!r}")
-    if nesterov and _checks.is_static_nonzero(dampening):
+    if nesterov and _validate.is_static_nonzero(dampening):
         raise ValueError(f"{who}: `nesterov=True` needs `dampening=0`, got {dampening!r}")
-    undampened = _checks.is_static_zero(dampening)
+    undampened = _validate.is_static_zero(dampening)
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
@@ -66,7 +69,8 @@ def trace(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        _tree.check_same_structure(state.trace, updates, "momentum buffer", "updates")
+        expect_state(who, state, TraceState)
+        _tree.check_updates(who, updates, state.trace, "momentum buffer")
         if undampened:
             gradient_weight = 1
         else:
@@ -107,7 +111,9 @@ def ema(
       A transformation whose state is :class:`EmaState`.
     """
     who = "ema"
-    _checks.in_unit_interval(who, "decay", decay, closed_right=not debias)
+    _validate.boolean(who, "debias", debias)
+    _validate.probability(who, "decay", decay, closed=not debias)
+    _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
@@ -117,7 +123,8 @@ def ema(
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        _tree.check_same_structure(state.ema, updates, "moving average", "updates")
+        expect_state(who, state, EmaState)
+        _tree.check_updates(who, updates, state.ema, "moving average")
         count = _tree.safe_increment(state.count)
         correction = _tree.bias_correction(decay, count) if debias else None
 

@@ -1,18 +1,16 @@
-"""Multiplying updates by a constant, a learning rate, or a schedule of the step count."""
+"""Multiplying updates by a constant, a learning rate, or a schedule of the step count, or
+replacing them by zeros."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from gradxform import _checks, _tree
-from gradxform._base import EmptyState, GradientTransformation
-
-Schedule = Callable[[jax.Array], Any]
-ScalarOrSchedule = float | jax.Array | Schedule
+from gradxform import _tree, _validate
+from gradxform._base import EmptyState, GradientTransformation, expect_state
+from gradxform._types import ScalarOrSchedule, Schedule
 
 
 def _scaled(factor: Any, updates: Any) -> Any:
@@ -43,15 +41,15 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
     Returns:
       A stateless transformation.
     """
-    if not (_checks.is_static_number(step_size) or hasattr(step_size, "dtype")):
-        raise TypeError(f"scale: `step_size` must be a number, got {step_size!r}")
+    _validate.finite("scale", "step_size", step_size)
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, "scale")
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del extra_args
+        _tree.check_against_params("scale", updates, params)
         return _scaled(step_size, updates), state
 
     return GradientTransformation(init_fn, update_fn)
@@ -68,16 +66,23 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     Returns:
       A transformation whose state is :class:`ScaleByScheduleState`.
     """
-    if not callable(step_size_fn):
-        raise TypeError(f"scale_by_schedule: `step_size_fn` must be callable, got {step_size_fn!r}")
+    who = "scale_by_schedule"
+    _validate.function(who, "step_size_fn", step_size_fn)
 
     def init_fn(params):
-        _tree.check_inexact_leaves(params, "scale_by_schedule")
+        _tree.check_inexact_leaves(params, who)
         return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del extra_args
+        expect_state(who, state, ScaleByScheduleState)
+        _tree.check_against_params(who, updates, params)
         step_size = step_size_fn(state.count)
+        if jnp.shape(step_size) != ():
+            raise ValueError(
+                f"{who}: the schedule must return a scalar, got shape {jnp.shape(step_size)} "
+                f"at count {state.count!r}; a schedule is never broadcast against the updates"
+            )
         updates = _scaled(step_size, updates)
         return updates, ScaleByScheduleState(count=_tree.safe_increment(state.count))
 
@@ -96,8 +101,31 @@ def scale_by_learning_rate(
     Returns:
       :func:`scale` for a number, :func:`scale_by_schedule` for a schedule.
     """
-    _checks.learning_rate("scale_by_learning_rate", learning_rate)
+    who = "scale_by_learning_rate"
+    _validate.learning_rate(who, learning_rate)
+    _validate.boolean(who, "flip_sign", flip_sign)
     sign = -1 if flip_sign else 1
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
     return scale(sign * learning_rate)
+
+
+def set_to_zero() -> GradientTransformation:
+    """Replaces every update by zeros: ``u <- 0``.
+
+    The zeros are exact (a NaN or infinite gradient also becomes 0) and nothing is stored.
+
+    Returns:
+      A stateless transformation.
+    """
+
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _tree.check_against_params("set_to_zero", updates, params)
+        return jax.tree.map(jnp.zeros_like, updates), state
+
+    return GradientTransformation(init_fn, update_fn)

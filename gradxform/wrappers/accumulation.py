@@ -13,9 +13,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree
-from gradxform._base import GradientTransformation, _as_transformation, _extra_args_filter
-from gradxform.wrappers import _find_state
+from gradxform import _tree, _validate
+from gradxform._base import (
+    GradientTransformation,
+    as_transformation,
+    expect_state,
+    extra_args_filter,
+    find_state,
+)
 
 Params = Any
 Updates = Any
@@ -63,7 +68,7 @@ class MultiSteps:
     :meth:`gradient_transformation` returns it as a :class:`gradxform.GradientTransformation`.
 
     Args:
-      inner: the optimizer to update every ``k`` micro-batches.
+      opt: the optimizer to update every ``k`` micro-batches.
       every_k_schedule: ``k``, an int >= 1, or a function of the int32 number of updates made
         so far returning ``k`` for the current round (values below 1 count as 1).
       accumulator_dtype: dtype of ``acc_grads``; by default each gradient's dtype (pass
@@ -84,25 +89,20 @@ class MultiSteps:
 
     def __init__(
         self,
-        inner: GradientTransformation,
+        opt: GradientTransformation,
         every_k_schedule: int | Callable[[jax.Array], Any],
         *,
         accumulator_dtype: Any | None = None,
     ):
         who = "MultiSteps"
-        self._inner = _as_transformation(inner, who)
-        self._keep_extra = _extra_args_filter(self._inner.update)
+        self._inner = as_transformation(opt, f"{who}: `opt`")
+        self._keep_extra = extra_args_filter(self._inner.update)
         if callable(every_k_schedule):
             self._every_k = lambda step: jnp.maximum(every_k_schedule(step), 1)
-        elif isinstance(every_k_schedule, int) and not isinstance(every_k_schedule, bool):
-            if every_k_schedule < 1:
-                raise ValueError(f"{who}: `every_k_schedule` must be >= 1, got {every_k_schedule}")
-            self._every_k = lambda step: every_k_schedule
         else:
-            raise TypeError(
-                f"{who}: `every_k_schedule` must be an int or a function of the step count, "
-                f"got {every_k_schedule!r}"
-            )
+            _validate.count(who, "every_k_schedule", every_k_schedule)
+            self._every_k = lambda step: every_k_schedule
+        _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
         self._accumulator_dtype = accumulator_dtype
 
     def init(self, params: Params) -> MultiStepsState:
@@ -118,7 +118,8 @@ class MultiSteps:
         self, updates: Updates, state: MultiStepsState, params: Params | None = None, **extra_args
     ) -> tuple[Updates, MultiStepsState]:
         """Accumulates ``updates``; on the ``k``-th call returns the inner update of the mean."""
-        _tree.check_same_structure(state.acc_grads, updates, "accumulated gradients", "updates")
+        expect_state("MultiSteps", state, MultiStepsState)
+        _tree.check_updates("MultiSteps", updates, state.acc_grads, "accumulated gradients")
         k = self._every_k(state.gradient_step)
         mini_step = state.mini_step + 1
         emit = mini_step >= k
@@ -153,7 +154,7 @@ class MultiSteps:
 
         ``state`` is a :class:`MultiStepsState` or any optimizer state holding exactly one.
         """
-        state = _find_state(state, MultiStepsState, "MultiSteps.has_updated")
+        state = find_state(state, MultiStepsState, "MultiSteps.has_updated")
         return (state.mini_step == 0) & (state.gradient_step > 0)
 
     def gradient_transformation(self) -> GradientTransformation:
@@ -163,8 +164,8 @@ class MultiSteps:
 
 def gradient_accumulation(
     inner: GradientTransformation,
-    k: int | Callable[[jax.Array], Any],
     *,
+    k: int | Callable[[jax.Array], Any],
     accumulator_dtype: Any | None = None,
 ) -> GradientTransformation:
     """Updates with ``inner`` once every ``k`` calls, using the mean of the ``k`` gradients.

@@ -1,16 +1,8 @@
-"""Guards against non-finite steps: skipping them, and dynamic loss scaling for float16.
+"""Dynamic loss scaling for float16 training.
 
-:func:`apply_if_finite` wraps an optimizer so that a step whose gradients (or updates) hold a
-NaN or an infinity changes nothing. :class:`DynamicLossScale` is the loss-scaling arithmetic
-of mixed-precision training, for loops that manage it themselves, and
-:func:`dynamic_loss_scale` wraps an optimizer so that it takes gradients of a scaled loss and
-keeps the scale in its state.
-
-Both wrappers are branch-free: the inner update is always computed, and ``jnp.where`` keeps
-either its result or the old state. A ``lax.cond`` would skip the inner work on a rejected
-step, but rejected steps are rare, and a ``cond`` costs on every step: under ``vmap`` it
-becomes a select of both branches anyway, and on accelerators the predicate may be read back
-to the host.
+:class:`DynamicLossScale` is the loss-scaling arithmetic of mixed-precision training, for loops
+that manage it themselves; :func:`dynamic_loss_scale` wraps an optimizer so that it takes
+gradients of a scaled loss, skips the steps that overflow and keeps the scale in its state.
 """
 
 from __future__ import annotations
@@ -21,139 +13,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree
-from gradxform._base import GradientTransformation, _as_transformation, _extra_args_filter
-from gradxform.wrappers import _find_state
-
-Params = Any
-Updates = Any
-
-
-def all_finite(tree: Any, axis_name: str | None = None) -> jax.Array:
-    """Whether every element of every leaf is finite (no NaN, no +-inf), as a bool scalar.
-
-    Args:
-      tree: a tree of arrays; an empty tree is finite.
-      axis_name: a mapped axis (``pmap`` or ``shard_map``) over which the answer is combined,
-        so that it is the same on every device even when each holds different values.
-
-    Returns:
-      A bool array of shape ``()``.
-    """
-    finite = jnp.array(True)
-    for leaf in jax.tree.leaves(tree):
-        finite = finite & jnp.all(jnp.isfinite(leaf))
-    if axis_name is not None:
-        # One device with a non-finite value makes the step non-finite everywhere.
-        finite = jax.lax.psum(jnp.logical_not(finite).astype(jnp.int32), axis_name) == 0
-    return finite
-
-
-def _keep_if(condition: jax.Array, new: Any, old: Any) -> Any:
-    """``new`` where ``condition`` holds, else ``old``, leaf by leaf (both trees alike)."""
-    return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
-
-
-def _zeros_unless(condition: jax.Array, updates: Updates) -> Updates:
-    return jax.tree.map(lambda u: jnp.where(condition, u, jnp.zeros_like(u)), updates)
-
-
-# --- apply_if_finite --------------------------------------------------------------------------
-
-
-class ApplyIfFiniteState(NamedTuple):
-    """The state of :func:`apply_if_finite`.
-
-    ``notfinite_count``: non-finite steps in a row, up to and including the last (int32);
-    ``last_finite``: whether the last step was finite (bool);
-    ``total_notfinite``: non-finite steps since ``init`` (int32, saturating);
-    ``inner_state``: the inner optimizer's state, as of the last applied step.
-    """
-
-    notfinite_count: jax.Array
-    last_finite: jax.Array
-    total_notfinite: jax.Array
-    inner_state: Any
-
-
-def apply_if_finite(
-    inner: GradientTransformation, max_consecutive_errors: int, axis_name: str | None = None
-) -> GradientTransformation:
-    """Skips steps whose gradients or updates hold a NaN or an infinity.
-
-    With ``finite_t`` true when both the gradients and the inner updates of step ``t`` are
-    finite, and ``n_t`` the number of non-finite steps in a row ending at ``t``::
-
-        apply_t = finite_t or n_t > max_consecutive_errors
-        u_t = inner_update_t              if apply_t else 0
-        s_t = inner_state_t               if apply_t else s_{t-1}
-
-    A skipped step returns zero updates (the params do not move) and leaves the inner state
-    exactly as it was, so one bad batch costs one step and nothing else. After more than
-    ``max_consecutive_errors`` non-finite steps in a row the non-finite update is let through,
-    so that a run which has truly diverged shows it in its params instead of silently
-    standing still. The counters in :class:`ApplyIfFiniteState` report what happened.
-
-    Args:
-      inner: the optimizer to guard.
-      max_consecutive_errors: how many non-finite steps in a row are skipped (>= 0).
-      axis_name: a mapped axis (``pmap``/``shard_map``) over which the finiteness test is
-        combined, so that every device skips the same steps when each holds a different shard
-        of the gradients.
-
-    Returns:
-      A transformation whose state is :class:`ApplyIfFiniteState`.
-
-    Example:
-      >>> import jax.numpy as jnp, gradxform as gx
-      >>> opt = gx.apply_if_finite(gx.sgd(0.1), max_consecutive_errors=3)
-      >>> params = {"w": jnp.ones(2)}
-      >>> state = opt.init(params)
-      >>> updates, state = opt.update({"w": jnp.array([1.0, jnp.nan])}, state, params)
-      >>> updates["w"].tolist(), int(state.notfinite_count), bool(state.last_finite)
-      ([0.0, 0.0], 1, False)
-    """
-    who = "apply_if_finite"
-    inner = _as_transformation(inner, who)
-    keep_extra = _extra_args_filter(inner.update)
-    if not isinstance(max_consecutive_errors, int) or isinstance(max_consecutive_errors, bool):
-        raise TypeError(
-            f"{who}: `max_consecutive_errors` must be an int, got {max_consecutive_errors!r}"
-        )
-    if max_consecutive_errors < 0:
-        raise ValueError(
-            f"{who}: `max_consecutive_errors` must be >= 0, got {max_consecutive_errors}"
-        )
-
-    def init_fn(params):
-        return ApplyIfFiniteState(
-            notfinite_count=jnp.zeros([], jnp.int32),
-            last_finite=jnp.array(True),
-            total_notfinite=jnp.zeros([], jnp.int32),
-            inner_state=inner.init(params),
-        )
-
-    def update_fn(updates, state, params=None, **extra_args):
-        new_updates, new_inner = inner.update(
-            updates, state.inner_state, params, **keep_extra(extra_args)
-        )
-        finite = all_finite((updates, new_updates), axis_name)
-        notfinite_count = jnp.where(finite, 0, _tree.safe_increment(state.notfinite_count))
-        apply = finite | (notfinite_count > max_consecutive_errors)
-        total = jnp.where(
-            finite, state.total_notfinite, _tree.safe_increment(state.total_notfinite)
-        )
-        return _zeros_unless(apply, new_updates), ApplyIfFiniteState(
-            notfinite_count=notfinite_count.astype(jnp.int32),
-            last_finite=finite,
-            total_notfinite=total.astype(jnp.int32),
-            inner_state=_keep_if(apply, new_inner, state.inner_state),
-        )
-
-    return GradientTransformation(init_fn, update_fn)
-
-
-# --- dynamic loss scaling ----------------------------------------------------------------------
+from gradxform import _tree, _validate
+from gradxform._base import (
+    GradientTransformation,
+    as_transformation,
+    expect_state,
+    extra_args_filter,
+    find_state,
+)
+from gradxform._types import Params
+from gradxform.wrappers.guards import all_finite, keep_if, zeros_unless
 
 
 def _upcast_leaf(x: Any) -> jax.Array:
@@ -199,6 +68,7 @@ class DynamicLossScale:
     """
 
     loss_scale: jax.Array
+    _: dataclasses.KW_ONLY
     good_steps: jax.Array = None  # type: ignore[assignment]  # filled in by __post_init__
     period: int = 2000
     factor: float = 2.0
@@ -209,15 +79,13 @@ class DynamicLossScale:
         # Numbers become arrays; anything else (arrays, tracers, or the placeholders JAX puts
         # in a pytree while transforming it) is left alone.
         if isinstance(self.loss_scale, int | float):
+            _validate.positive(who, "loss_scale", self.loss_scale)
             object.__setattr__(self, "loss_scale", jnp.asarray(self.loss_scale, jnp.float32))
         if self.good_steps is None or isinstance(self.good_steps, int):
             object.__setattr__(self, "good_steps", jnp.asarray(self.good_steps or 0, jnp.int32))
-        if not isinstance(self.period, int) or isinstance(self.period, bool) or self.period < 1:
-            raise ValueError(f"{who}: `period` must be an int >= 1, got {self.period!r}")
-        if not float(self.factor) > 1:
-            raise ValueError(f"{who}: `factor` must be > 1, got {self.factor!r}")
-        if not float(self.min_loss_scale) > 0:
-            raise ValueError(f"{who}: `min_loss_scale` must be > 0, got {self.min_loss_scale!r}")
+        _validate.count(who, "period", self.period)
+        _validate.at_least(who, "factor", self.factor, 1, strict=True)
+        _validate.positive(who, "min_loss_scale", self.min_loss_scale)
 
     def scale(self, tree: Any) -> Any:
         """``x * loss_scale`` for every leaf, computed and returned in at least float32.
@@ -288,11 +156,11 @@ def _upcast(params: Params, dtype: Any) -> Params:
 
 def dynamic_loss_scale(
     inner: GradientTransformation,
+    *,
     initial_scale: float = 2.0**15,
     period: int = 2000,
     factor: float = 2.0,
     min_scale: float = 1.0,
-    *,
     state_dtype: Any | None = jnp.float32,
     axis_name: str | None = None,
 ) -> GradientTransformation:
@@ -352,16 +220,14 @@ def dynamic_loss_scale(
       ([0.0, 0.0], 512.0)
     """
     who = "dynamic_loss_scale"
-    inner = _as_transformation(inner, who)
-    keep_extra = _extra_args_filter(inner.update)
-    if not float(initial_scale) > 0:
-        raise ValueError(f"{who}: `initial_scale` must be > 0, got {initial_scale!r}")
-    if not isinstance(period, int) or isinstance(period, bool) or period < 1:
-        raise ValueError(f"{who}: `period` must be an int >= 1, got {period!r}")
-    if not float(factor) > 1:
-        raise ValueError(f"{who}: `factor` must be > 1, got {factor!r}")
-    if not float(min_scale) > 0:
-        raise ValueError(f"{who}: `min_scale` must be > 0, got {min_scale!r}")
+    inner = as_transformation(inner, who)
+    keep_extra = extra_args_filter(inner.update)
+    _validate.positive(who, "initial_scale", initial_scale)
+    _validate.count(who, "period", period)
+    _validate.at_least(who, "factor", factor, 1, strict=True)
+    _validate.positive(who, "min_scale", min_scale)
+    _validate.dtype(who, "state_dtype", state_dtype)
+    _validate.axis_name(who, axis_name)
     template = DynamicLossScale(
         float(initial_scale), period=period, factor=factor, min_loss_scale=min_scale
     )
@@ -377,23 +243,24 @@ def dynamic_loss_scale(
         )
 
     def update_fn(updates, state, params=None, **extra_args):
+        expect_state(who, state, DynamicLossScaleState)
         scaler = dataclasses.replace(
             template, loss_scale=state.loss_scale, good_steps=state.good_steps
         )
         grads = scaler.unscale(updates)
-        grads_finite = all_finite(grads, axis_name)
+        grads_finite = all_finite(grads, axis_name=axis_name)
         new_updates, new_inner = inner.update(
             grads, state.inner_state, params, **keep_extra(extra_args)
         )
-        apply = grads_finite & all_finite(new_updates, axis_name)
+        apply = grads_finite & all_finite(new_updates, axis_name=axis_name)
         scaler = scaler.adjust(grads_finite)
         total = jnp.where(apply, state.total_notfinite, _tree.safe_increment(state.total_notfinite))
-        return _zeros_unless(apply, new_updates), DynamicLossScaleState(
+        return zeros_unless(apply, new_updates), DynamicLossScaleState(
             loss_scale=scaler.loss_scale,
             good_steps=scaler.good_steps,
             last_finite=grads_finite,
             total_notfinite=total.astype(jnp.int32),
-            inner_state=_keep_if(apply, new_inner, state.inner_state),
+            inner_state=keep_if(apply, new_inner, state.inner_state),
         )
 
     return GradientTransformation(init_fn, update_fn)
@@ -406,4 +273,4 @@ def current_loss_scale(state: Any) -> jax.Array:
     Raises:
       ValueError: when ``state`` holds no :class:`DynamicLossScaleState`, or several.
     """
-    return _find_state(state, DynamicLossScaleState, "current_loss_scale").loss_scale
+    return find_state(state, DynamicLossScaleState, "current_loss_scale").loss_scale

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from gradxform import _tree
-from gradxform._base import GradientTransformation, _as_transformation, _extra_args_filter
+from gradxform import _tree, _validate
+from gradxform._base import (
+    GradientTransformation,
+    as_transformation,
+    expect_state,
+    extra_args_filter,
+)
 
 
 class JoinTransformsState(NamedTuple):
@@ -25,19 +28,17 @@ def _check_boundaries(boundaries: Sequence[int], num_transforms: int) -> tuple[i
     who = "join_transforms"
     if isinstance(boundaries, str | bytes) or not isinstance(boundaries, Sequence):
         raise TypeError(f"{who}: `boundaries` must be a sequence of ints, got {boundaries!r}")
-    for b in boundaries:
-        if isinstance(b, bool | np.bool_) or not isinstance(b, numbers.Integral):
-            raise TypeError(f"{who}: `boundaries` must be Python ints, got {list(boundaries)!r}")
+    for i, b in enumerate(boundaries):
+        _validate.count(who, f"boundaries[{i}]", b)
     if len(boundaries) != num_transforms - 1:
         raise ValueError(
             f"{who}: {num_transforms} transformations need {num_transforms - 1} boundaries "
             f"(the counts at which the next one takes over), got {len(boundaries)}: "
             f"{list(boundaries)!r}"
         )
-    limit = np.iinfo(np.int32).max
     previous = 0
     for b in boundaries:
-        if not previous < b < limit:
+        if not previous < b < _validate.INT32_MAX:
             raise ValueError(
                 f"{who}: `boundaries` must be strictly increasing positive ints below 2**31 - 1, "
                 f"got {list(boundaries)!r}"
@@ -64,7 +65,7 @@ def _check_same_updates(candidates: list, who: str) -> None:
 
 
 def join_transforms(
-    transforms: Sequence[GradientTransformation], boundaries: Sequence[int]
+    transforms: Sequence[GradientTransformation], *, boundaries: Sequence[int]
 ) -> GradientTransformation:
     """Applies one transformation after another, switching at the given update counts.
 
@@ -105,9 +106,9 @@ def join_transforms(
         )
     if not transforms:
         raise ValueError(f"{who}: `transforms` must hold at least one transformation")
-    transforms = [_as_transformation(t, f"{who} transform {i}") for i, t in enumerate(transforms)]
+    transforms = [as_transformation(t, f"{who} transform {i}") for i, t in enumerate(transforms)]
     boundaries = _check_boundaries(boundaries, len(transforms))
-    filters = [_extra_args_filter(t.update) for t in transforms]
+    filters = [extra_args_filter(t.update) for t in transforms]
 
     def init_fn(params):
         return JoinTransformsState(
@@ -115,6 +116,7 @@ def join_transforms(
         )
 
     def update_fn(updates, state, params=None, **extra_args):
+        expect_state(who, state, JoinTransformsState)
         if len(state.inner_states) != len(transforms):
             raise ValueError(
                 f"{who}: the state holds {len(state.inner_states)} phase states for "

@@ -18,8 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform import _checks, _tree
-from gradxform._base import GradientTransformation, _as_transformation, _extra_args_filter
+from gradxform import _tree
+from gradxform._base import (
+    GradientTransformation,
+    as_transformation,
+    expect_state,
+    extra_args_filter,
+)
 
 # Arguments that are functions of params, never schedules of the step count: a callable passed
 # for one of these is handed to the factory as it is.
@@ -50,6 +55,11 @@ def _is_numeric(value: Any) -> bool:
     return False
 
 
+def _abstract_dtype(x: Any) -> np.dtype:
+    dtype = jnp.result_type(x)
+    return dtype if jnp.issubdtype(dtype, jnp.inexact) else _tree.default_float_dtype()
+
+
 def _float_dtype(hyperparam_dtype: Any | None) -> np.dtype:
     if hyperparam_dtype is None:
         return _tree.default_float_dtype()
@@ -57,7 +67,7 @@ def _float_dtype(hyperparam_dtype: Any | None) -> np.dtype:
 
 
 def inject_hyperparams(
-    optimizer_factory: Callable[..., GradientTransformation],
+    inner_factory: Callable[..., GradientTransformation],
     static_args: str | Iterable[str] = (),
     hyperparam_dtype: Any | None = None,
 ) -> Callable[..., GradientTransformation]:
@@ -74,14 +84,14 @@ def inject_hyperparams(
     - everything else (bools, strings, dtypes, masks, ``None``), every name in
       ``static_args``, and arguments called ``mask`` stay Python values.
 
-    Defaults the caller does not pass are injected by the same rules, with one exception: a
-    default that is zero stays a Python constant. In gradxform a zero switches a part of the
-    optimizer off (``momentum=0`` builds no momentum buffer, ``weight_decay=0`` no decay pass),
-    so an array in its place would build that part anyway; injected, the optimizer is built
-    exactly like the plain one. Pass such an argument explicitly (``momentum=0.0``) to be able
-    to change it later.
+    Defaults the caller does not pass are injected by the same rules, zeros included, so that
+    every numeric hyperparameter can be changed later. An injected value runs the general
+    program, correct for every value it may take: an injected ``momentum=0`` keeps a momentum
+    buffer and an injected ``weight_decay=0`` a decay pass, where the plain factory, given a
+    static 0, leaves them out. Name such an argument in ``static_args`` to keep it a fixed
+    Python value (and the program without that part).
 
-    Each ``init`` and ``update`` calls ``optimizer_factory`` with the hyperparameters as arrays
+    Each ``init`` and ``update`` calls ``inner_factory`` with the hyperparameters as arrays
     and runs the result, so both build the same structure and a step compiled once serves
     every value of the hyperparameters::
 
@@ -92,7 +102,7 @@ def inject_hyperparams(
     recomputed at the next update.
 
     Args:
-      optimizer_factory: a function of hyperparameters returning a transformation. It must
+      inner_factory: a function of hyperparameters returning a transformation. It must
         accept arrays for its numeric arguments (every gradxform factory does).
       static_args: names of numeric arguments to keep as Python values (say a count that
         decides a shape).
@@ -111,23 +121,25 @@ def inject_hyperparams(
       >>> opt = gx.inject_hyperparams(gx.sgd)(learning_rate=0.1)
       >>> params = {"w": jnp.ones(2)}
       >>> state = opt.init(params)
-      >>> state = state._replace(hyperparams={"learning_rate": jnp.asarray(0.5)})
+      >>> state = state._replace(
+      ...     hyperparams={**state.hyperparams, "learning_rate": jnp.asarray(0.5)}
+      ... )
       >>> opt.update({"w": jnp.ones(2)}, state, params)[0]["w"].tolist()
       [-0.5, -0.5]
     """
-    if not callable(optimizer_factory):
+    if not callable(inner_factory) or hasattr(inner_factory, "init"):
         raise TypeError(
-            f"inject_hyperparams: `optimizer_factory` must be callable (say gradxform.adam, not "
-            f"gradxform.adam()), got {optimizer_factory!r}"
+            f"inject_hyperparams: `inner_factory` must be a function returning a transformation "
+            f"(say gradxform.adam, not gradxform.adam()), got {inner_factory!r}"
         )
-    name = getattr(optimizer_factory, "__name__", repr(optimizer_factory))
+    name = getattr(inner_factory, "__name__", repr(inner_factory))
     who = f"inject_hyperparams({name})"
     static_names = {static_args} if isinstance(static_args, str) else set(static_args)
     if hyperparam_dtype is not None and not jnp.issubdtype(hyperparam_dtype, jnp.floating):
         raise TypeError(
             f"{who}: `hyperparam_dtype` must be a floating dtype, got {hyperparam_dtype!r}"
         )
-    signature = inspect.signature(optimizer_factory)
+    signature = inspect.signature(inner_factory)
     parameters = signature.parameters
     takes_any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     unknown_static = sorted(static_names - set(parameters))
@@ -137,7 +149,7 @@ def inject_hyperparams(
             f"it takes {list(parameters)}"
         )
 
-    @functools.wraps(optimizer_factory)
+    @functools.wraps(inner_factory)
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformation:
         unknown = sorted(set(kwargs) - set(parameters))
         if unknown and not takes_any_keyword:
@@ -148,7 +160,6 @@ def inject_hyperparams(
             bound = signature.bind(*args, **kwargs)
         except TypeError as error:
             raise TypeError(f"{who}: {error}") from None
-        given = set(bound.arguments)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
 
@@ -162,29 +173,32 @@ def inject_hyperparams(
             if callable(value):
                 schedules.append(arg_name)
             elif _is_numeric(value):
-                if arg_name not in given and _checks.is_static_zero(value):
-                    continue  # a zero default switches a part off: see the docstring
                 numeric.append(arg_name)
         injected = numeric + schedules
 
         def build(hyperparams: dict[str, Any]) -> GradientTransformation:
             call = inspect.BoundArguments(signature, {**arguments, **hyperparams})
-            return _as_transformation(optimizer_factory(*call.args, **call.kwargs), who)
-
-        # The factory validates the static numbers now, once; arrays stand in for the schedules,
-        # whose values are only known per step.
-        placeholders = {n: jnp.zeros([], _float_dtype(hyperparam_dtype)) for n in schedules}
-        build(placeholders)
+            return as_transformation(inner_factory(*call.args, **call.kwargs), who)
 
         def current_hyperparams(count: jax.Array, stored: dict[str, Any]) -> dict[str, jax.Array]:
             dtype = _float_dtype(hyperparam_dtype)
             values = {}
             for n in sorted(injected):  # the order jax gives dicts, so printed states agree
                 value = arguments[n](count) if n in schedules else stored[n]
+                if jnp.shape(value) != ():
+                    source = "the schedule returned" if n in schedules else "the state holds"
+                    raise ValueError(
+                        f"{who}: hyperparameter `{n}` must be a scalar; {source} shape "
+                        f"{jnp.shape(value)} (a hyperparameter is never broadcast against the "
+                        "updates; to sweep values, vmap over scalars)"
+                    )
                 # A copy, never the caller's array: state leaves must not share buffers (nor
                 # with each other), or donating the state would fail or delete them.
                 values[n] = jnp.array(value, dtype)
             return values
+
+        # The factory validates the values now, once, with each schedule's value at count 0.
+        build(current_hyperparams(jnp.zeros([], jnp.int32), arguments))
 
         def init_fn(params):
             count = jnp.zeros([], jnp.int32)
@@ -193,6 +207,7 @@ def inject_hyperparams(
             return InjectHyperparamsState(count, hyperparams, inner_state)
 
         def update_fn(updates, state, params=None, **extra_args):
+            expect_state(who, state, InjectHyperparamsState)
             stored = state.hyperparams
             if not isinstance(stored, dict) or set(stored) != set(injected):
                 raise ValueError(
@@ -204,15 +219,17 @@ def inject_hyperparams(
             inner = build(hyperparams)
             _check_inner_structure(inner, state.inner_state, updates if params is None else params)
             updates, inner_state = inner.update(
-                updates, state.inner_state, params, **_extra_args_filter(inner.update)(extra_args)
+                updates, state.inner_state, params, **extra_args_filter(inner.update)(extra_args)
             )
             count = _tree.safe_increment(state.count)
             return updates, InjectHyperparamsState(count, hyperparams, inner_state)
 
         def _check_inner_structure(inner, inner_state, params) -> None:
-            # Trace-time only: what `init` would build now must match the state given.
+            # Trace-time only: what `init` would build now must match the state given. The
+            # updates stand in for the params when none are given; `init` wants floating
+            # leaves, and the structure it builds does not depend on the dtype.
             shapes = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), params
+                lambda x: jax.ShapeDtypeStruct(jnp.shape(x), _abstract_dtype(x)), params
             )
             expected = jax.tree.structure(jax.eval_shape(inner.init, shapes))
             got = jax.tree.structure(inner_state)

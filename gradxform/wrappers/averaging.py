@@ -16,9 +16,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _checks, _tree
-from gradxform._base import GradientTransformation, _as_transformation, _extra_args_filter
-from gradxform.wrappers import _find_state
+from gradxform import _tree, _validate
+from gradxform._base import (
+    GradientTransformation,
+    as_transformation,
+    expect_state,
+    extra_args_filter,
+    find_state,
+    require_params,
+)
+
+_NEEDS_PARAMS = "it computes the new params `params + updates` itself"
 
 
 class ParamsAverageState(NamedTuple):
@@ -35,14 +43,6 @@ class LookaheadState(NamedTuple):
     count: jax.Array
     slow: Any
     inner_state: Any
-
-
-def _require_params(who: str, params: Any) -> None:
-    if params is None:
-        raise ValueError(
-            f"{who} needs `params`: call `update(updates, state, params)`; it computes the new "
-            "params `params + updates` itself"
-        )
 
 
 def _new_param(p: jax.Array, u: jax.Array) -> jax.Array:
@@ -65,8 +65,8 @@ def _params_average(who: str, weight_fn, start_step: int, accumulator_dtype: Any
     ``weight_fn(n)`` is the weight of the new params in the average when they are the
     ``n``-th averaged ones, for ``n >= 2`` (the first averaged params are copied).
     """
-    if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-        raise ValueError(f"{who}: `start_step` must be an int >= 0, got {start_step!r}")
+    _validate.count(who, "start_step", start_step, minimum=0)
+    _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
@@ -76,8 +76,9 @@ def _params_average(who: str, weight_fn, start_step: int, accumulator_dtype: Any
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _require_params(who, params)
-        _tree.check_same_structure(params, updates, "params", "updates")
+        expect_state(who, state, ParamsAverageState)
+        require_params(who, params, _NEEDS_PARAMS)
+        _tree.check_updates(who, updates, params, "param")
         count = _tree.safe_increment(state.count)
         n = count - start_step  # how many new params the average holds, this one included
         copy = n <= 1
@@ -134,7 +135,7 @@ def ema_params(
       [2.25]
     """
     who = "ema_params"
-    _checks.in_unit_interval(who, "decay", decay, closed_right=True)
+    _validate.probability(who, "decay", decay, closed=True)
     return _params_average(who, lambda n: 1 - decay, start_step, accumulator_dtype)
 
 
@@ -184,7 +185,7 @@ def averaged_params(state: Any) -> Any:
       The average, a tree with the params' structure (leaves a wrapper did not show it are
       :class:`gradxform.MaskedNode`).
     """
-    return _find_state(state, ParamsAverageState, "averaged_params").average
+    return find_state(state, ParamsAverageState, "averaged_params").average
 
 
 def lookahead(
@@ -236,11 +237,11 @@ def lookahead(
       ([1.0], [1.0])
     """
     who = "lookahead"
-    fast_optimizer = _as_transformation(fast_optimizer, who)
-    keep_extra = _extra_args_filter(fast_optimizer.update)
-    if isinstance(sync_period, bool) or not isinstance(sync_period, int) or sync_period < 1:
-        raise ValueError(f"{who}: `sync_period` must be an int >= 1, got {sync_period!r}")
-    _checks.in_unit_interval(who, "slow_step_size", slow_step_size, closed_right=True)
+    fast_optimizer = as_transformation(fast_optimizer, who)
+    keep_extra = extra_args_filter(fast_optimizer.update)
+    _validate.count(who, "sync_period", sync_period)
+    _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
+    _validate.probability(who, "slow_step_size", slow_step_size, closed=True)
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
@@ -251,11 +252,13 @@ def lookahead(
         )
 
     def update_fn(updates, state, params=None, **extra_args):
-        _require_params(who, params)
+        expect_state(who, state, LookaheadState)
+        require_params(who, params, _NEEDS_PARAMS)
+        _tree.check_updates(who, updates, params, "param")
         fast_updates, inner_state = fast_optimizer.update(
             updates, state.inner_state, params, **keep_extra(extra_args)
         )
-        _tree.check_same_structure(params, fast_updates, "params", "updates")
+        _tree.check_updates(f"{who} (the fast optimizer's output)", fast_updates, params, "param")
         count = _tree.safe_increment(state.count)
         sync = count % sync_period == 0
 
@@ -285,4 +288,4 @@ def lookahead_slow_params(state: Any) -> Any:
     Returns:
       The slow weights, a tree with the params' structure.
     """
-    return _find_state(state, LookaheadState, "lookahead_slow_params").slow
+    return find_state(state, LookaheadState, "lookahead_slow_params").slow

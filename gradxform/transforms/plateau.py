@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from gradxform import _checks, _tree
-from gradxform._base import GradientTransformation
+from gradxform import _tree, _validate
+from gradxform._base import GradientTransformation, expect_state
 
 
 class ReduceLROnPlateauState(NamedTuple):
@@ -31,24 +29,14 @@ class ReduceLROnPlateauState(NamedTuple):
     value_sum: jax.Array
 
 
-def _check_count(who: str, name: str, value: Any, minimum: int) -> None:
-    """A whole number ``>= minimum``; arrays (injected values) pass unchecked."""
-    if isinstance(value, jax.Array):
-        return
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{who}: `{name}` must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{who}: `{name}` must be >= {minimum}, got {value!r}")
-
-
 def reduce_on_plateau(
     factor: float = 0.1,
     patience: int = 10,
     rtol: float = 1e-4,
     atol: float = 0.0,
     cooldown: int = 0,
-    min_scale: float = 0.0,
     accumulation_size: int = 1,
+    min_scale: float = 0.0,
 ) -> GradientTransformation:
     """Multiplies updates by a scale that drops by ``factor`` when the loss stops improving.
 
@@ -77,8 +65,8 @@ def reduce_on_plateau(
       rtol: the relative improvement needed, in [0, 1) (torch's ``threshold``).
       atol: the absolute improvement needed (>= 0).
       cooldown: decisions after a reduction during which bad decisions are not counted.
-      min_scale: the floor of the scale, in [0, 1] (torch's ``min_lr / lr``).
       accumulation_size: how many losses are averaged into one decision (>= 1).
+      min_scale: the floor of the scale, in [0, 1] (torch's ``min_lr / lr``).
 
     Returns:
       A transformation whose state is :class:`ReduceLROnPlateauState`.
@@ -93,13 +81,14 @@ def reduce_on_plateau(
       0.5
     """
     who = "reduce_on_plateau"
-    _checks.in_unit_interval(who, "factor", factor)
-    _checks.in_unit_interval(who, "rtol", rtol)
-    _checks.non_negative(who, "atol", atol)
-    _checks.in_unit_interval(who, "min_scale", min_scale, closed_right=True)
-    _check_count(who, "patience", patience, 0)
-    _check_count(who, "cooldown", cooldown, 0)
-    _check_count(who, "accumulation_size", accumulation_size, 1)
+    _validate.probability(who, "factor", factor)
+    _validate.probability(who, "rtol", rtol)
+    _validate.non_negative(who, "atol", atol)
+    _validate.probability(who, "min_scale", min_scale, closed=True)
+    # Injected counts are arrays; the decision below compares with them as arrays.
+    _validate.count(who, "patience", patience, minimum=0, traced_ok=True)
+    _validate.count(who, "cooldown", cooldown, minimum=0, traced_ok=True)
+    _validate.count(who, "accumulation_size", accumulation_size, traced_ok=True)
 
     def init_fn(params):
         del params
@@ -116,6 +105,7 @@ def reduce_on_plateau(
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del params, extra_args
+        expect_state(who, state, ReduceLROnPlateauState)
         if value is None:
             raise ValueError(
                 f"{who} needs the loss: call `update(updates, state, params, value=loss)` "

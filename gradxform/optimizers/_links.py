@@ -1,0 +1,26 @@
+"""The links optimizers share: a learning rate check, optional links, weight decay."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradxform import _validate
+from gradxform._base import GradientTransformation
+from gradxform._types import MaskOrFn
+from gradxform.transforms.decay import decayed_weights
+
+
+def optional(condition: bool, transform: GradientTransformation) -> list[GradientTransformation]:
+    """``[transform]`` if ``condition``, else nothing: for links a static 0 switches off."""
+    return [transform] if condition else []
+
+
+def check_common(who: str, learning_rate: Any, weight_decay: Any) -> None:
+    """The learning rate (a number or a schedule) and the weight decay (>= 0)."""
+    _validate.learning_rate(who, learning_rate)
+    _validate.non_negative(who, "weight_decay", weight_decay)
+
+
+def decay_link(who: str, factor: Any, mask: MaskOrFn = None) -> list[GradientTransformation]:
+    """``u <- u + factor * p`` as a link, left out only for a static 0 (a traced 0 keeps it)."""
+    return optional(not _validate.is_static_zero(factor), decayed_weights(factor, mask, who))

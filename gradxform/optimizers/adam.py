@@ -1,0 +1,223 @@
+"""Adam's family: Adam, AMSGrad, AdamW, Adamax, NAdam, as ``torch.optim``'s classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradxform import _validate
+from gradxform._base import GradientTransformation, chain
+from gradxform._types import MaskOrFn, ScalarOrSchedule
+from gradxform.optimizers._links import check_common, decay_link
+from gradxform.transforms.adam import (
+    check_moments,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_nadam,
+)
+from gradxform.transforms.scaling import scale_by_learning_rate
+
+
+def adam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    nu_dtype: Any | None = None,
+) -> GradientTransformation:
+    """Adam (Kingma & Ba, 2015), as ``torch.optim.Adam`` (``betas=(b1, b2)``).
+
+    ::
+
+        g <- g + weight_decay * p                     (coupled L2, as torch's Adam)
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t
+        v_t = b2 * v_{t-1} + (1 - b2) * |g_t|^2       (v <- max(v_max, v) with amsgrad)
+        p <- p - lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t) + eps_root) + eps)
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: added to the denominator (>= 0).
+      eps_root: added inside the root (>= 0).
+      mu_dtype: dtype of the first moment.
+      weight_decay: coupled L2 penalty (use :func:`adamw` for decoupled decay).
+      amsgrad: AMSGrad's running maximum of the second moment.
+      nu_dtype: dtype of the second moment (float32 for float16 params).
+
+    Returns:
+      ``chain(add_l2, scale_by_adam, scale_by_learning_rate)``.
+    """
+    who = "adam"
+    check_common(who, learning_rate, weight_decay)
+    check_moments(who, b1, b2, eps, eps_root)
+    return chain(
+        *decay_link(who, weight_decay),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def amsgrad(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    weight_decay: float = 0.0,
+    nu_dtype: Any | None = None,
+) -> GradientTransformation:
+    """AMSGrad (Reddi et al., 2018): :func:`adam` with ``amsgrad=True``.
+
+    ::
+
+        v'_t = max(v'_{t-1}, v_t),   p <- p - lr * m_hat_t / (sqrt(v'_t / (1 - b2^t)) + eps)
+
+    Args:
+      learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, nu_dtype: as in
+        :func:`adam`.
+
+    Returns:
+      ``adam(..., amsgrad=True)``: ``chain(add_l2, scale_by_adam, scale_by_learning_rate)``.
+    """
+    who = "amsgrad"
+    check_common(who, learning_rate, weight_decay)
+    check_moments(who, b1, b2, eps, eps_root)
+    return adam(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype,
+        weight_decay=weight_decay,
+        amsgrad=True,
+        nu_dtype=nu_dtype,
+    )
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: float = 1e-2,
+    mask: MaskOrFn = None,
+    *,
+    amsgrad: bool = False,
+    nu_dtype: Any | None = None,
+) -> GradientTransformation:
+    """AdamW (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW``: decoupled weight decay.
+
+    ::
+
+        p <- p - lr * (m_hat_t / (sqrt(v_hat_t + eps_root) + eps) + weight_decay * p)
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      b1, b2, eps, eps_root, mu_dtype, amsgrad, nu_dtype: as in :func:`adam`.
+      weight_decay: the decoupled decay ``lambda`` (torch's default 1e-2; Optax's is 1e-4).
+      mask: which leaves to decay: a tree of bools or a function of params, e.g.
+        :func:`gradxform.decay_matrices_only` to leave biases and scales alone.
+
+    Returns:
+      ``chain(scale_by_adam, add_decayed_weights, scale_by_learning_rate)``.
+    """
+    who = "adamw"
+    check_common(who, learning_rate, weight_decay)
+    check_moments(who, b1, b2, eps, eps_root)
+    _validate.mask(who, "mask", mask)
+    return chain(
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
+        *decay_link(who, weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamax(
+    learning_rate: ScalarOrSchedule = 2e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    weight_decay: float = 0.0,
+) -> GradientTransformation:
+    """Adamax (Kingma & Ba, 2015), as ``torch.optim.Adamax``.
+
+    ::
+
+        g <- g + weight_decay * p
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t
+        u_t = max(b2 * u_{t-1}, |g_t| + eps)
+        p <- p - lr * (m_t / (1 - b1^t)) / u_t
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      b1, b2, eps: see :func:`scale_by_adamax`.
+      weight_decay: coupled L2 penalty.
+
+    Returns:
+      ``chain(add_l2, scale_by_adamax, scale_by_learning_rate)``.
+    """
+    who = "adamax"
+    check_common(who, learning_rate, weight_decay)
+    check_moments(who, b1, b2, eps)
+    return chain(
+        *decay_link(who, weight_decay),
+        scale_by_adamax(b1, b2, eps),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadam(
+    learning_rate: ScalarOrSchedule = 2e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled_weight_decay: bool = False,
+) -> GradientTransformation:
+    """NAdam (Dozat, 2016), as ``torch.optim.NAdam``.
+
+    ::
+
+        p <- p - lr * ((1 - mu_t) / (1 - P_t) * g_t / d_t
+                       + mu_{t+1} / (1 - P_t mu_{t+1}) * m_t / d_t)
+
+    with ``mu_t = b1 * (1 - 0.5 * 0.96^(t * momentum_decay))``, ``P_t = prod mu_i`` and
+    ``d_t = sqrt(v_t / (1 - b2^t) + eps_root) + eps`` (see :func:`scale_by_nadam`).
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      b1, b2, eps, eps_root: as in :func:`adam`.
+      weight_decay: the weight decay factor.
+      momentum_decay: torch's ``momentum_decay`` (psi).
+      decoupled_weight_decay: decay as AdamW does (``p <- p - lr * weight_decay * p``)
+        rather than adding ``weight_decay * p`` to the gradient.
+
+    Returns:
+      ``chain(add_l2, scale_by_nadam, add_decayed_weights, scale_by_learning_rate)``.
+    """
+    who = "nadam"
+    check_common(who, learning_rate, weight_decay)
+    check_moments(who, b1, b2, eps, eps_root)
+    _validate.non_negative(who, "momentum_decay", momentum_decay)
+    _validate.boolean(who, "decoupled_weight_decay", decoupled_weight_decay)
+    coupled = decay_link(who, weight_decay)
+    return chain(
+        *([] if decoupled_weight_decay else coupled),
+        scale_by_nadam(b1, b2=b2, eps=eps, eps_root=eps_root, momentum_decay=momentum_decay),
+        *(coupled if decoupled_weight_decay else []),
+        scale_by_learning_rate(learning_rate),
+    )

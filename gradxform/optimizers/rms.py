@@ -1,0 +1,107 @@
+"""Root-mean-square optimizers: Adagrad and RMSprop, as ``torch.optim``'s classes."""
+
+from __future__ import annotations
+
+from gradxform import _validate
+from gradxform._base import GradientTransformation, chain
+from gradxform._types import ScalarOrSchedule
+from gradxform.optimizers._links import check_common, decay_link, optional
+from gradxform.transforms.momentum import trace
+from gradxform.transforms.rms import scale_by_rms, scale_by_rss
+from gradxform.transforms.scaling import scale_by_learning_rate
+
+
+def adagrad(
+    learning_rate: ScalarOrSchedule = 0.01,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    *,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps_root: float = 0.0,
+) -> GradientTransformation:
+    """Adagrad (Duchi et al., 2011), as ``torch.optim.Adagrad``.
+
+    ::
+
+        g <- g + weight_decay * p
+        s_t = s_{t-1} + |g_t|^2,   s_0 = initial_accumulator_value
+        p <- p - lr_t * g_t / (sqrt(s_t + eps_root) + eps),   lr_t = lr / (1 + (t - 1) * lr_decay)
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      initial_accumulator_value: the accumulator's start (>= 0).
+      eps: added to the denominator (>= 0).
+      lr_decay: the ``1/t`` decay of the learning rate (>= 0).
+      weight_decay: coupled L2 penalty.
+      eps_root: added inside the root (>= 0).
+
+    Returns:
+      ``chain(add_l2, scale_by_rss, scale_by_learning_rate)``.
+    """
+    who = "adagrad"
+    check_common(who, learning_rate, weight_decay)
+    _validate.non_negative(who, "initial_accumulator_value", initial_accumulator_value)
+    _validate.non_negative(who, "eps", eps)
+    _validate.non_negative(who, "lr_decay", lr_decay)
+    _validate.non_negative(who, "eps_root", eps_root)
+    rate = learning_rate
+    if not _validate.is_static_zero(lr_decay):
+
+        def rate(count):
+            base = learning_rate(count) if callable(learning_rate) else learning_rate
+            return base / (1 + count * lr_decay)
+
+    return chain(
+        *decay_link(who, weight_decay),
+        scale_by_rss(initial_accumulator_value, eps, eps_root=eps_root),
+        scale_by_learning_rate(rate),
+    )
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule = 0.01,
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    *,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    eps_root: float = 0.0,
+) -> GradientTransformation:
+    """RMSProp (Hinton, 2012), as ``torch.optim.RMSprop`` (``decay`` is torch's ``alpha``).
+
+    ::
+
+        g <- g + weight_decay * p
+        v_t = decay * v_{t-1} + (1 - decay) * |g_t|^2
+        d_t = g_t / (sqrt((v_t - |c_t|^2 if centered else v_t) + eps_root) + eps)
+        b_t = momentum * b_{t-1} + d_t          (b = d without momentum)
+        p <- p - lr * b_t
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      decay: the moving-average decay, in [0, 1).
+      eps: added to the denominator, outside the root (>= 0).
+      weight_decay: coupled L2 penalty.
+      momentum: momentum on the preconditioned update (>= 0).
+      centered: divide by the estimated standard deviation.
+      eps_root: added inside the root (>= 0); keeps gradients through the update finite
+        where a gradient is zero.
+
+    Returns:
+      ``chain(add_l2, scale_by_rms, trace, scale_by_learning_rate)``.
+    """
+    who = "rmsprop"
+    check_common(who, learning_rate, weight_decay)
+    _validate.probability(who, "decay", decay)
+    _validate.non_negative(who, "eps", eps)
+    _validate.non_negative(who, "momentum", momentum)
+    _validate.boolean(who, "centered", centered)
+    _validate.non_negative(who, "eps_root", eps_root)
+    return chain(
+        *decay_link(who, weight_decay),
+        scale_by_rms(decay, eps, centered=centered, eps_root=eps_root),
+        *optional(not _validate.is_static_zero(momentum), trace(momentum)),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,64 @@
+"""Stochastic gradient descent with momentum, as ``torch.optim.SGD``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradxform import _validate
+from gradxform._base import GradientTransformation, chain
+from gradxform._types import ScalarOrSchedule
+from gradxform.optimizers._links import check_common, decay_link, optional
+from gradxform.transforms.momentum import trace
+from gradxform.transforms.scaling import scale_by_learning_rate
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+    *,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+) -> GradientTransformation:
+    """Stochastic gradient descent, as ``torch.optim.SGD``.
+
+    ::
+
+        g <- g + weight_decay * p
+        b_1 = g_1,   b_t = momentum * b_{t-1} + (1 - dampening) * g_t
+        d = g + momentum * b   if nesterov   else   b        (d = g without momentum)
+        p <- p - lr * d
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      momentum: the momentum factor (>= 0; a static 0 turns momentum off).
+      nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+      accumulator_dtype: dtype of the momentum buffer; by default each param's dtype.
+      dampening: torch's dampening of the gradient in the buffer.
+      weight_decay: coupled L2 penalty.
+
+    Returns:
+      ``chain(add_l2, trace, scale_by_learning_rate)`` (parts that a static 0 switches off
+      left out).
+    """
+    who = "sgd"
+    check_common(who, learning_rate, weight_decay)
+    _validate.non_negative(who, "momentum", momentum)
+    _validate.boolean(who, "nesterov", nesterov)
+    _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
+    _validate.non_negative(who, "dampening", dampening)
+    no_momentum = _validate.is_static_zero(momentum)
+    if nesterov and (no_momentum or _validate.is_static_nonzero(dampening)):
+        raise ValueError(
+            f"{who}: Nesterov momentum needs `momentum` > 0 and `dampening` = 0, got "
+            f"momentum={momentum!r}, dampening={dampening!r}"
+        )
+    return chain(
+        *decay_link(who, weight_decay),
+        *optional(
+            not no_momentum,
+            trace(momentum, nesterov, accumulator_dtype, dampening=dampening),
+        ),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,199 @@
+"""Root-mean-square preconditioners: RMSProp (plain and centered) and Adagrad.
+
+Each divides the gradient by the square root of an accumulated square of gradients. Squares
+are accumulated as torch does, ``decay * v + ((1 - decay) * g) * g``, so that a finite gradient
+never overflows them, and complex values use ``|g|^2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _tree, _validate
+from gradxform._base import GradientTransformation, expect_state
+from gradxform.transforms.adam import root_may_be_zero
+
+
+class ScaleByRmsState(NamedTuple):
+    """``nu``: the moving average of squared gradients."""
+
+    nu: Any
+
+
+class ScaleByRStdDevState(NamedTuple):
+    """``mu`` and ``nu``: moving averages of gradients and of squared gradients."""
+
+    mu: Any
+    nu: Any
+
+
+class ScaleByRssState(NamedTuple):
+    """``sum_of_squares``: Adagrad's accumulator."""
+
+    sum_of_squares: Any
+
+
+def _root(spread: jax.Array, eps: Any, eps_root: Any, eps_in_sqrt: bool) -> jax.Array:
+    """``sqrt(s + eps_root) + eps``, or ``sqrt(s + eps_root + eps)`` with ``eps_in_sqrt``."""
+    dtype = spread.dtype
+    if not _validate.is_static_zero(eps_root):
+        spread = spread + _tree.cast_scalar(eps_root, dtype)
+    if eps_in_sqrt:
+        return jnp.sqrt(spread + _tree.cast_scalar(eps, dtype))
+    return jnp.sqrt(spread) + _tree.cast_scalar(eps, dtype)
+
+
+def scale_by_rms(
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = False,
+    *,
+    centered: bool = False,
+    eps_root: float = 0.0,
+) -> GradientTransformation:
+    """RMSProp's preconditioner (Hinton, 2012), as ``torch.optim.RMSprop``.
+
+    ::
+
+        v_t = decay * v_{t-1} + (1 - decay) * |g_t|^2,   v_0 = initial_scale
+        c_t = decay * c_{t-1} + (1 - decay) * g_t        (only if centered)
+        s_t = v_t - |c_t|^2 if centered else v_t         (clamped at 0)
+        u_t = g_t / (sqrt(s_t + eps_root) + eps)   or   g_t / sqrt(s_t + eps_root + eps)
+                                                         with eps_in_sqrt
+
+    The defaults are torch's (eps outside the root); Optax's ``scale_by_rms`` defaults to
+    ``decay=0.9, eps_in_sqrt=True``.
+
+    Args:
+      decay: torch's ``alpha``, in [0, 1).
+      eps: added to the denominator (>= 0).
+      initial_scale: the initial value of ``v`` (>= 0).
+      eps_in_sqrt: add ``eps`` inside the square root instead.
+      centered: divide by the estimated standard deviation instead of the root mean square.
+      eps_root: added inside the root (>= 0); a small positive value keeps gradients through
+        the update (meta-learning) finite where a gradient is zero.
+
+    Returns:
+      A transformation whose state is :class:`ScaleByRmsState`
+      (:class:`ScaleByRStdDevState` when centered).
+    """
+    who = "scale_by_stddev" if centered else "scale_by_rms"
+    _validate.probability(who, "decay", decay)
+    _validate.non_negative(who, "eps", eps)
+    _validate.non_negative(who, "initial_scale", initial_scale)
+    _validate.boolean(who, "eps_in_sqrt", eps_in_sqrt)
+    _validate.boolean(who, "centered", centered)
+    _validate.non_negative(who, "eps_root", eps_root)
+    may_be_zero = root_may_be_zero(eps, eps_root)
+    state_type = ScaleByRStdDevState if centered else ScaleByRmsState
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        nu = _tree.tree_full_like(params, initial_scale)
+        if centered:
+            return ScaleByRStdDevState(mu=_tree.tree_zeros_like(params), nu=nu)
+        return ScaleByRmsState(nu=nu)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        expect_state(who, state, state_type)
+        _tree.check_updates(who, updates, state.nu, "second moment")
+
+        def leaf(g, v, c=None):
+            dtype = _tree.compute_dtype(g.dtype, v.dtype)
+            out_dtype, g = _tree.update_dtype(g, v, c), g.astype(dtype)
+            new_v = _tree.square_moment_update(v, g, decay, dtype)
+            spread = new_v
+            if centered:
+                new_c = _tree.moment_update(c, g, decay, dtype)
+                # Rounding can make v - c^2 slightly negative; the root of that would be NaN.
+                spread = jnp.maximum(new_v - _tree.abs_sq(new_c), 0)
+            denominator = _root(spread, eps, eps_root, eps_in_sqrt)
+            u = _tree.safe_divide(g, denominator, may_be_zero).astype(out_dtype)
+            if centered:
+                return u, new_v.astype(v.dtype), new_c.astype(c.dtype)
+            return u, new_v.astype(v.dtype)
+
+        if centered:
+            u, nu, mu = _tree.tree_map_multi(leaf, 3, updates, state.nu, state.mu)
+            return u, ScaleByRStdDevState(mu=mu, nu=nu)
+        u, nu = _tree.tree_map_multi(leaf, 2, updates, state.nu)
+        return u, ScaleByRmsState(nu=nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_stddev(
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = False,
+    *,
+    eps_root: float = 0.0,
+) -> GradientTransformation:
+    """Centered RMSProp's preconditioner: :func:`scale_by_rms` with ``centered=True``.
+
+    ::
+
+        u_t = g_t / (sqrt(v_t - |c_t|^2 + eps_root) + eps)
+
+    with ``v`` and ``c`` the moving averages of ``|g|^2`` and ``g`` (see :func:`scale_by_rms`).
+
+    Returns:
+      A transformation whose state is :class:`ScaleByRStdDevState`.
+    """
+    return scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, centered=True, eps_root=eps_root)
+
+
+def scale_by_rss(
+    initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, eps_root: float = 0.0
+) -> GradientTransformation:
+    """Adagrad's preconditioner (Duchi et al., 2011), as ``torch.optim.Adagrad``.
+
+    ::
+
+        s_t = s_{t-1} + |g_t|^2,   s_0 = initial_accumulator_value
+        u_t = g_t / (sqrt(s_t + eps_root) + eps)
+
+    The defaults are torch's; Optax's ``scale_by_rss`` uses ``0.1`` and ``1e-7`` with eps
+    inside the root.
+
+    Args:
+      initial_accumulator_value: the accumulator's start (>= 0).
+      eps: added to the denominator, outside the root (>= 0).
+      eps_root: added inside the root (>= 0), for finite gradients through the update.
+
+    Returns:
+      A transformation whose state is :class:`ScaleByRssState`.
+    """
+    who = "scale_by_rss"
+    _validate.non_negative(who, "initial_accumulator_value", initial_accumulator_value)
+    _validate.non_negative(who, "eps", eps)
+    _validate.non_negative(who, "eps_root", eps_root)
+    may_be_zero = root_may_be_zero(eps, eps_root)
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        return ScaleByRssState(_tree.tree_full_like(params, initial_accumulator_value))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        expect_state(who, state, ScaleByRssState)
+        _tree.check_updates(who, updates, state.sum_of_squares, "accumulator")
+
+        def leaf(g, s):
+            dtype = _tree.compute_dtype(g.dtype, s.dtype)
+            out_dtype, g = _tree.update_dtype(g, s), g.astype(dtype)
+            new_s = s.astype(_tree.real_dtype(dtype)) + _tree.abs_sq(g)
+            denominator = _root(new_s, eps, eps_root, eps_in_sqrt=False)
+            u = _tree.safe_divide(g, denominator, may_be_zero)
+            return u.astype(out_dtype), new_s.astype(s.dtype)
+
+        u, sums = _tree.tree_map_multi(leaf, 2, updates, state.sum_of_squares)
+        return u, ScaleByRssState(sums)
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,8 @@
+"""Wrappers: transformations built around other transformations, one module per concern.
+
+``masking`` (masks, groups, freezing), ``accumulation`` (gradient accumulation),
+``hyperparams`` (hyperparameters in the state), ``phases`` (switching transformations),
+``averaging`` (parameter averages, Lookahead), ``guards`` (skipping non-finite steps),
+``loss_scale`` (dynamic loss scaling), ``sharding`` (multi-device: all-reduce, ZeRO-1) with
+its ``elementwise`` analysis.
+"""
