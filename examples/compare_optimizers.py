@@ -50,7 +50,7 @@ def optimizers(switch: int) -> dict[str, Callable[[], gx.GradientTransformation]
         "Adamax (lr 5e-3)": lambda: gx.adamax(5e-3),
     }
     table[f"Adam, then Momentum 0.9 from step {switch}"] = lambda: gx.join_transforms(
-        [gx.adam(3e-3), gx.sgd(0.02, momentum=0.9)], [switch]
+        [gx.adam(3e-3), gx.sgd(0.02, momentum=0.9)], boundaries=[switch]
     )
     return table
 

@@ -80,10 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     runs = {
         "float32": train(x, y, jnp.float32, adam(), args.steps, scaled=False),
         "float16, no loss scale": train(
-            x, y, jnp.float16, gx.dynamic_loss_scale(adam(), 1.0, period=10**9), args.steps, True
+            x,
+            y,
+            jnp.float16,
+            gx.dynamic_loss_scale(adam(), initial_scale=1.0, period=10**9),
+            args.steps,
+            True,
         ),
         "float16, dynamic loss scale": train(
-            x, y, jnp.float16, gx.dynamic_loss_scale(adam(), 2.0**20, period=50), args.steps, True
+            x,
+            y,
+            jnp.float16,
+            gx.dynamic_loss_scale(adam(), initial_scale=2.0**20, period=50),
+            args.steps,
+            True,
         ),
     }
     print(f"{'run':<30} {'final loss / initial':>22} {'skipped':>8} {'final scale':>12}")

@@ -69,7 +69,7 @@ def broadcast_prefix(prefix: Any, tree: Any, who: str, name: str) -> tuple[list,
         values = treedef.flatten_up_to(full)
     except (ValueError, TypeError) as error:
         raise ValueError(
-            f"{who}: the {name} does not match the params tree (it must have the same "
+            f"{who}: `{name}` does not match the params tree (it must have the same "
             f"structure, or be a prefix of it).\n  {name}: {jax.tree.structure(prefix)}\n"
             f"  params: {treedef}"
         ) from error

@@ -272,7 +272,7 @@ def mask(who: str, name: str, value: Any) -> None:
     if value is None or is_mask_function(value):
         return
     for leaf in jax.tree.leaves(value):
-        if not isinstance(leaf, bool | np.bool_):
+        if not isinstance(leaf, bool):
             raise TypeError(
                 f"{who}: `{name}` must be a tree of Python bools with the params' structure (or a "
                 f"prefix of it), or a function of the params returning one; found the leaf "

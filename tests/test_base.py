@@ -153,7 +153,7 @@ def test_stateless_passes_params():
 
 
 def test_stateless_rejects_non_callables():
-    with pytest.raises(TypeError, match="fn"):
+    with pytest.raises(TypeError, match="stateless: `f` must be a function"):
         gx.stateless(3.0)
 
 

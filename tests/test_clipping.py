@@ -244,7 +244,7 @@ def test_adaptive_grad_clip_with_axis_name_uses_whole_unit_norms():
 
 def test_adaptive_grad_clip_needs_params():
     agc = gx.adaptive_grad_clip(0.1)
-    with pytest.raises(ValueError, match="`params` is required"):
+    with pytest.raises(ValueError, match="adaptive_grad_clip needs `params`"):
         agc.update({"w": jnp.ones(2)}, agc.init(None))
     with pytest.raises(ValueError, match="does not match"):
         agc.update({"w": jnp.ones(2)}, None, {"v": jnp.ones(2)})

@@ -457,7 +457,7 @@ def test_groups_as_a_prefix_tree_split_by_dtype_too():
 
 def test_groups_not_matching_the_params_raise():
     params = _random_tree(GROUP_SHAPES, 1)
-    with pytest.raises(ValueError, match="`groups` does not match the params tree"):
+    with pytest.raises(ValueError, match="flatten_params: `groups` does not match the params tree"):
         gx.flatten_params(params, groups={"enc": True})
 
 

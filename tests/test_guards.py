@@ -283,16 +283,16 @@ def test_dynamic_loss_scale_scale_and_unscale():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"),
+    ("kwargs", "name", "error"),
     [
-        ({"period": 0}, "period"),
-        ({"period": 2.5}, "period"),
-        ({"factor": 1.0}, "factor"),
-        ({"min_loss_scale": 0.0}, "min_loss_scale"),
+        ({"period": 0}, "period", ValueError),
+        ({"period": 2.5}, "period", TypeError),  # a fraction where a whole number is expected
+        ({"factor": 1.0}, "factor", ValueError),
+        ({"min_loss_scale": 0.0}, "min_loss_scale", ValueError),
     ],
 )
-def test_dynamic_loss_scale_validation(kwargs, name):
-    with pytest.raises(ValueError, match=f"`{name}`"):
+def test_dynamic_loss_scale_validation(kwargs, name, error):
+    with pytest.raises(error, match=f"DynamicLossScale: `{name}`"):
         gx.DynamicLossScale(1.0, **kwargs)
 
 

@@ -89,23 +89,39 @@ def test_injected_optimizer_equals_plain_one(x64, factory, kwargs):
 def test_init_and_update_build_the_same_structure_as_the_plain_optimizer(factory):
     # Same arguments, same structure: init and update both call the factory with arrays, so
     # the state that update returns has init's structure, shapes and dtypes (checked without
-    # compiling, by tracing), and the inner state is the plain optimizer's.
+    # compiling, by tracing), and the inner state is the plain optimizer's given the same
+    # hyperparameters as arrays (the general program: no link is dropped for a traced zero).
     params = jax.tree.map(lambda x: x.astype(jnp.float32), _params())
     opt = gx.inject_hyperparams(factory)(learning_rate=0.1)
     state = opt.init(params)
     _, new_state = jax.eval_shape(opt.update, params, state, params)
     assert jax.tree.map(jax.typeof, state) == jax.tree.map(jax.typeof, new_state)
-    plain_state = factory(learning_rate=0.1).init(params)
+    as_arrays = {name: jnp.asarray(value) for name, value in state.hyperparams.items()}
+    plain_state = factory(**as_arrays).init(params)
     assert jax.tree.structure(state.inner_state) == jax.tree.structure(plain_state)
 
 
 def test_state_holds_the_numeric_hyperparameters_as_arrays():
     opt = gx.inject_hyperparams(gx.adam)(learning_rate=0.01, b1=0.8, amsgrad=False)
     state = opt.init(_params())
-    # Given and non-zero defaults are injected; bools and None stay Python values, and the
-    # zero defaults weight_decay and eps_root stay constants (they switch parts off).
-    assert sorted(state.hyperparams) == ["b1", "b2", "eps", "learning_rate"]
-    expected = {"learning_rate": 0.01, "b1": 0.8, "b2": 0.999, "eps": 1e-8}
+    # Every numeric argument is injected, given or default, zeros included; bools and None
+    # stay Python values.
+    assert sorted(state.hyperparams) == [
+        "b1",
+        "b2",
+        "eps",
+        "eps_root",
+        "learning_rate",
+        "weight_decay",
+    ]
+    expected = {
+        "learning_rate": 0.01,
+        "b1": 0.8,
+        "b2": 0.999,
+        "eps": 1e-8,
+        "eps_root": 0.0,
+        "weight_decay": 0.0,
+    }
     for name, value in expected.items():
         hp = state.hyperparams[name]
         assert hp.dtype == jnp.float32 and not hp.weak_type and hp.shape == ()
@@ -113,14 +129,38 @@ def test_state_holds_the_numeric_hyperparameters_as_arrays():
     assert isinstance(state.count, jax.Array) and state.count.dtype == jnp.int32
 
 
-def test_zero_defaults_build_nothing_and_explicit_zeros_are_injected():
+def test_zero_defaults_are_injected_and_static_args_keep_them_fixed():
+    # Optax-style code sets hyperparameters whose default is 0 (weight_decay, eps_root): they
+    # must be in the state. An injected 0 runs the general program (a momentum buffer, a decay
+    # pass), which gives the plain optimizer's numbers for 0 and can be changed later.
     params = _params()
-    plain = gx.inject_hyperparams(gx.sgd)(learning_rate=0.1).init(params)
-    assert sorted(plain.hyperparams) == ["learning_rate"]
-    assert jax.tree.structure(plain.inner_state) == jax.tree.structure(gx.sgd(0.1).init(params))
-    explicit = gx.inject_hyperparams(gx.sgd)(learning_rate=0.1, momentum=0.0).init(params)
-    assert sorted(explicit.hyperparams) == ["learning_rate", "momentum"]
-    assert isinstance(explicit.inner_state[0], gx.TraceState)
+    grads = jax.tree.map(lambda p: 0.5 * p + 1.0, params)
+    injected = gx.inject_hyperparams(gx.sgd)(learning_rate=0.1)
+    state = injected.init(params)
+    assert sorted(state.hyperparams) == ["dampening", "learning_rate", "momentum", "weight_decay"]
+    assert isinstance(state.inner_state[1], gx.TraceState)
+    u_injected, state = injected.update(grads, state, params)
+    u_plain, _ = gx.sgd(0.1).update(grads, gx.sgd(0.1).init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, u_injected, u_plain)
+    # Changed later: a momentum of 0.9 and a weight decay of 0.01 take effect.
+    state = state._replace(
+        hyperparams={
+            **state.hyperparams,
+            "momentum": jnp.asarray(0.9),
+            "weight_decay": jnp.asarray(0.01),
+        }
+    )
+    u2, _ = injected.update(grads, state, params)
+    # b_2 = 0.9 * b_1 + g_2 with b_1 = g (the first step's buffer) and g_2 = g + 0.01 * p.
+    expected = jax.tree.map(lambda g, p: -0.1 * (0.9 * g + g + 0.01 * p), grads, params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u2, expected)
+    # static_args keeps them Python constants: the plain program, without those parts.
+    fixed = gx.inject_hyperparams(gx.sgd, static_args=("momentum", "weight_decay", "dampening"))
+    fixed_state = fixed(learning_rate=0.1).init(params)
+    assert sorted(fixed_state.hyperparams) == ["learning_rate"]
+    assert jax.tree.structure(fixed_state.inner_state) == jax.tree.structure(
+        gx.sgd(0.1).init(params)
+    )
 
 
 def test_static_args_stay_python_values():
@@ -312,7 +352,15 @@ def test_injected_hyperparameters_pass_extra_args_to_the_inner_optimizer():
         u, state = opt.update(jnp.ones(2), state, value=loss)
     # decision 1 improves (inf -> 3); decisions 2 and 3 exceed patience 0 and halve the scale.
     np.testing.assert_array_equal(u, [0.25, 0.25])
-    assert sorted(state.hyperparams) == ["accumulation_size", "factor", "patience", "rtol"]
+    assert sorted(state.hyperparams) == [
+        "accumulation_size",
+        "atol",
+        "cooldown",
+        "factor",
+        "min_scale",
+        "patience",
+        "rtol",
+    ]
 
 
 def test_unknown_argument_names_raise_type_error():
@@ -329,7 +377,7 @@ def test_invalid_values_raise_at_construction():
         gx.inject_hyperparams(gx.adam)(learning_rate=-1e-3)
     with pytest.raises(ValueError, match="b1"):
         gx.inject_hyperparams(gx.adam)(b1=1.5)
-    with pytest.raises(TypeError, match="optimizer_factory"):
+    with pytest.raises(TypeError, match="inner_factory"):
         gx.inject_hyperparams(gx.adam(0.1))
     with pytest.raises(TypeError, match="hyperparam_dtype"):
         gx.inject_hyperparams(gx.adam, hyperparam_dtype=jnp.int32)
@@ -341,5 +389,7 @@ def test_state_of_another_optimizer_or_missing_keys_raise_naming_both():
     state = opt.init(params)
     with pytest.raises(ValueError, match=r"(?s)expected.*TraceState.*got"):
         opt.update(params, state._replace(inner_state=gx.adam().init(params)), params)
-    with pytest.raises(ValueError, match=r"\['learning_rate', 'momentum'\]"):
+    with pytest.raises(
+        ValueError, match=r"\['dampening', 'learning_rate', 'momentum', 'weight_decay'\]"
+    ):
         opt.update(params, state._replace(hyperparams={"learning_rate": 0.1}), params)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import gradxform as gx
-from gradxform.wrappers import is_mask_function
+from gradxform._masks import is_mask_function
 
 RTOL64 = 1e-12
 SHAPES = {"enc": {"w": (3, 2), "b": (2,)}, "head": {"w": (2, 1)}}
@@ -169,7 +169,7 @@ def test_masked_bad_mask_structure_names_both_structures():
     params = _params()
     mask = {"enc": {"w": True}, "head": True}  # enc.b missing
     opt = gx.masked(gx.scale(2.0), mask)
-    with pytest.raises(ValueError, match="mask does not match the params") as info:
+    with pytest.raises(ValueError, match="`mask` does not match the params") as info:
         opt.init(params)
     message = str(info.value)
     assert str(jax.tree.structure(mask)) in message
@@ -179,7 +179,11 @@ def test_masked_bad_mask_structure_names_both_structures():
 @pytest.mark.parametrize("bad_leaf", [1, jnp.array(True), np.bool_(True), "yes"])
 def test_masked_non_bool_mask_leaves_raise_type_error(bad_leaf):
     params = {"w": jnp.ones(2), "b": jnp.ones(2)}
-    opt = gx.masked(gx.scale(2.0), {"w": bad_leaf, "b": False})
+    # Checked at construction: a tree mask's leaves are known then.
+    with pytest.raises(TypeError, match="masked: `mask` must be a tree of Python bools"):
+        gx.masked(gx.scale(2.0), {"w": bad_leaf, "b": False})
+    # A mask function's result is checked at init.
+    opt = gx.masked(gx.scale(2.0), lambda p: {"w": bad_leaf, "b": False})
     with pytest.raises(TypeError, match="mask leaves must be Python bools"):
         opt.init(params)
 
@@ -316,7 +320,7 @@ def test_multi_transform_label_errors():
         gx.multi_transform({}, {"w": "a"})
     with pytest.raises(TypeError, match="Did you pass an optimizer factory"):
         gx.multi_transform({"a": gx.adam}, {"w": "a"})
-    with pytest.raises(ValueError, match="param_labels does not match"):
+    with pytest.raises(ValueError, match="`param_labels` does not match"):
         gx.multi_transform(transforms, {"w": "a", "x": "b"}).init({"w": jnp.ones(2)})
 
 
@@ -342,7 +346,7 @@ def test_set_to_zero_gives_exact_zeros_and_no_state():
 def test_freeze_zeroes_frozen_and_trains_the_rest(x64, mask):
     lr, steps = 0.01, 4
     params = _params()
-    opt = gx.freeze(gx.adamw(lr, weight_decay=0.0), mask)
+    opt = gx.freeze(mask, inner=gx.adamw(lr, weight_decay=0.0))
     state = opt.init(params)
     p = params
     for _ in range(steps):
@@ -361,7 +365,7 @@ def test_freeze_zeroes_frozen_and_trains_the_rest(x64, mask):
 def test_freeze_allocates_no_state_for_frozen_leaves():
     params = {"backbone": jnp.ones((64, 32)), "head": jnp.ones((32, 4))}
     mask = {"backbone": True, "head": False}
-    frozen = _init_bytes(gx.freeze(gx.adam(1e-3), mask), params)
+    frozen = _init_bytes(gx.freeze(mask, inner=gx.adam(1e-3)), params)
     full = _init_bytes(gx.adam(1e-3), params)
     # Adam keeps two moments per leaf: freezing removes exactly the backbone's two.
     assert full - frozen == 2 * params["backbone"].nbytes
@@ -373,11 +377,11 @@ def test_freeze_allocates_no_state_for_frozen_leaves():
 
 def test_freeze_everything_and_bad_mask():
     params = {"w": jnp.ones(2)}
-    opt = gx.freeze(gx.adam(0.1), {"w": True})
+    opt = gx.freeze({"w": True}, inner=gx.adam(0.1))
     updates, _ = opt.update({"w": jnp.ones(2)}, opt.init(params), params)
     np.testing.assert_array_equal(updates["w"], np.zeros(2))
-    with pytest.raises(TypeError, match="Python bools"):
-        gx.freeze(gx.adam(0.1), {"w": 0}).init(params)
+    with pytest.raises(TypeError, match="freeze: `mask` must be a tree of Python bools"):
+        gx.freeze({"w": 0}, inner=gx.adam(0.1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,7 +397,7 @@ def test_freeze_everything_and_bad_mask():
             {"m": gx.adamw(1e-2, mask=gx.decay_matrices_only), "s": gx.sgd(0.1, momentum=0.9)},
             {"enc": "m", "head": "s"},
         ),
-        lambda: gx.freeze(gx.adam(1e-2), {"enc": True, "head": False}),
+        lambda: gx.freeze({"enc": True, "head": False}, inner=gx.adam(1e-2)),
         lambda: gx.set_to_zero(),
     ],
     ids=["masked", "multi_transform", "freeze", "set_to_zero"],

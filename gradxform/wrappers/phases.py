@@ -28,20 +28,20 @@ def _check_boundaries(boundaries: Sequence[int], num_transforms: int) -> tuple[i
     who = "join_transforms"
     if isinstance(boundaries, str | bytes) or not isinstance(boundaries, Sequence):
         raise TypeError(f"{who}: `boundaries` must be a sequence of ints, got {boundaries!r}")
-    for i, b in enumerate(boundaries):
-        _validate.count(who, f"boundaries[{i}]", b)
     if len(boundaries) != num_transforms - 1:
         raise ValueError(
             f"{who}: {num_transforms} transformations need {num_transforms - 1} boundaries "
             f"(the counts at which the next one takes over), got {len(boundaries)}: "
             f"{list(boundaries)!r}"
         )
+    for i, b in enumerate(boundaries):
+        # Below the int32 counter's saturation value, so that every phase can be reached.
+        _validate.count(who, f"boundaries[{i}]", b, maximum=_validate.INT32_MAX - 1)
     previous = 0
     for b in boundaries:
-        if not previous < b < _validate.INT32_MAX:
+        if not previous < b:
             raise ValueError(
-                f"{who}: `boundaries` must be strictly increasing positive ints below 2**31 - 1, "
-                f"got {list(boundaries)!r}"
+                f"{who}: `boundaries` must be strictly increasing, got {list(boundaries)!r}"
             )
         previous = b
     return tuple(int(b) for b in boundaries)
