@@ -58,7 +58,8 @@ def identity() -> GradientTransformation:
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del extra_args
+        _tree.check_against_params("identity", updates, params)
         return updates, state
 
     return GradientTransformation(init_fn, update_fn)
@@ -87,6 +88,7 @@ def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransfo
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
+        _tree.check_against_params("stateless", updates, params)
         return f(updates, params), state
 
     return GradientTransformation(init_fn, update_fn)

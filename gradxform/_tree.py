@@ -127,10 +127,15 @@ def check_against_params(who: str, updates: ArrayTree, params: ArrayTree | None)
         check_updates(who, updates, params, "param", inexact=False)
 
 
-def check_inexact_leaves(params: ArrayTree, who: str) -> None:
-    """Raises ``TypeError`` when a parameter leaf is not a floating or complex array."""
+def check_inexact_leaves(params: ArrayTree, who: str, what: str = "parameter") -> None:
+    """Raises ``TypeError`` when a leaf (a parameter, or ``what``) is not floating or complex."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         dtype = jnp.result_type(leaf)
+        if what != "parameter" and not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{who}: the {what} at {_path_name(path)} has dtype {dtype}; gradients and "
+                "updates must be floating point (or complex, for complex params)."
+            )
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"{who}: parameter {_path_name(path)} has dtype {dtype}; "

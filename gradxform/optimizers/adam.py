@@ -17,6 +17,23 @@ from gradxform.transforms.adam import (
 from gradxform.transforms.scaling import scale_by_learning_rate
 
 
+def _check_adam(
+    who: str,
+    learning_rate: Any,
+    weight_decay: Any,
+    b1: Any,
+    b2: Any,
+    eps: Any,
+    eps_root: Any,
+    mu_dtype: Any,
+    nu_dtype: Any,
+) -> None:
+    check_common(who, learning_rate, weight_decay)
+    check_moments(who, b1, b2, eps, eps_root)
+    _validate.dtype(who, "mu_dtype", mu_dtype)
+    _validate.dtype(who, "nu_dtype", nu_dtype)
+
+
 def adam(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -53,8 +70,8 @@ def adam(
       ``chain(add_l2, scale_by_adam, scale_by_learning_rate)``.
     """
     who = "adam"
-    check_common(who, learning_rate, weight_decay)
-    check_moments(who, b1, b2, eps, eps_root)
+    _check_adam(who, learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
+    _validate.boolean(who, "amsgrad", amsgrad)
     return chain(
         *decay_link(who, weight_decay),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
@@ -86,9 +103,7 @@ def amsgrad(
     Returns:
       ``adam(..., amsgrad=True)``: ``chain(add_l2, scale_by_adam, scale_by_learning_rate)``.
     """
-    who = "amsgrad"
-    check_common(who, learning_rate, weight_decay)
-    check_moments(who, b1, b2, eps, eps_root)
+    _check_adam("amsgrad", learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     return adam(
         learning_rate,
         b1,
@@ -132,9 +147,9 @@ def adamw(
       ``chain(scale_by_adam, add_decayed_weights, scale_by_learning_rate)``.
     """
     who = "adamw"
-    check_common(who, learning_rate, weight_decay)
-    check_moments(who, b1, b2, eps, eps_root)
+    _check_adam(who, learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     _validate.mask(who, "mask", mask)
+    _validate.boolean(who, "amsgrad", amsgrad)
     return chain(
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
         *decay_link(who, weight_decay, mask),

@@ -41,6 +41,7 @@ def lion(
     check_common(who, learning_rate, weight_decay)
     _validate.probability(who, "b1", b1)
     _validate.probability(who, "b2", b2)
+    _validate.dtype(who, "mu_dtype", mu_dtype)
     _validate.mask(who, "mask", mask)
     return chain(
         scale_by_lion(b1, b2, mu_dtype),

@@ -275,8 +275,12 @@ def scale_by_nadam(
             out_dtype, g = _tree.update_dtype(g, m, v), g.astype(dtype)
             new_m = _tree.moment_update(m, g, b1, dtype)
             new_v = _tree.square_moment_update(v, g, b2, dtype)
-            denominator = corrected_root(new_v, eps_root, correction2, new_v.dtype)
-            denominator = denominator + _tree.cast_scalar(eps, new_v.dtype)
+            # torch's NAdam divides by the bias correction before the root (unlike its Adam):
+            # the same order gives its numbers, also where v / c2 overflows to inf.
+            v_hat = new_v * _tree.cast_scalar(1 / correction2, new_v.dtype)
+            if not _validate.is_static_zero(eps_root):
+                v_hat = v_hat + _tree.cast_scalar(eps_root, new_v.dtype)
+            denominator = jnp.sqrt(v_hat) + _tree.cast_scalar(eps, new_v.dtype)
             weighted = g * _tree.cast_scalar(gradient_weight, dtype) + new_m * _tree.cast_scalar(
                 moment_weight, dtype
             )

@@ -200,7 +200,7 @@ def adaptive_grad_clip(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         require_params(who, params, "each update is clipped relative to its param's norm")
-        _tree.check_updates(who, updates, params, "param")
+        _tree.check_updates(who, updates, params, "param", inexact=False)
 
         def squared(u, p):
             dtype = _tree.compute_dtype(u.dtype, p.dtype)

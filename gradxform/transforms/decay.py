@@ -25,6 +25,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: MaskOrFn = None) -> Gra
     Returns:
       A stateless transformation (masked if ``mask`` is given). Needs ``params``.
     """
+    _validate.mask("add_decayed_weights", "mask", mask)
     return decayed_weights(weight_decay, mask, who="add_decayed_weights")
 
 
@@ -62,4 +63,5 @@ def add_l2(weight_decay: float = 0.0, *, mask: MaskOrFn = None) -> GradientTrans
     Returns:
       A stateless transformation. Needs ``params``.
     """
+    _validate.mask("add_l2", "mask", mask)
     return decayed_weights(weight_decay, mask, who="add_l2")

@@ -104,8 +104,9 @@ def reduce_on_plateau(
         )
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
-        del params, extra_args
+        del extra_args
         expect_state(who, state, ReduceLROnPlateauState)
+        _tree.check_against_params(who, updates, params)
         if value is None:
             raise ValueError(
                 f"{who} needs the loss: call `update(updates, state, params, value=loss)` "

@@ -81,7 +81,18 @@ def scale_by_rms(
       A transformation whose state is :class:`ScaleByRmsState`
       (:class:`ScaleByRStdDevState` when centered).
     """
-    who = "scale_by_stddev" if centered else "scale_by_rms"
+    return _rms("scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, centered, eps_root)
+
+
+def _rms(
+    who: str,
+    decay: Any,
+    eps: Any,
+    initial_scale: Any,
+    eps_in_sqrt: bool,
+    centered: bool,
+    eps_root: Any,
+) -> GradientTransformation:
     _validate.probability(who, "decay", decay)
     _validate.non_negative(who, "eps", eps)
     _validate.non_negative(who, "initial_scale", initial_scale)
@@ -146,7 +157,7 @@ def scale_by_stddev(
     Returns:
       A transformation whose state is :class:`ScaleByRStdDevState`.
     """
-    return scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, centered=True, eps_root=eps_root)
+    return _rms("scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, True, eps_root)
 
 
 def scale_by_rss(

@@ -186,4 +186,9 @@ def gradient_accumulation(
     Returns:
       A transformation whose state is :class:`MultiStepsState`.
     """
+    who = "gradient_accumulation"
+    inner = as_transformation(inner, f"{who}: `inner`")
+    if not callable(k):
+        _validate.count(who, "k", k)
+    _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
     return MultiSteps(inner, k, accumulator_dtype=accumulator_dtype).gradient_transformation()

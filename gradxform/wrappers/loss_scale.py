@@ -244,6 +244,8 @@ def dynamic_loss_scale(
 
     def update_fn(updates, state, params=None, **extra_args):
         expect_state(who, state, DynamicLossScaleState)
+        # Unscaling computes in float32, which would hide integer or boolean gradients.
+        _tree.check_inexact_leaves(updates, who, "update")
         scaler = dataclasses.replace(
             template, loss_scale=state.loss_scale, good_steps=state.good_steps
         )

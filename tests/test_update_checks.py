@@ -1,0 +1,218 @@
+"""Every transformation's ``update`` and ``apply_updates`` check what they are given at trace
+time: nothing is broadcast, nothing silently changes kind, and another optimizer's state is
+named as such. Each error names the function, the leaf's path and both sides.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradxform as gx
+
+PARAMS = {"a": jnp.ones(3), "b": jnp.ones((2, 2))}
+
+
+def _with_a(value):
+    return {"a": value, "b": jnp.ones((2, 2))}
+
+
+_SCHEDULE = gx.linear_schedule(0.1, 0.01, 10)
+
+# Every public transformation (and wrapper), built with typical arguments. ``stateful`` ones keep
+# floating-point state of their gradients and so refuse integer gradients too.
+TRANSFORMS = {
+    "identity": (gx.identity, False),
+    "stateless": (lambda: gx.stateless(lambda u, p: u), False),
+    "chain": (lambda: gx.chain(gx.trace(0.9), gx.scale(2.0)), True),
+    "named_chain": (lambda: gx.named_chain(("t", gx.trace(0.9)), ("s", gx.scale(2.0))), True),
+    "scale": (lambda: gx.scale(2.0), False),
+    "scale_by_learning_rate": (lambda: gx.scale_by_learning_rate(0.1), False),
+    "scale_by_schedule": (lambda: gx.scale_by_schedule(_SCHEDULE), False),
+    "set_to_zero": (gx.set_to_zero, False),
+    "trace": (lambda: gx.trace(0.9), True),
+    "ema": (lambda: gx.ema(0.9), True),
+    "scale_by_adam": (gx.scale_by_adam, True),
+    "scale_by_adamax": (gx.scale_by_adamax, True),
+    "scale_by_nadam": (gx.scale_by_nadam, True),
+    "scale_by_rms": (gx.scale_by_rms, True),
+    "scale_by_stddev": (gx.scale_by_stddev, True),
+    "scale_by_rss": (gx.scale_by_rss, True),
+    "scale_by_lion": (gx.scale_by_lion, True),
+    "add_decayed_weights": (lambda: gx.add_decayed_weights(0.1), False),
+    "add_l2": (lambda: gx.add_l2(0.1), False),
+    "clip": (lambda: gx.clip(1.0), False),
+    "clip_by_global_norm": (lambda: gx.clip_by_global_norm(1.0), False),
+    "clip_by_block_rms": (lambda: gx.clip_by_block_rms(1.0), False),
+    "adaptive_grad_clip": (lambda: gx.adaptive_grad_clip(0.1), False),
+    "zero_nans": (gx.zero_nans, False),
+    "reduce_on_plateau": (gx.reduce_on_plateau, False),
+    "masked": (lambda: gx.masked(gx.adam(0.1), {"a": True, "b": True}), True),
+    "freeze": (lambda: gx.freeze({"a": False, "b": True}, inner=gx.adam(0.1)), True),
+    "multi_transform": (
+        lambda: gx.multi_transform({"x": gx.adam(0.1), "y": gx.sgd(0.1)}, {"a": "x", "b": "y"}),
+        True,
+    ),
+    "MultiSteps": (lambda: gx.MultiSteps(gx.adam(0.1), every_k_schedule=2), True),
+    "gradient_accumulation": (lambda: gx.gradient_accumulation(gx.adam(0.1), k=2), True),
+    "inject_hyperparams": (lambda: gx.inject_hyperparams(gx.adam)(0.1), True),
+    "join_transforms": (
+        lambda: gx.join_transforms([gx.adam(0.1), gx.sgd(0.1)], boundaries=[2]),
+        True,
+    ),
+    "ema_params": (lambda: gx.ema_params(0.9), True),
+    "swa_params": (gx.swa_params, True),
+    "lookahead": (lambda: gx.lookahead(gx.adam(0.1)), True),
+    "apply_if_finite": (lambda: gx.apply_if_finite(gx.adam(0.1), 2), True),
+    "dynamic_loss_scale": (lambda: gx.dynamic_loss_scale(gx.adam(0.1)), True),
+    **{
+        name: (lambda name=name: getattr(gx, name)(0.1), True)
+        for name in ("adam", "adamw", "amsgrad", "adamax", "nadam", "adagrad", "rmsprop")
+    },
+    # Without momentum SGD keeps no state: -lr * g, computed in floating point.
+    "sgd": (lambda: gx.sgd(0.1), False),
+    "sgd_momentum": (lambda: gx.sgd(0.1, momentum=0.9), True),
+    "lion": (lambda: gx.lion(0.1), True),
+}
+# Transformations that need a mapped axis to run; their checks are the inner ones'.
+NEEDS_AN_AXIS = {"cross_replica_mean", "shard_optimizer_state"}
+
+
+# Public functions of those modules that read or build something else than a transformation.
+NOT_TRANSFORMATIONS = {
+    "apply_updates",
+    "all_finite",
+    "averaged_params",
+    "lookahead_slow_params",
+    "current_loss_scale",
+    "decay_matrices_only",
+}
+
+
+def test_the_table_covers_every_public_transformation():
+    modules = (
+        "gradxform._base",
+        "gradxform.transforms",
+        "gradxform.optimizers",
+        "gradxform.wrappers",
+    )
+    public = {
+        name
+        for name in gx.__all__
+        if callable(getattr(gx, name))
+        and getattr(getattr(gx, name), "__module__", "").startswith(modules)
+        and (not isinstance(getattr(gx, name), type) or name == "MultiSteps")
+    }
+    assert "adam" in public and "masked" in public
+    assert public - NOT_TRANSFORMATIONS - NEEDS_AN_AXIS <= set(TRANSFORMS), sorted(
+        public - NOT_TRANSFORMATIONS - NEEDS_AN_AXIS - set(TRANSFORMS)
+    )
+
+
+def _update(name, updates, state=None, params=PARAMS):
+    transform = TRANSFORMS[name][0]()
+    state = transform.init(PARAMS) if state is None else state
+    kwargs = {"value": 1.0} if name == "reduce_on_plateau" else {}
+    return transform.update(updates, state, params, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("shape", [(3, 1), (), (1, 3)])
+def test_a_gradient_of_another_shape_is_never_broadcast(name, shape):
+    with pytest.raises(ValueError) as info:
+        _update(name, _with_a(jnp.ones(shape)))
+    message = str(info.value)
+    assert "['a']" in message and str(shape) in message and "(3,)" in message, message
+    assert "broadcast" in message
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+def test_a_complex_gradient_for_a_real_param_is_a_type_error(name):
+    with pytest.raises(TypeError, match=r"\['a'\] is complex \(complex64\) but .* real"):
+        _update(name, _with_a(jnp.ones(3, jnp.complex64)))
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_and_boolean_gradients(name, dtype):
+    stateful = TRANSFORMS[name][1]
+    grads = _with_a(jnp.ones(3, dtype))
+    if stateful or dtype == jnp.bool_:
+        with pytest.raises(TypeError, match=rf"\['a'\] has dtype {jnp.dtype(dtype)}"):
+            _update(name, grads)
+    else:
+        # A transformation without gradient state takes integer updates, as Optax's do.
+        updates, _ = _update(name, grads)
+        assert updates["a"].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("adam", "ScaleByAdamState"),
+        ("amsgrad", "ScaleByAmsgradState"),
+        ("rmsprop", "ScaleByRmsState"),
+        ("nadam", "ScaleByNadamState"),
+        ("adamax", "ScaleByAdamaxState"),
+        ("adagrad", "ScaleByRssState"),
+        ("lion", "ScaleByLionState"),
+    ],
+)
+def test_another_optimizers_state_names_both(name, expected):
+    # sgd with momentum is a chain of the same length: (TraceState, EmptyState).
+    sgd_state = gx.sgd(0.1, momentum=0.9).init(PARAMS)
+    kwargs = {"weight_decay": 0.0} if name == "lion" else {}
+    with pytest.raises(TypeError, match=rf"expected its state, a {expected}, got a TraceState"):
+        getattr(gx, name)(0.1, **kwargs).update(PARAMS, sgd_state, PARAMS)
+
+
+def test_wrappers_name_the_state_they_expect():
+    adam_state = gx.adam(0.1).init(PARAMS)
+    for opt, expected in [
+        (gx.masked(gx.adam(0.1), {"a": True, "b": False}), "MaskedState"),
+        (gx.MultiSteps(gx.adam(0.1), every_k_schedule=2), "MultiStepsState"),
+        (gx.lookahead(gx.adam(0.1)), "LookaheadState"),
+        (gx.apply_if_finite(gx.adam(0.1), 2), "ApplyIfFiniteState"),
+        (gx.inject_hyperparams(gx.adam)(0.1), "InjectHyperparamsState"),
+    ]:
+        with pytest.raises(TypeError, match=rf"expected its state, a {expected}, got a tuple"):
+            opt.update(PARAMS, adam_state, PARAMS)
+
+
+# ----------------------------------------------------------------------------------------------
+# apply_updates
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (), (1, 3), (6,)])
+def test_apply_updates_never_broadcasts(shape):
+    with pytest.raises(ValueError) as info:
+        gx.apply_updates(PARAMS, _with_a(jnp.ones(shape)))
+    message = str(info.value)
+    assert message.startswith("apply_updates:") and "['a']" in message, message
+    assert str(shape) in message and "(3,)" in message, message
+    # Under jit too, at trace time.
+    with pytest.raises(ValueError, match=r"apply_updates: the update at \['a'\]"):
+        jax.jit(gx.apply_updates)(PARAMS, _with_a(jnp.ones(shape)))
+
+
+def test_apply_updates_refuses_complex_updates_for_real_params_and_bools():
+    with pytest.raises(TypeError, match=r"apply_updates: the update at \['a'\] is complex"):
+        gx.apply_updates(PARAMS, _with_a(jnp.ones(3, jnp.complex64)))
+    with pytest.raises(TypeError, match=r"apply_updates: the update at \['a'\] has dtype bool"):
+        gx.apply_updates(PARAMS, _with_a(jnp.ones(3, bool)))
+    complex_params = {"z": jnp.ones(2, jnp.complex64)}
+    out = gx.apply_updates(complex_params, {"z": jnp.array([1j, 2.0], jnp.complex64)})
+    np.testing.assert_array_equal(out["z"], [1 + 1j, 3 + 0j])
+
+
+def test_apply_updates_keeps_none_params_and_none_updates():
+    # Optax returns None for a None param leaf; adding to it used to raise `None + array`.
+    params = {"a": None, "b": jnp.ones(2)}
+    out = gx.apply_updates(params, {"a": None, "b": jnp.full(2, 0.5)})
+    assert out["a"] is None
+    np.testing.assert_array_equal(out["b"], [1.5, 1.5])
+    out = gx.apply_updates({"a": None, "b": jnp.ones(2)}, {"a": jnp.ones(3), "b": None})
+    assert out["a"] is None
+    np.testing.assert_array_equal(out["b"], [1.0, 1.0])
