@@ -1,0 +1,93 @@
+"""The package's shape: small modules, one-way imports, a public surface that is a choice."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import types
+
+import gradxform as gx
+
+PACKAGE = pathlib.Path(gx.__file__).parent
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_passes_400_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in MODULES
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, long
+
+
+def test_every_module_opens_with_a_docstring():
+    missing = [
+        str(p.relative_to(PACKAGE))
+        for p in MODULES
+        if not ast.get_docstring(ast.parse(p.read_text()))
+    ]
+    assert not missing, missing
+
+
+def test_modules_do_not_import_each_others_underscored_names():
+    # What several modules share lives in the core under a name without an underscore.
+    offenders = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gradxform"):
+                for alias in node.names:
+                    if alias.name.startswith("_") and node.module != "gradxform":
+                        offenders.append(
+                            f"{_module_name(path)}: from {node.module} import {alias.name}"
+                        )
+                    if node.module == "gradxform" and alias.name.startswith("_"):
+                        # `from gradxform import _tree` imports a core module, not a private name.
+                        assert alias.name in {"_tree", "_validate", "_masks"}, (path, alias.name)
+    assert not offenders, offenders
+
+
+def test_the_core_does_not_import_what_is_built_on_it():
+    core = {"_base", "_tree", "_types", "_validate", "_masks"}
+    for path in MODULES:
+        if path.stem not in core or path.parent != PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gradxform"):
+                module = node.module.split(".")
+                imported = module[1] if len(module) > 1 else None
+                names = [a.name for a in node.names] if imported is None else [imported]
+                assert all(n in core for n in names), (path.name, node.module, names)
+
+
+def test_init_only_reexports():
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    for node in tree.body:
+        assert isinstance(node, ast.ImportFrom | ast.Expr | ast.Assign), ast.dump(node)[:80]
+        if isinstance(node, ast.Assign):
+            targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            assert targets in (["__version__"], ["__all__"]), targets
+
+
+def test_all_lists_exactly_the_public_names():
+    public = {n for n in dir(gx) if not n.startswith("_")}
+    submodules = {n for n in public if isinstance(getattr(gx, n), types.ModuleType)}
+    assert set(gx.__all__) == public - (submodules - {"tree_utils"})
+    assert len(gx.__all__) == len(set(gx.__all__))
+
+
+def test_tree_utils_exports_only_its_functions():
+    names = {n for n in dir(gx.tree_utils) if not n.startswith("_")}
+    assert names == set(gx.tree_utils.__all__)
+    assert all(callable(getattr(gx.tree_utils, n)) for n in names)
+    assert not {"jax", "jnp", "np", "math"} & names
+
+
+def test_typed_package_and_license_are_shipped():
+    assert (PACKAGE / "py.typed").exists()
+    assert (PACKAGE.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
