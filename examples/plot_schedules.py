@@ -69,11 +69,13 @@ PANELS: list[tuple[str, str, dict[str, Callable]]] = [
         },
     ),
     (
-        "inverse_time_decay(0.1, 0.5, 10)",
+        "inverse_time_decay(0.1, decay_rate=0.5, decay_steps=10)",
         "Keras InverseTimeDecay(0.1, 10, 0.5)",
         {
-            "decay_steps=10": gx.inverse_time_decay(LR, 0.5, 10),
-            "decay_steps=30, staircase": gx.inverse_time_decay(LR, 0.5, 30, staircase=True),
+            "decay_steps=10": gx.inverse_time_decay(LR, decay_rate=0.5, decay_steps=10),
+            "decay_steps=30, staircase": gx.inverse_time_decay(
+                LR, decay_rate=0.5, decay_steps=30, staircase=True
+            ),
         },
     ),
     (
@@ -108,11 +110,11 @@ PANELS: list[tuple[str, str, dict[str, Callable]]] = [
         },
     ),
     (
-        "cosine_annealing_warm_restarts(0.1, 20, t_mult=2)",
+        "cosine_annealing_warm_restarts(0.1, t_0=20, t_mult=2)",
         "torch CosineAnnealingWarmRestarts\nKeras CosineDecayRestarts",
         {
-            "t_0=50": gx.cosine_annealing_warm_restarts(LR, 50),
-            "t_0=20, t_mult=2": gx.cosine_annealing_warm_restarts(LR, 20, t_mult=2),
+            "t_0=50": gx.cosine_annealing_warm_restarts(LR, t_0=50),
+            "t_0=20, t_mult=2": gx.cosine_annealing_warm_restarts(LR, t_0=20, t_mult=2),
         },
     ),
     (
@@ -129,12 +131,16 @@ PANELS: list[tuple[str, str, dict[str, Callable]]] = [
         },
     ),
     (
-        "cyclic_schedule(0.01, 0.1, 40)",
+        "cyclic_schedule(0.01, max_value=0.1, step_size_up=40)",
         "torch CyclicLR(base_lr=0.01, max_lr=0.1,\nstep_size_up=40)",
         {
-            "triangular": gx.cyclic_schedule(0.01, LR, 40),
-            "triangular2": gx.cyclic_schedule(0.01, LR, 40, mode="triangular2"),
-            "exp_range": gx.cyclic_schedule(0.01, LR, 40, mode="exp_range", gamma=0.995),
+            "triangular": gx.cyclic_schedule(0.01, max_value=LR, step_size_up=40),
+            "triangular2": gx.cyclic_schedule(
+                0.01, max_value=LR, step_size_up=40, mode="triangular2"
+            ),
+            "exp_range": gx.cyclic_schedule(
+                0.01, max_value=LR, step_size_up=40, mode="exp_range", gamma=0.995
+            ),
         },
     ),
     (
