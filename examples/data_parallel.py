@@ -126,7 +126,7 @@ def train_jit(mesh, data_np, epochs: int, seed: int) -> tuple[np.ndarray, dict]:
 
 def train_zero(mesh, data_np, epochs: int, seed: int) -> tuple[np.ndarray, dict]:
     """Data parallel in a ``shard_map`` body, each device keeping 1/n of Adam's moments."""
-    optimizer = gx.shard_optimizer_state(make_optimizer(AXIS), AXIS, average_updates=True)
+    optimizer = gx.shard_optimizer_state(make_optimizer(AXIS), axis_name=AXIS, average_updates=True)
     replicated = NamedSharding(mesh, P())
     params = to_host(_digits.init_mlp(jax.random.key(seed)))
     params = jax.tree.map(lambda a: jax.make_array_from_process_local_data(replicated, a), params)

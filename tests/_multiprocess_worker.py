@@ -108,7 +108,7 @@ def _train_zero(mesh, params, x_local, y_local):
     import gradxform as gx
 
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    opt = gx.shard_optimizer_state(make_optimizer("data"), "data", average_updates=True)
+    opt = gx.shard_optimizer_state(make_optimizer("data"), axis_name="data", average_updates=True)
 
     def body(params, state, x, y):
         # The gradient at params marked as varying is this process's own (of its half batch).

@@ -1,4 +1,4 @@
-"""Several devices (gradxform/parallel.py, and sharding of state from gradxform/_tree.py).
+"""Several devices (gradxform/wrappers/sharding.py and its check, wrappers/elementwise.py).
 
 conftest.py gives 8 host CPU devices. Data-parallel runs are compared with one device doing the
 same arithmetic on the whole batch, and the ZeRO wrapper with the plain optimizer fed the same
@@ -12,12 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import Primitive, jaxprs_in_params
+from jax.interpreters import mlir
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from references import require_optax
 
 import gradxform as gx
 from gradxform import _tree
+from gradxform.wrappers.elementwise import primitive_kind
 
 N = 8  # devices (tests/conftest.py)
 AXIS = "i"
@@ -442,9 +445,11 @@ def test_sharded_state_matches_unsharded_over_50_steps(mode):
     groups = [
         [
             Member(ZERO_OPTIMIZERS[k]()),
-            Member(gx.shard_optimizer_state(ZERO_OPTIMIZERS[k](), AXIS), sharded=True),
+            Member(gx.shard_optimizer_state(ZERO_OPTIMIZERS[k](), axis_name=AXIS), sharded=True),
             Member(
-                gx.shard_optimizer_state(ZERO_OPTIMIZERS[k](), AXIS, average_updates=True),
+                gx.shard_optimizer_state(
+                    ZERO_OPTIMIZERS[k](), axis_name=AXIS, average_updates=True
+                ),
                 local=True,
                 sharded=True,
             ),
@@ -488,6 +493,16 @@ def _add_noise():
 # wrapped clip needs the axis (each device holds slices), the unsharded reference must not have
 # it (each device holds the whole gradient, and summing over devices would count it 8 times).
 SUPPORTED_INNER = {
+    "sgd": lambda axis: gx.sgd(0.05),
+    "sgd_nesterov": lambda axis: gx.sgd(0.05, momentum=0.9, nesterov=True),
+    "sgd_dampening_decay": lambda axis: gx.sgd(
+        0.05, momentum=0.9, dampening=0.5, weight_decay=0.01
+    ),
+    "adam_amsgrad_schedule": lambda axis: gx.adam(
+        gx.warmup_cosine_decay_schedule(0.0, 0.01, warmup_steps=2, decay_steps=5), amsgrad=True
+    ),
+    "rmsprop": lambda axis: gx.rmsprop(0.01),
+    "clip_elementwise": lambda axis: gx.chain(gx.clip(0.05), gx.sgd(0.05, momentum=0.9)),
     "adamw_masked": lambda axis: gx.adamw(0.01, weight_decay=0.1, mask=gx.decay_matrices_only),
     "amsgrad": lambda axis: gx.amsgrad(0.01),
     "rmsprop_centered": lambda axis: gx.rmsprop(0.01, centered=True, momentum=0.9),
@@ -517,11 +532,13 @@ def test_sharded_state_supports_elementwise_transformations():
     groups = [
         [
             Member(SUPPORTED_INNER[k](None)),
-            Member(gx.shard_optimizer_state(SUPPORTED_INNER[k](AXIS), AXIS), sharded=True),
+            Member(
+                gx.shard_optimizer_state(SUPPORTED_INNER[k](AXIS), axis_name=AXIS), sharded=True
+            ),
         ]
         for k in names
     ]
-    # One pmap for all of them: one compilation instead of nine.
+    # One pmap for all of them: one compilation instead of fifteen.
     results = _lockstep(groups, params, x, y, "pmap")
     for name, ((want, _), (got, _)) in zip(names, results, strict=True):
         # Same arithmetic on the same gradients; the clip's norm is summed over slices and
@@ -534,11 +551,23 @@ def test_sharded_state_accepts_optax_transformations():
     rng = np.random.default_rng(8)
     params = _params(rng)
     x, y = _data(rng, steps=5)
-    group = [Member(optax.adam(0.01)), Member(gx.shard_optimizer_state(optax.adam(0.01), AXIS))]
-    [[(want, _), (got, _)]] = _lockstep([group], params, x, y, "pmap")
-    _assert_close(got, want, rtol=1e-6, atol=ATOL)
+    makers = {
+        "adam": lambda: optax.adam(0.01),
+        "adamw": lambda: optax.adamw(0.01, weight_decay=0.1),
+        "sgd_nesterov": lambda: optax.sgd(0.05, momentum=0.9, nesterov=True),
+        "lion": lambda: optax.lion(0.003),
+    }
+    groups = [
+        [Member(make()), Member(gx.shard_optimizer_state(make(), axis_name=AXIS))]
+        for make in makers.values()
+    ]
+    results = _lockstep(groups, params, x, y, "pmap")
+    for name, [(want, _), (got, _)] in zip(makers, results, strict=True):
+        _assert_close(got, want, rtol=1e-6, atol=ATOL, what=name)
     with pytest.raises(ValueError, match="sums over the elements"):
-        _pmap_train([gx.shard_optimizer_state(optax.clip_by_global_norm(1.0), AXIS)], params, x, y)
+        _pmap_train(
+            [gx.shard_optimizer_state(optax.clip_by_global_norm(1.0), axis_name=AXIS)], params, x, y
+        )
 
 
 @pytest.mark.parametrize(
@@ -563,13 +592,196 @@ def test_sharded_state_rejects_transformations_that_combine_elements(make, messa
     params = _params(rng)
     x, y = _data(rng, steps=1)
     with pytest.raises(ValueError, match=message):
-        _pmap_train([gx.shard_optimizer_state(make(), AXIS)], params, x, y)
+        _pmap_train([gx.shard_optimizer_state(make(), axis_name=AXIS)], params, x, y)
+
+
+def _sharded_update(inner, shapes):
+    """One ``update`` of ``shard_optimizer_state(inner)`` under pmap, on params of ``shapes``
+    (standard normals) given as their own gradients."""
+    rng = np.random.default_rng(11)
+    params = {k: jnp.asarray(rng.normal(size=shape), jnp.float32) for k, shape in shapes.items()}
+    opt = gx.shard_optimizer_state(inner, axis_name=AXIS)
+    step = lambda p: opt.update(p, opt.init(p), p)[0]  # noqa: E731
+    return jax.pmap(step, axis_name=AXIS)(_replicate(params))
+
+
+def _running_sum():
+    """A primitive the check cannot know: the running sum of a leaf in row-major order."""
+    primitive = Primitive("running_sum")
+    impl = lambda x: jnp.cumsum(jnp.ravel(x)).reshape(jnp.shape(x))  # noqa: E731
+    primitive.def_impl(impl)
+    primitive.def_abstract_eval(lambda aval: aval)
+    mlir.register_lowering(primitive, mlir.lower_fun(impl, multiple_results=False))
+    return primitive
+
+
+RUNNING_SUM = _running_sum()
+SQUARE = {"w": (7, 7), "b": (7,), "s": ()}  # a 7 x 7 slice is one row on each of 8 devices
+COLUMNS = {"c": (35, 1), "v": (35,)}  # slices (1, 5) and (5,)
+
+
+def _each_leaf(fn):
+    return gx.stateless(lambda u, p: jax.tree.map(fn, u))
+
+
+def _rows_shifted(x):
+    """Row i of ``x`` becomes row i + 1 (the first row zeros): ``pad`` with negative padding."""
+    config = [(1, -1, 0)] + [(0, 0, 0)] * (x.ndim - 1)
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), config) if x.ndim == 2 else x
+
+
+def _plus_column_sums(x):
+    """Adds to each row the sum of the rows before it, with a ``scan`` over the rows."""
+    if x.ndim != 2:
+        return x
+    step = lambda total, row: (total + row, total)  # noqa: E731
+    return x + jax.lax.scan(step, jnp.zeros(x.shape[1:], x.dtype), x)[1]
+
+
+# Transformations the old deny-list accepted although they combine elements, and what the
+# error must name. Each runs on the params of its shapes (the leaves are given as gradients).
+MISSED_BY_A_DENY_LIST = {
+    # Symmetrizing a matrix moves elements across rows: on a device's row, off by ~1.
+    "transpose": (_each_leaf(lambda x: (x + x.T) / 2), SQUARE, r"`transpose` \(1, 0\)"),
+    # The bias gradient added to every row of the matrix: lax broadcasts the size-1 axis.
+    "bias_into_rows": (
+        gx.stateless(lambda u, p: {**u, "w": u["w"] + u["b"]}),
+        SQUARE,
+        r"`add` of a \(1, 7\) operand into \(7, 7\)",
+    ),
+    "broadcast_to": (
+        gx.stateless(lambda u, p: {**u, "w": u["w"] * jnp.broadcast_to(u["b"], (7, 7))}),
+        SQUARE,
+        r"`broadcast_in_dim` of \(7,\) to \(7, 7\)",
+    ),
+    "outer": (
+        gx.stateless(lambda u, p: {**u, "w": u["w"] + jnp.outer(u["b"], u["b"])}),
+        SQUARE,
+        r"`mul` of a \(7, 1\) operand into \(7, 7\)",
+    ),
+    "concatenate": (
+        gx.stateless(lambda u, p: {**u, "w": u["w"] + jnp.concatenate([u["b"][None]] * 7)}),
+        SQUARE,
+        "`concatenate` giving a \\(7, 7\\) array",
+    ),
+    "pad": (_each_leaf(_rows_shifted), SQUARE, "`pad` giving"),
+    "scan_over_rows": (_each_leaf(_plus_column_sums), SQUARE, "`scan` along an axis"),
+    # A scalar parameter scaling every leaf: on a slice it is padding (zero) on 7 devices of 8.
+    "scalar_param": (
+        gx.stateless(lambda u, p: jax.tree.map(lambda x: x * p["s"], u)),
+        SQUARE,
+        r"`mul` of a \(\) operand into \(7,\)",
+    ),
+    # A number computed from a leaf's shape, its size: for the vector, 7 on the whole and 1 on
+    # a slice.
+    "size_from_shape": (
+        _each_leaf(lambda x: x / x.size),
+        SQUARE,
+        "a constant computed from the shapes: 7.0 on whole parameters, 1.0 on slices",
+    ),
+    # The psum of each slice's norm, not the norm of the psum of squares.
+    "psum_of_norms": (
+        _each_leaf(lambda x: x / (jax.lax.psum(jnp.sqrt(jnp.sum(x * x)), AXIS) + 1.0)),
+        SQUARE,
+        r"`psum` over 'i' of `reduce_sum`, then `sqrt`: sum over the devices first",
+    ),
+    # A per-row sum over an axis of size 1 on the whole (35, 1) leaf, but 5 on its slices.
+    "row_sum_of_a_column": (
+        _each_leaf(lambda x: x / (jnp.sum(x, axis=-1, keepdims=True) + 1.0) if x.ndim == 2 else x),
+        COLUMNS,
+        r"`reduce_sum` over axes \(1,\) of a \(35, 1\) array",
+    ),
+    # Element-wise on the whole leaves ((35, 1) + (35, 1)), broadcast on slices ((1, 5) + (5, 1)).
+    "broadcast_only_on_slices": (
+        gx.stateless(lambda u, p: {**u, "c": u["c"] + u["v"][:, None]}),
+        COLUMNS,
+        r"`add` of a \(1, 5\) operand into \(5, 5\)",
+    ),
+    # Doubles a leaf only if it has more than one row: the whole matrix, never its slices.
+    "branch_on_shape": (
+        _each_leaf(lambda x: 2 * x if x.ndim == 2 and x.shape[0] > 1 else x),
+        SQUARE,
+        "runs other operations on a device's 1/8 slice .* \\(`mul` on whole parameters, "
+        "nothing on slices\\)",
+    ),
+    # Unknown primitives are refused, whatever they do.
+    "unknown_primitive": (
+        _each_leaf(RUNNING_SUM.bind),
+        SQUARE,
+        "uses `running_sum`, which the check does not know",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISSED_BY_A_DENY_LIST))
+def test_sharded_state_rejects_what_a_deny_list_misses(name):
+    inner, shapes, message = MISSED_BY_A_DENY_LIST[name]
+    with pytest.raises(ValueError, match=message):
+        _sharded_update(inner, shapes)
+
+
+# The check's decision on every primitive that gradxform's optimizers produce (the table of
+# tests/test_optimizers.py, and the clip with an axis). An optimizer that needs a primitive not
+# listed here fails the test below: decide in gradxform/wrappers/elementwise.py whether the
+# primitive moves elements, then list it here with that decision.
+OPTIMIZER_PRIMITIVES = {
+    "abs": "elementwise",
+    "add": "elementwise",
+    "broadcast_in_dim": "broadcast_in_dim",
+    "convert_element_type": "elementwise",
+    "div": "elementwise",
+    "eq": "elementwise",
+    "expm1": "elementwise",
+    "is_finite": "elementwise",
+    "jit": "call",
+    "lt": "elementwise",
+    "max": "elementwise",
+    "min": "elementwise",
+    "mul": "elementwise",
+    "neg": "elementwise",
+    "pow": "elementwise",
+    "psum": "collective",
+    "reduce_sum": "reduction",
+    "rsqrt": "elementwise",
+    "select_n": "elementwise",
+    "sign": "elementwise",
+    "sqrt": "elementwise",
+    "sub": "elementwise",
+}
+
+
+def _primitive_names(jaxpr):
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jaxprs_in_params(eqn.params):
+            names |= _primitive_names(sub)
+    return names
+
+
+def test_the_allow_list_decides_every_primitive_of_the_optimizers():
+    from test_optimizers import OPTIMIZERS
+
+    params = _params(np.random.default_rng(12))
+    transforms = {entry.id: entry.values[0].make(0.01) for entry in OPTIMIZERS}
+    transforms["clip_with_axis"] = SUPPORTED_INNER["clip_with_axis"](AXIS)
+    first_seen = {}
+    for name, opt in transforms.items():
+        probe = lambda u, p, opt=opt: opt.update(u, opt.init(p), p)  # noqa: E731
+        jaxpr = jax.make_jaxpr(probe, axis_env=[(AXIS, N)])(params, params).jaxpr
+        for primitive in _primitive_names(jaxpr):
+            first_seen.setdefault(primitive, name)
+    new = {p: first_seen[p] for p in first_seen.keys() - OPTIMIZER_PRIMITIVES.keys()}
+    assert not new, f"primitives (and the optimizer using each) not in OPTIMIZER_PRIMITIVES: {new}"
+    assert first_seen.keys() == OPTIMIZER_PRIMITIVES.keys(), "listed but no longer produced"
+    assert {p: primitive_kind(p) for p in OPTIMIZER_PRIMITIVES} == OPTIMIZER_PRIMITIVES
+    assert primitive_kind("running_sum") == "unknown"
 
 
 def test_sharded_state_bytes_per_device():
     # Leaves of 2,112 (not a multiple of 8), 33 and 1 elements.
     params = {"w": jnp.ones((64, 33)), "b": jnp.ones(33), "s": jnp.ones(())}
-    opt = gx.shard_optimizer_state(gx.adam(0.01), AXIS)
+    opt = gx.shard_optimizer_state(gx.adam(0.01), axis_name=AXIS)
     mesh = _mesh()
     state = jax.jit(jax.shard_map(opt.init, mesh=mesh, in_specs=P(), out_specs=P(AXIS)))(
         jax.device_put(params, NamedSharding(mesh, P()))
@@ -591,13 +803,13 @@ def test_sharded_state_bytes_per_device():
 
 
 def test_sharded_state_needs_the_mapped_axis():
-    opt = gx.shard_optimizer_state(gx.adam(), AXIS)
+    opt = gx.shard_optimizer_state(gx.adam(), axis_name=AXIS)
     with pytest.raises(NameError, match="inside the function mapped over it"):
         opt.init({"w": jnp.ones(3)})
 
 
 def test_sharded_state_rejects_a_foreign_state():
-    opt = gx.shard_optimizer_state(gx.adam(), AXIS)
+    opt = gx.shard_optimizer_state(gx.adam(), axis_name=AXIS)
     grads = {"w": jnp.ones((N, 3))}
     with pytest.raises(TypeError, match="ShardedState"):
         jax.pmap(lambda g: opt.update(g, gx.adam().init(g)), axis_name=AXIS)(grads)
@@ -605,8 +817,10 @@ def test_sharded_state_rejects_a_foreign_state():
 
 def test_sharded_state_validates_arguments():
     with pytest.raises(TypeError, match="axis_name"):
-        gx.shard_optimizer_state(gx.adam(), None)
+        gx.shard_optimizer_state(gx.adam(), axis_name=None)
+    with pytest.raises(TypeError, match="positional"):  # the axis is keyword-only
+        gx.shard_optimizer_state(gx.adam(), AXIS)
     with pytest.raises(TypeError, match="average_updates"):
-        gx.shard_optimizer_state(gx.adam(), AXIS, average_updates="yes")
+        gx.shard_optimizer_state(gx.adam(), axis_name=AXIS, average_updates="yes")
     with pytest.raises(TypeError, match="inner"):
-        gx.shard_optimizer_state(gx.adam, AXIS)
+        gx.shard_optimizer_state(gx.adam, axis_name=AXIS)

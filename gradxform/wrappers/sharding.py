@@ -27,7 +27,7 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
-from gradxform.wrappers.elementwise import check_elementwise
+from gradxform.wrappers.elementwise import elementwise_problem, slice_shape
 
 __all__ = ["ShardedState", "cross_replica_mean", "shard_optimizer_state"]
 
@@ -98,12 +98,6 @@ def _slice_length(size: int, n: int) -> int:
     return -(-size // n)
 
 
-def _slice_shape(ndim: int, length: int) -> tuple[int, ...]:
-    # A slice keeps its parameter's rank, so masks that select leaves by rank (such as
-    # `decay_matrices_only`) select the same leaves on slices as on whole parameters.
-    return (1,) * (ndim - 1) + (length,) if ndim else ()
-
-
 def _padded_flat(x: jax.Array, n: int) -> tuple[jax.Array, int]:
     x = jnp.asarray(x)
     length = _slice_length(x.size, n)
@@ -167,10 +161,13 @@ def shard_optimizer_state(
     per-row statistics, sorting, matrix products) would see only a slice and is rejected.
 
     The check is made on the computation itself, so it also covers Optax transformations and
-    your own: the first ``update`` traces ``inner`` on the whole parameters' shapes and
-    follows every value that combines several elements of a parameter (reductions, products,
-    cumulative ops, sorts, indexing). A full sum may reach the outputs only through a
-    ``psum`` over ``axis_name``; any other combination raises ``ValueError``.
+    your own: the first ``update`` traces ``inner`` on the whole parameters and on one
+    device's slices, and follows every value through both programs. It is an allow-list that
+    fails closed (:mod:`gradxform.wrappers.elementwise`): element-wise primitives pass,
+    reshapes and transposes only where they keep the elements in order, a full sum only
+    through a ``psum`` over ``axis_name`` before anything non-linear; anything that combines
+    elements or depends on their positions, a primitive the check does not know (named in
+    the error), or a program that changes with the shapes raises ``ValueError``.
 
     Args:
       inner: the transformation whose state is sharded; it sees only the slices.
@@ -200,7 +197,7 @@ def shard_optimizer_state(
                 piece = (piece / n).astype(flat.dtype)
             else:
                 piece = lax.dynamic_slice_in_dim(flat, index * length, length)
-            return piece.reshape(_slice_shape(jnp.ndim(x), length))
+            return piece.reshape(slice_shape(jnp.shape(x), n))
 
         return jax.tree.map(leaf, tree)
 
@@ -221,7 +218,7 @@ def shard_optimizer_state(
         expect_state(who, state, ShardedState)
         n, index = _axis_position(who, axis_name)
         extra_args = keep_extra(extra_args)
-        check_elementwise(inner, updates, params, extra_args, axis_name, n)
+        _check_elementwise(inner, updates, params, extra_args, axis_name, n)
         inner_state = jax.tree.map(lambda s: s[0], state.inner_state)
         update_slices = take_slices(updates, n, index, average_updates)
         param_slices = None if params is None else take_slices(params, n, index, False)
@@ -232,3 +229,56 @@ def shard_optimizer_state(
         return gather(new_slices, updates), new_state
 
     return GradientTransformation(init_fn, update_fn)
+
+
+_APPLY_OUTSIDE = "apply it outside the wrapper, on the whole averaged gradient"
+
+
+def _check_elementwise(
+    inner: GradientTransformation,
+    updates: Any,
+    params: Any,
+    extra_args: dict,
+    axis_name: Hashable,
+    n: int,
+) -> None:
+    """Raises ``ValueError`` saying why, if ``inner`` would compute something else on slices."""
+    found = elementwise_problem(inner, updates, params, extra_args, axis_name, n)
+    if found is None:
+        return
+    problem, cause = found
+    start = "shard_optimizer_state: the wrapped transformation"
+    messages = {
+        "sums": (
+            f"sums over the elements of the parameters ({cause}) without summing over the "
+            f"devices, so on each device it would use the sum over its own 1/{n} slice only. "
+            f"Give such transformations the axis (e.g. `clip_by_global_norm(max_norm, "
+            f"axis_name={axis_name!r})`), or put them before the wrapper, on the whole averaged "
+            f"gradient: `chain(cross_replica_mean({axis_name!r}), clip_by_global_norm(max_norm), "
+            f"shard_optimizer_state(adam(...), axis_name={axis_name!r}))`."
+        ),
+        "mixes": (
+            f"combines different elements of a parameter, or depends on their positions "
+            f"({cause}), which it cannot do on the 1/{n} slices each device holds (per-row or "
+            f"per-matrix statistics, sorting, matrix products, random noise, ...). Only "
+            f"element-wise transformations (Adam, SGD, RMSProp, Lion, ...) can be wrapped: "
+            f"{_APPLY_OUTSIDE}."
+        ),
+        "unknown": (
+            f"uses {cause}, which the check does not know to be element-wise: it accepts only "
+            f"the operations it knows (listed in gradxform/wrappers/elementwise.py), so that "
+            f"nothing that mixes elements slips through. {_APPLY_OUTSIDE.capitalize()}; if "
+            f"this operation is element-wise, please report it, so that it can be added."
+        ),
+        "diverges": (
+            f"runs other operations on a device's 1/{n} slice of the parameters than on the "
+            f"whole parameters ({cause}): they depend on the parameters' shapes, so what it "
+            f"computes on slices cannot be checked; {_APPLY_OUTSIDE}."
+        ),
+        "fails": (
+            f"runs on the whole parameters but fails on a device's slice of them (each leaf of "
+            f"shape (1, ..., 1, k), k = ceil(size / {n})) with {cause}. It depends on the "
+            f"parameters' shapes; {_APPLY_OUTSIDE}."
+        ),
+    }
+    raise ValueError(f"{start} {messages[problem]}")
