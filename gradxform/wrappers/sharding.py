@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gradxform import _validate
+from gradxform import _tree, _validate
 from gradxform._base import (
     EmptyState,
     GradientTransformation,
@@ -76,7 +76,8 @@ def cross_replica_mean(axis_name: Hashable) -> GradientTransformation:
         return EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del extra_args
+        _tree.check_against_params("cross_replica_mean", updates, params)
         return lax.pmean(updates, axis_name), state
 
     return GradientTransformation(init_fn, update_fn)
