@@ -11,6 +11,7 @@ _DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
 if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _DEVICES_FLAG).strip()
 
+import chex  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -38,3 +39,10 @@ def torch64(x64):
         yield torch
     finally:
         torch.set_default_dtype(previous)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counter():
+    """``chex.assert_max_traces`` counts traces per function across the whole session; each
+    test starts from zero, so that a parametrized test does not count its other cases."""
+    chex.clear_trace_counter()

@@ -10,10 +10,12 @@ in place of the mean or an inner state advanced on a skipped step are all visibl
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from optimizer_table import table
 
 import gradxform as gx
 
@@ -65,14 +67,10 @@ def _signature(tree):
     ],
     ids=["k=3", "k=1", "schedule"],
 )
-@pytest.mark.parametrize(
-    "make_inner",
-    [lambda: gx.adam(0.1), lambda: gx.sgd(0.05, momentum=0.9, nesterov=True)],
-    ids=["adam", "nesterov"],
-)
-def test_multisteps_equals_one_step_on_the_concatenated_batch(x64, make_inner, every_k, sizes):
-    opt = gx.MultiSteps(make_inner(), every_k)
-    reference = make_inner()
+@table
+def test_multisteps_equals_one_step_on_the_concatenated_batch(x64, entry, every_k, sizes):
+    opt = gx.MultiSteps(entry.make(entry.parabola_lr), every_k)
+    reference = entry.make(entry.parabola_lr)
     update = jax.jit(opt.update)
     params = ref_params = _params()
     state, ref_state = opt.init(params), reference.init(ref_params)
@@ -89,13 +87,9 @@ def test_multisteps_equals_one_step_on_the_concatenated_batch(x64, make_inner, e
             if not last:
                 assert all(not np.any(np.asarray(u)) for u in jax.tree.leaves(updates))
             params = gx.apply_updates(params, updates)
-        for key in params:
-            np.testing.assert_allclose(params[key], ref_params[key], rtol=RTOL64, atol=0)
+        chex.assert_trees_all_close(params, ref_params, rtol=RTOL64, atol=0)
     # The inner state is the reference's (it advanced once per round, not once per call).
-    for got, want in zip(
-        jax.tree.leaves(state.inner_state), jax.tree.leaves(ref_state), strict=True
-    ):
-        np.testing.assert_allclose(got, want, rtol=RTOL64, atol=0)
+    chex.assert_trees_all_close(state.inner_state, ref_state, rtol=RTOL64, atol=0)
     assert int(state.gradient_step) == len(sizes) and int(state.mini_step) == 0
 
 
@@ -109,8 +103,7 @@ def test_gradient_accumulation_is_multisteps_as_a_function(x64):
     for g in grads:
         ua, state_a = a.update(g, state_a, params)
         ub, state_b = b.update(g, state_b, params)
-        for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub), strict=True):
-            np.testing.assert_array_equal(x, y)
+        chex.assert_trees_all_equal(ua, ub, strict=True)
     assert int(state_a.gradient_step) == 2
 
 
@@ -134,11 +127,10 @@ def test_multisteps_under_jit_traces_once_with_stable_state(dtype, every_k):
     opt = gx.MultiSteps(gx.adamw(1e-2), every_k)
     params = jax.tree.map(lambda p: p.astype(dtype), _params(np.float32))
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.25), params)
-    traces = []
 
     @jax.jit
+    @chex.assert_max_traces(n=1)
     def step(params, state):
-        traces.append(None)
         updates, state = opt.update(grads, state, params)
         return gx.apply_updates(params, updates), state
 
@@ -146,7 +138,6 @@ def test_multisteps_under_jit_traces_once_with_stable_state(dtype, every_k):
     expected = _signature(state)
     for _ in range(7):  # crosses several accumulation rounds
         params, state = step(params, state)
-    assert len(traces) == 1
     assert _signature(state) == expected
     assert int(state.gradient_step) in (2, 3)  # 7 calls: rounds of 3 (2), or 2, 3, 2 (3)
 

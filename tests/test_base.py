@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from optimizer_table import table
 
 import gradxform as gx
 from tests.references import require_optax
@@ -403,29 +404,12 @@ def test_transformations_that_need_params_say_so(make, name):
     assert "params" in message
 
 
-OPTIMIZERS = {
-    "sgd": lambda: gx.sgd(0.1),
-    "sgd_nesterov_wd": lambda: gx.sgd(0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-    "sgd_dampening": lambda: gx.sgd(0.1, momentum=0.9, dampening=0.5),
-    "adagrad": lambda: gx.adagrad(0.1, lr_decay=0.01, weight_decay=0.01),
-    "rmsprop": lambda: gx.rmsprop(0.01, momentum=0.9, centered=True, weight_decay=0.01),
-    "adam": lambda: gx.adam(0.01, weight_decay=0.01),
-    "amsgrad": lambda: gx.amsgrad(0.01),
-    "adamw": lambda: gx.adamw(0.01),
-    "adamw_masked": lambda: gx.adamw(0.01, mask=gx.decay_matrices_only),
-    "adamax": lambda: gx.adamax(0.01, weight_decay=0.01),
-    "nadam": lambda: gx.nadam(0.01, weight_decay=0.01),
-    "nadam_decoupled": lambda: gx.nadam(0.01, weight_decay=0.01, decoupled_weight_decay=True),
-    "lion": lambda: gx.lion(0.01, mask=gx.decay_matrices_only),
-}
-
-
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@table
 @pytest.mark.parametrize("bad_leaf", [jnp.zeros(2, jnp.int32), jnp.zeros(2, jnp.bool_)])
-def test_integer_and_boolean_params_rejected_at_init(name, bad_leaf):
+def test_integer_and_boolean_params_rejected_at_init(entry, bad_leaf):
     params = {"layer": {"kernel": jnp.ones((2, 2)), "step": bad_leaf}}
     with pytest.raises(TypeError) as info:
-        OPTIMIZERS[name]().init(params)
+        entry.make(entry.parabola_lr).init(params)
     assert "['layer']['step']" in str(info.value)
     assert str(bad_leaf.dtype) in str(info.value)
 
@@ -453,8 +437,8 @@ def test_stateful_transformations_reject_integer_params_naming_themselves(make):
     assert "int32" in str(info.value)
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_none_leaves_in_params_are_passed_over(name):
+@table
+def test_none_leaves_in_params_are_passed_over(entry):
     def loss(params):
         return jnp.sum((params["w"] @ params["x"] - 1.0) ** 2)
 
@@ -463,7 +447,7 @@ def test_none_leaves_in_params_are_passed_over(name):
     without = {"w": with_none["w"], "x": x}
     results = []
     for params in (with_none, without):
-        opt = OPTIMIZERS[name]()
+        opt = entry.make(entry.parabola_lr)
         state = opt.init(params)
         step = jax.jit(opt.update)
         for _ in range(3):

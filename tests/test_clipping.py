@@ -10,6 +10,7 @@ each within an ulp (1.1e-16), so any wrong axis or factor is caught by many orde
 magnitude.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -22,15 +23,6 @@ from references import require_optax, require_torch
 import gradxform as gx
 
 RTOL64 = 1e-13
-
-
-def _assert_tree_close(got, expected, rtol, atol=0.0):
-    got_leaves, got_def = jax.tree.flatten(got)
-    expected_leaves, expected_def = jax.tree.flatten(expected)
-    assert got_def == expected_def
-    for g, e in zip(got_leaves, expected_leaves, strict=True):
-        assert np.shape(g) == np.shape(e)
-        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=rtol, atol=atol)
 
 
 # --- clip_by_global_norm vs torch ----------------------------------------------------------------
@@ -79,7 +71,10 @@ def test_clip_by_global_norm_then_sgd_matches_torch(x64, max_norm, regime):
         optimizer.step()
         theirs = {k: v.detach().numpy() for k, v in tensors.items()}
         # Eight float64 steps of the same arithmetic in a different order: ~1e-15 relative.
-        _assert_tree_close(ours[t], theirs, rtol=1e-12, atol=1e-14)
+        # Shapes as well as values (chex's strict mode would compare dtypes too, and some of
+        # this file's references are float64 against float32 results).
+        chex.assert_trees_all_equal_shapes(ours[t], theirs)
+        chex.assert_trees_all_close(ours[t], theirs, rtol=1e-12, atol=1e-14)
 
     # The regime is the intended one (norms recomputed here from our trajectory).
     expected = {"always": all(clipped), "never": not any(clipped)}
@@ -113,7 +108,8 @@ def test_clip_by_block_rms_matches_numpy(x64, threshold):
     transform = gx.clip_by_block_rms(threshold)
     got, _ = jax.jit(transform.update)(jax.tree.map(jnp.asarray, updates), transform.init(None))
     expected = {k: _block_rms_reference(v, threshold) for k, v in updates.items()}
-    _assert_tree_close(got, expected, rtol=RTOL64)
+    chex.assert_trees_all_equal_shapes(got, expected)
+    chex.assert_trees_all_close(got, expected, rtol=RTOL64)
     for key, value in got.items():
         assert value.dtype == jnp.asarray(updates[key]).dtype, key
     if threshold == 1.0:  # some leaves are clipped, some are not
@@ -176,7 +172,8 @@ def test_adaptive_grad_clip_matches_numpy(x64, clipping, eps):
     jparams = jax.tree.map(jnp.asarray, params)
     got, _ = jax.jit(agc.update)(jax.tree.map(jnp.asarray, grads), agc.init(jparams), jparams)
     expected = {k: _agc_reference(grads[k], params[k], clipping, eps) for k in grads}
-    _assert_tree_close(got, expected, rtol=RTOL64)
+    chex.assert_trees_all_equal_shapes(got, expected)
+    chex.assert_trees_all_close(got, expected, rtol=RTOL64)
     if clipping == 0.1:  # both regimes occur in the big kernels
         for key in ("dense", "conv"):
             reduced = tuple(range(grads[key].ndim - 1))
@@ -214,7 +211,8 @@ def test_adaptive_grad_clip_matches_optax():
         ours, _ = gx.adaptive_grad_clip(clipping).update(grads, None, params)
         theirs, _ = optax.adaptive_grad_clip(clipping).update(grads, None, params)
         # float32: the two sum squares in different orders; a few ulps (1.2e-7 each).
-        _assert_tree_close(ours, theirs, rtol=1e-6)
+        chex.assert_trees_all_equal_shapes(ours, theirs)
+        chex.assert_trees_all_close(ours, theirs, rtol=1e-6)
 
 
 def test_adaptive_grad_clip_with_axis_name_uses_whole_unit_norms():
@@ -238,7 +236,8 @@ def test_adaptive_grad_clip_with_axis_name_uses_whole_unit_norms():
     got, got_per_shard = run(*sharded)
     expected = {k: _agc_reference(grads[k], params[k], 0.2, 1e-3) for k in grads}
     # float32 sums of 16 squares in a different order than the float64 reference.
-    _assert_tree_close(got, expected, rtol=1e-6)
+    chex.assert_trees_all_equal_shapes(got, expected)
+    chex.assert_trees_all_close(got, expected, rtol=1e-6)
     assert not np.allclose(np.asarray(got_per_shard["w"]), expected["w"], rtol=1e-3)
 
 

@@ -3,19 +3,21 @@
 The reference everywhere is the plain tree path: the same optimizer run on the parameter tree.
 The transformations work element by element, and the flat path asks for exactly the same
 per-element operations in the same dtypes, only on concatenated buffers, so the results should
-be equal bit for bit: ``np.array_equal`` on the raw values, with dtypes and shapes checked too,
-and a failure reports the largest difference in ulps. One known exception, justified below: a
-global-norm clip (its reduction sums the squares in another order).
+be equal bit for bit (``chex.assert_trees_all_equal``, with dtypes and shapes checked too). One
+known exception, justified below: a global-norm clip (its reduction sums the squares in another
+order). The optimizers are those of the table (``tests/optimizer_table.py``).
 """
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from optimizer_table import ENTRIES
 
 import gradxform as gx
 
@@ -90,26 +92,16 @@ def _ulps(a, b) -> int:
     return int(np.max(np.abs(ordered(a) - ordered(b)), initial=0))
 
 
-def _mismatches(got, expected, what=""):
-    """Checks structure, dtypes and shapes; returns ``[(where, ulps)]`` for unequal values."""
-    got_def, expected_def = jax.tree.structure(got), jax.tree.structure(expected)
-    assert got_def == expected_def, f"{what}: structure {got_def} != {expected_def}"
-    found = []
-    for (path, g), e in zip(
-        jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected), strict=True
-    ):
-        g, e = np.asarray(g), np.asarray(e)
-        where = f"{what}{jax.tree_util.keystr(path)}"
-        assert (g.dtype, g.shape) == (e.dtype, e.shape), f"{where}: {g.dtype}{g.shape} vs {e}"
-        if not np.array_equal(g, e):
-            found.append((where, _ulps(g, e)))
-    return found
-
-
 def _assert_bitwise(got, expected, what=""):
-    """Same structure, and every leaf has the same dtype, shape and values."""
-    found = _mismatches(got, expected, what)
-    assert not found, f"values differ (where, ulps): {found}"
+    """Same structure, and every leaf has the same dtype, shape and values.
+
+    chex compares bfloat16 leaves as float32 (NumPy has no bfloat16 arithmetic), so its strict
+    mode alone would not tell a bfloat16 leaf from a float32 one: the dtypes are checked first.
+    And chex takes NaNs in the same places as equal: every value compared here is finite.
+    """
+    chex.assert_trees_all_equal_shapes_and_dtypes(got, expected, custom_message=what)
+    chex.assert_trees_all_equal(got, expected, strict=True, custom_message=what)
+    chex.assert_tree_all_finite(expected)
 
 
 def _unflatten_state(layout, state):
@@ -154,11 +146,13 @@ def _history(opt, params, grads_seq, layout=None):
     return params_hist, state_hist
 
 
-def _both_paths(opts, params, grads_seq, layout):
-    """``{name: (tree history, flat history)}``, all optimizers in one program."""
+def _both_paths(runs, params, grads_seq):
+    """``{name: (tree history, flat history)}`` for ``runs = {name: (tree optimizer, flat
+    optimizer, layout)}``, all optimizers in one program."""
     run = jax.jit(
         lambda p, g: {
-            name: (_history(opt, p, g), _history(opt, p, g, layout)) for name, opt in opts.items()
+            name: (_history(tree_opt, p, g), _history(flat_opt, p, g, layout))
+            for name, (tree_opt, flat_opt, layout) in runs.items()
         }
     )
     return jax.device_get(run(params, grads_seq))
@@ -168,31 +162,42 @@ def _schedule(count):
     return 0.05 * 0.8**count
 
 
-OPTIMIZERS = {
-    "sgd": lambda: gx.sgd(0.1),
-    "sgd_momentum": lambda: gx.sgd(0.1, momentum=0.9),
-    "sgd_nesterov": lambda: gx.sgd(0.1, momentum=0.9, nesterov=True),
-    "sgd_dampening": lambda: gx.sgd(0.1, momentum=0.9, dampening=0.3),
-    "sgd_weight_decay": lambda: gx.sgd(0.1, momentum=0.5, weight_decay=0.01),
-    "adagrad_lr_decay": lambda: gx.adagrad(
-        0.1, lr_decay=0.05, weight_decay=0.01, initial_accumulator_value=0.1
-    ),
-    "rmsprop": lambda: gx.rmsprop(0.01),
-    "rmsprop_centered_momentum": lambda: gx.rmsprop(
-        0.01, centered=True, momentum=0.9, weight_decay=0.01
-    ),
-    "adam": lambda: gx.adam(0.01),
+# Every optimizer of the table, and two configurations the table cannot hold: a bfloat16 first
+# moment for float32 params (the table's dtype test wants moments in the params' dtype), which
+# on the flat path is a buffer of another dtype than its params; and a learning-rate schedule
+# after an element-wise clip.
+FLAT_EXTRAS = {
     "adam_mu_bf16": lambda: gx.adam(0.01, weight_decay=0.01, mu_dtype=jnp.bfloat16),
-    "amsgrad": lambda: gx.amsgrad(0.01),
-    "adamw": lambda: gx.adamw(0.01, weight_decay=0.1),
-    "adamax": lambda: gx.adamax(0.01, weight_decay=0.01),
-    "nadam": lambda: gx.nadam(0.01, weight_decay=0.01),
-    "nadam_decoupled": lambda: gx.nadam(0.01, weight_decay=0.1, decoupled_weight_decay=True),
-    "lion": lambda: gx.lion(0.001, weight_decay=0.1),
     "clip_adam_schedule": lambda: gx.chain(
         gx.clip(0.5), gx.scale_by_adam(), gx.scale_by_learning_rate(_schedule)
     ),
 }
+
+
+def _make(name):
+    """The optimizer of the table's entry ``name``, or of ``FLAT_EXTRAS``."""
+    if name in FLAT_EXTRAS:
+        return FLAT_EXTRAS[name]()
+    entry = ENTRIES[name]
+    return entry.make(entry.parabola_lr)
+
+
+def _paths(name, params, layout):
+    """``(tree optimizer, flat optimizer, flat layout)`` for the table's entry ``name``.
+
+    A mask given per leaf (``decay_matrices_only``) would see only the buffers on the flat
+    path: an entry with a mask runs on buffers grouped by it, with the mask per buffer that
+    ``layout.mask`` derives, as a user of the flat path would write it.
+    """
+    entry = ENTRIES.get(name)
+    mask = None if entry is None else entry.kwargs.get("mask")
+    if mask is None:
+        opt = _make(name)
+        return opt, opt, layout
+    _, grouped = gx.flatten_params(params, groups=mask)
+    flat_kwargs = {**entry.kwargs, "mask": grouped.mask(mask)}
+    return entry.make(entry.parabola_lr), entry.factory(entry.parabola_lr, **flat_kwargs), grouped
+
 
 # XLA rewrites a division by a traced scalar (``x / c`` -> ``x * (1 / c)``, ``1 / sqrt(c)`` ->
 # ``rsqrt(c)``, ``(a / b) * w`` -> ``a * w / b``) depending on the surrounding program, so the flat
@@ -236,11 +241,19 @@ def _assert_bitwise_or_known(name, got, expected, what, bound=None):
     differ by an ulp of float32: measured equal, so any difference there is unexplained.
     ``bound``, when given, replaces that check (a function of no arguments that asserts).
     """
-    found = _mismatches(got, expected, what)
+    if name not in KNOWN_ULP_DIFFERENCES:
+        _assert_bitwise(got, expected, what)
+        return
+    chex.assert_trees_all_equal_shapes_and_dtypes(got, expected, custom_message=what)
+    found = [
+        (f"{what}{jax.tree_util.keystr(path)}", _ulps(g, e))
+        for (path, g), e in zip(
+            jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(expected), strict=True
+        )
+        if not np.array_equal(g, e)
+    ]
     if not found:
         return
-    if name not in KNOWN_ULP_DIFFERENCES:
-        pytest.fail(f"values differ (where, ulps): {found}")
     if bound is None:
         _assert_within_step_ulps(got, expected, 1, what)
     else:
@@ -260,6 +273,11 @@ def _global_norm_clip():
     return gx.chain(gx.clip_by_global_norm(0.5), gx.trace(0.9), gx.scale_by_learning_rate(0.1))
 
 
+TABLE_RUN = [*ENTRIES, *FLAT_EXTRAS]
+# The entries whose update reduces over all leaves: compared to a few ulps further below.
+ACROSS_LEAVES = ["composed_chain"]
+
+
 @functools.cache
 def _table_run(precision):
     """Both paths of every optimizer (and of the global-norm clip) in one program.
@@ -271,13 +289,14 @@ def _table_run(precision):
     params = _random_tree(SHAPES, 0, precision)
     grads_seq = _gradient_sequence(SHAPES, precision)
     flat, layout = gx.flatten_params(params)
-    opts = {name: make() for name, make in OPTIMIZERS.items()}
-    opts["global_norm_clip"] = _global_norm_clip()
-    return jax.device_get(params), set(flat), _both_paths(opts, params, grads_seq, layout)
+    runs = {name: _paths(name, params, layout) for name in TABLE_RUN}
+    clip = _global_norm_clip()
+    runs["global_norm_clip"] = (clip, clip, layout)
+    return jax.device_get(params), set(flat), _both_paths(runs, params, grads_seq)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("name", [name for name in TABLE_RUN if name not in ACROSS_LEAVES])
 def test_flat_path_equals_tree_path_bit_for_bit(name, precision, request):
     if precision == "float64":
         request.getfixturevalue("x64")
@@ -304,15 +323,24 @@ def test_flat_path_equals_tree_path_bit_for_bit(name, precision, request):
 # leaf's largest magnitude (measured: equal in float32 and mixed, 1 ulp in float64), while a
 # wrong norm (a leaf or buffer left out) is off by percents. bfloat16 leaves round values that
 # agree to an ulp of float32 to 8 bits: measured equal.
+# The table's composed_chain clips the same way before Adam: its first moment takes the clipped
+# gradients' error as the momentum does, its second moment their squares', twice the relative
+# error (of terms no larger than the moment itself), hence 4 ulps per step; Adam's m / sqrt(v)
+# cancels most of it in the update (measured in float64: 1.5 ulps per step in the state, 0.03
+# in the params; equal in float32 and mixed).
+ULPS_PER_STEP = {"global_norm_clip": 2, "composed_chain": 4}
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_global_norm_clip_equals_tree_path_to_a_few_ulps(precision, request):
+@pytest.mark.parametrize("name", list(ULPS_PER_STEP))
+def test_global_norm_clip_equals_tree_path_to_a_few_ulps(name, precision, request):
     if precision == "float64":
         request.getfixturevalue("x64")
     _, _, results = _table_run(precision)
-    (tree_params, tree_state), (flat_params, flat_state) = results["global_norm_clip"]
+    (tree_params, tree_state), (flat_params, flat_state) = results[name]
     assert jax.tree.structure(flat_state) == jax.tree.structure(tree_state)
-    _assert_within_step_ulps(flat_params, tree_params, 2, "params")
-    _assert_within_step_ulps(flat_state, tree_state, 2, "state")
+    _assert_within_step_ulps(flat_params, tree_params, ULPS_PER_STEP[name], f"{name} params")
+    _assert_within_step_ulps(flat_state, tree_state, ULPS_PER_STEP[name], f"{name} state")
 
 
 # --- 2. groups and masks -----------------------------------------------------------------------
@@ -613,9 +641,13 @@ def _train(opt, params, xs, ys, layout=None, axis=None, vary=False):
 TRAIN_STEPS = 50
 
 
-@pytest.mark.parametrize("name", ["sgd_nesterov", "rmsprop_centered_momentum", "adam"])
+# Table entries, with learning rates that halve the loss within TRAIN_STEPS.
+TRAIN_LEARNING_RATES = {"sgd_nesterov": 0.1, "rmsprop_centered": 0.01, "adam": 0.01}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_LEARNING_RATES))
 def test_training_loop_through_the_view_equals_tree_training(name):
-    opt = OPTIMIZERS[name]()
+    opt = ENTRIES[name].make(TRAIN_LEARNING_RATES[name])
     params = _mlp_params(0)
     xs, ys = _mlp_data(1, (TRAIN_STEPS,))
     flat, layout = gx.flatten_params(params)
@@ -646,8 +678,18 @@ def test_training_loop_through_the_view_equals_tree_training(name):
 
 # --- 5. transformations of JAX: vmap, pmap, shard_map, sharded jit -----------------------------
 
-# Exact on both paths (no division by a traced scalar), with three state buffers.
-PARALLEL_OPT = "rmsprop_centered_momentum"
+
+def _parallel_opt():
+    """Exact on both paths (no division by a traced scalar), with three state buffers.
+
+    Not a table entry: the table's centered RMSProp has no weight decay, and without it the
+    pmap test below finds the paths an ulp apart in some params (measured: 1.2e-7 at lr 0.01,
+    6e-8 at 3e-3; plain RMSProp 9e-8), which is not explained yet. This is the configuration
+    these tests were written with.
+    """
+    return gx.rmsprop(0.01, centered=True, momentum=0.9, weight_decay=0.01)
+
+
 NUM_MODELS = 3
 NUM_DEVICES = 4
 PARALLEL_STEPS = 4
@@ -668,7 +710,7 @@ def test_unflatten_keeps_leading_batch_axes():
 
 
 def test_vmap_over_flat_buffers_equals_vmap_over_trees():
-    opt = OPTIMIZERS[PARALLEL_OPT]()
+    opt = _parallel_opt()
     models = [_mlp_params(seed) for seed in range(NUM_MODELS)]
     _, layout = gx.flatten_params(models[0])
     trees = jax.tree.map(lambda *xs: jnp.stack(xs), *models)
@@ -702,7 +744,7 @@ def _replicate(tree):
 
 def test_pmap_with_averaged_flat_gradients_equals_the_tree_path():
     devices = _devices()
-    opt = OPTIMIZERS[PARALLEL_OPT]()
+    opt = _parallel_opt()
     params = _mlp_params(0)
     flat, layout = gx.flatten_params(params)
     xs, ys = _mlp_data(4, (NUM_DEVICES, PARALLEL_STEPS))  # each device its own batches
@@ -726,7 +768,7 @@ def test_pmap_with_averaged_flat_gradients_equals_the_tree_path():
 
 def test_shard_map_with_replicated_flat_params_equals_the_tree_path():
     mesh = Mesh(np.array(_devices()), ("d",))
-    opt = OPTIMIZERS[PARALLEL_OPT]()
+    opt = _parallel_opt()
     params = _mlp_params(0)
     flat, layout = gx.flatten_params(params)
     xs, ys = _mlp_data(4, (NUM_DEVICES, PARALLEL_STEPS))
@@ -805,11 +847,10 @@ def test_flat_step_compiles_once_with_a_handful_of_arguments():
     assert len(jax.tree.leaves(params)) == 200
     flat, layout = gx.flatten_params(params)
     opt = gx.adam(0.01)
-    traces = []
 
     @jax.jit
+    @chex.assert_max_traces(n=1)
     def step(flat, state, grads):
-        traces.append(None)
         updates, state = opt.update(grads, state, flat)
         return gx.apply_updates(flat, updates), state
 
@@ -819,7 +860,6 @@ def test_flat_step_compiles_once_with_a_handful_of_arguments():
     for _ in range(3):
         # The state that update returned goes back in: its dtypes and shapes must be stable.
         flat, state = step(flat, state, flat_grads)
-    assert len(traces) == 1
     # One buffer each for params and gradients, and Adam's count, mu and nu: 5 arguments
     # (the tree would pass 200 + 200 + 1 + 2 * 200 = 801).
     assert len(jax.tree.leaves((flat, state, flat_grads))) == 5

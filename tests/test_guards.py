@@ -11,6 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -45,15 +46,6 @@ def _poison(grads, value):
     return {**grads, "w": grads["w"].at[1, 0].set(value)}
 
 
-def _assert_trees_equal(a, b):
-    a_leaves, a_def = jax.tree.flatten(a)
-    b_leaves, b_def = jax.tree.flatten(b)
-    assert a_def == b_def
-    for x, y in zip(a_leaves, b_leaves, strict=True):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def _signature(tree):
     return jax.tree.map(lambda x: (x.shape, x.dtype, x.weak_type), tree)
 
@@ -73,8 +65,8 @@ def test_finite_steps_equal_the_inner_optimizer_exactly():
     for t in range(4):
         g_updates, g_state = g_step(_grads(t), g_state, g_params)
         p_updates, p_state = p_step(_grads(t), p_state, p_params)
-        _assert_trees_equal(g_updates, p_updates)
-        _assert_trees_equal(g_state.inner_state, p_state)
+        chex.assert_trees_all_equal(g_updates, p_updates, strict=True)
+        chex.assert_trees_all_equal(g_state.inner_state, p_state, strict=True)
         g_params = gx.apply_updates(g_params, g_updates)
         p_params = gx.apply_updates(p_params, p_updates)
         assert int(g_state.notfinite_count) == 0 and bool(g_state.last_finite)
@@ -96,8 +88,8 @@ def test_non_finite_step_changes_nothing_and_is_counted(bad):
         for u in jax.tree.leaves(updates):
             np.testing.assert_array_equal(np.asarray(u), 0.0)
         params = gx.apply_updates(params, updates)
-        _assert_trees_equal(params, before_params)
-        _assert_trees_equal(state.inner_state, before_inner)
+        chex.assert_trees_all_equal(params, before_params, strict=True)
+        chex.assert_trees_all_equal(state.inner_state, before_inner, strict=True)
         assert int(state.notfinite_count) == k
         assert int(state.total_notfinite) == k
         assert not bool(state.last_finite)
@@ -106,8 +98,8 @@ def test_non_finite_step_changes_nothing_and_is_counted(bad):
     # applied to the state from before the bad steps (both eager, as above).
     updates, state = opt.update(_grads(3), state, params)
     expected_updates, expected_inner = gx.adam(0.1).update(_grads(3), before_inner, params)
-    _assert_trees_equal(updates, expected_updates)
-    _assert_trees_equal(state.inner_state, expected_inner)
+    chex.assert_trees_all_equal(updates, expected_updates, strict=True)
+    chex.assert_trees_all_equal(state.inner_state, expected_inner, strict=True)
     assert int(state.notfinite_count) == 0 and int(state.total_notfinite) == 2
     assert bool(state.last_finite)
 
@@ -136,20 +128,21 @@ def test_inner_updates_that_are_not_finite_are_skipped_too():
     state = opt.init(params)
     updates, new_state = opt.update({"w": jnp.array([1.0, 0.0])}, state, params)
     np.testing.assert_array_equal(np.asarray(updates["w"]), [0.0, 0.0])
-    _assert_trees_equal(new_state.inner_state, state.inner_state)
+    chex.assert_trees_all_equal(new_state.inner_state, state.inner_state, strict=True)
     assert int(new_state.notfinite_count) == 1
 
 
 def test_apply_if_finite_compiles_once_and_keeps_state_types():
     params = _params()
     opt = gx.apply_if_finite(gx.adam(0.1), max_consecutive_errors=1)
-    step = jax.jit(opt.update)
+    step = jax.jit(chex.assert_max_traces(opt.update, n=1))
     state = opt.init(params)
     signature = _signature(state)
     for t, bad in enumerate([None, np.nan, np.inf, None, np.nan]):
         grads = _grads(t) if bad is None else _poison(_grads(t), bad)
         _, state = step(grads, state, params)
         assert _signature(state) == signature
+    # One trace (chex, above), and one executable: no recompilation from one trace either.
     assert step._cache_size() == 1
 
 
@@ -252,7 +245,7 @@ def test_dynamic_loss_scale_adjust_matches_reference():
     # Long clean runs (growth), bursts of overflow (shrinking down to the floor).
     finite = [True] * 7 + [False] * 6 + list(rng.random(60) < 0.85) + [True] * 9
     scaler = gx.DynamicLossScale(8.0, period=3, factor=2.0, min_loss_scale=1.0)
-    adjust = jax.jit(lambda s, ok: s.adjust(ok))
+    adjust = jax.jit(chex.assert_max_traces(lambda s, ok: s.adjust(ok), n=1))
     got = [float(scaler.loss_scale)]
     for ok in finite:
         scaler = adjust(scaler, jnp.asarray(ok))
@@ -324,13 +317,13 @@ def test_dynamic_loss_scale_transformation_sequence():
         if ok:
             # Scales are powers of two, so g * S / S is g exactly: bitwise the plain optimizer.
             p_updates, p_state = p_step(true_grads, p_state, params)
-            _assert_trees_equal(updates, p_updates)
-            _assert_trees_equal(new_state.inner_state, p_state)
+            chex.assert_trees_all_equal(updates, p_updates, strict=True)
+            chex.assert_trees_all_equal(new_state.inner_state, p_state, strict=True)
         else:
             skipped += 1
             for u in jax.tree.leaves(updates):
                 np.testing.assert_array_equal(np.asarray(u), 0.0)
-            _assert_trees_equal(new_state.inner_state, state.inner_state)
+            chex.assert_trees_all_equal(new_state.inner_state, state.inner_state, strict=True)
         assert bool(new_state.last_finite) == ok
         assert int(new_state.total_notfinite) == skipped
         state = new_state
@@ -347,7 +340,7 @@ def test_dynamic_loss_scale_skips_non_finite_inner_updates_without_shrinking():
     state = opt.init(params)
     updates, new_state = opt.update({"w": jnp.array([8.0, 0.0])}, state, params)
     np.testing.assert_array_equal(np.asarray(updates["w"]), [0.0, 0.0])
-    _assert_trees_equal(new_state.inner_state, state.inner_state)
+    chex.assert_trees_all_equal(new_state.inner_state, state.inner_state, strict=True)
     assert float(new_state.loss_scale) == 8.0 and bool(new_state.last_finite)
     assert int(new_state.total_notfinite) == 1
 
@@ -359,7 +352,7 @@ def test_dynamic_loss_scale_keeps_float32_inner_state_for_float16_params():
     for moments in (state.inner_state[0].mu, state.inner_state[0].nu):
         assert all(m.dtype == jnp.float32 for m in jax.tree.leaves(moments))
     signature = _signature(state)
-    step = jax.jit(opt.update)
+    step = jax.jit(chex.assert_max_traces(opt.update, n=1))
     for value in (3.0, np.inf, 3.0):
         grads = jax.tree.map(lambda p, v=value: jnp.full_like(p, v), params)
         updates, state = step(grads, state, params)

@@ -2,10 +2,12 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from optimizer_table import table
 
 import gradxform as gx
 
@@ -57,47 +59,33 @@ def _numpy_adam(params, grads, lrs, b1s, b2=0.999, eps=1e-8):
     return out
 
 
-@pytest.mark.parametrize(
-    "factory, kwargs",
-    [
-        (gx.adam, dict(learning_rate=0.05, b1=0.8)),
-        (gx.adam, dict(learning_rate=0.05, weight_decay=0.1, amsgrad=True)),
-        (gx.sgd, dict(learning_rate=0.1)),
-        (gx.sgd, dict(learning_rate=0.1, momentum=0.9, nesterov=True)),
-        (gx.sgd, dict(learning_rate=0.1, momentum=0.9, dampening=0.3)),
-        (gx.adamw, dict(learning_rate=0.05, weight_decay=0.1)),
-        (gx.adamw, dict(learning_rate=0.05, mask=gx.decay_matrices_only)),
-    ],
-)
-def test_injected_optimizer_equals_plain_one(x64, factory, kwargs):
+@table
+def test_injected_optimizer_equals_plain_one(x64, entry):
     # Bitwise: float64 hyperparameter arrays hold exactly the Python floats the plain optimizer
     # bakes in as constants, and both run the same IEEE operations in the same order (XLA on
     # CPU neither folds nor contracts them differently for a runtime operand).
     params, grads = _params(), _grads(1)
-    plain = _run(factory(**kwargs), params, grads)
-    injected = _run(gx.inject_hyperparams(factory)(**kwargs), params, grads)
-    for k in params:
-        np.testing.assert_array_equal(injected[k], plain[k])
-        assert injected[k].dtype == jnp.float64
+    plain = _run(entry.make(entry.parabola_lr), params, grads)
+    injected = _run(
+        gx.inject_hyperparams(entry.factory)(entry.parabola_lr, **entry.kwargs), params, grads
+    )
+    chex.assert_trees_all_equal(injected, plain, strict=True)
+    assert {leaf.dtype for leaf in jax.tree.leaves(injected)} == {jnp.dtype(jnp.float64)}
 
 
-@pytest.mark.parametrize(
-    "factory",
-    [gx.adam, gx.adamw, gx.amsgrad, gx.sgd, gx.rmsprop, gx.adagrad, gx.adamax, gx.nadam, gx.lion],
-    ids=lambda f: f.__name__,
-)
-def test_init_and_update_build_the_same_structure_as_the_plain_optimizer(factory):
+@table
+def test_init_and_update_build_the_same_structure_as_the_plain_optimizer(entry):
     # Same arguments, same structure: init and update both call the factory with arrays, so
     # the state that update returns has init's structure, shapes and dtypes (checked without
     # compiling, by tracing), and the inner state is the plain optimizer's given the same
     # hyperparameters as arrays (the general program: no link is dropped for a traced zero).
     params = jax.tree.map(lambda x: x.astype(jnp.float32), _params())
-    opt = gx.inject_hyperparams(factory)(learning_rate=0.1)
+    opt = gx.inject_hyperparams(entry.factory)(entry.parabola_lr, **entry.kwargs)
     state = opt.init(params)
     _, new_state = jax.eval_shape(opt.update, params, state, params)
     assert jax.tree.map(jax.typeof, state) == jax.tree.map(jax.typeof, new_state)
     as_arrays = {name: jnp.asarray(value) for name, value in state.hyperparams.items()}
-    plain_state = factory(**as_arrays).init(params)
+    plain_state = entry.factory(**{**entry.kwargs, **as_arrays}).init(params)
     assert jax.tree.structure(state.inner_state) == jax.tree.structure(plain_state)
 
 
@@ -141,7 +129,7 @@ def test_zero_defaults_are_injected_and_static_args_keep_them_fixed():
     assert isinstance(state.inner_state[1], gx.TraceState)
     u_injected, state = injected.update(grads, state, params)
     u_plain, _ = gx.sgd(0.1).update(grads, gx.sgd(0.1).init(params), params)
-    jax.tree.map(np.testing.assert_array_equal, u_injected, u_plain)
+    chex.assert_trees_all_equal(u_injected, u_plain, strict=True)
     # Changed later: a momentum of 0.9 and a weight decay of 0.01 take effect.
     state = state._replace(
         hyperparams={
@@ -153,7 +141,7 @@ def test_zero_defaults_are_injected_and_static_args_keep_them_fixed():
     u2, _ = injected.update(grads, state, params)
     # b_2 = 0.9 * b_1 + g_2 with b_1 = g (the first step's buffer) and g_2 = g + 0.01 * p.
     expected = jax.tree.map(lambda g, p: -0.1 * (0.9 * g + g + 0.01 * p), grads, params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u2, expected)
+    chex.assert_trees_all_close(u2, expected, rtol=1e-6)
     # static_args keeps them Python constants: the plain program, without those parts.
     fixed = gx.inject_hyperparams(gx.sgd, static_args=("momentum", "weight_decay", "dampening"))
     fixed_state = fixed(learning_rate=0.1).init(params)
@@ -210,16 +198,16 @@ def test_scheduled_learning_rate_equals_plain_optimizer_with_schedule(x64):
         np.testing.assert_array_equal(injected[k], plain[k])  # bitwise, as above
 
 
-def _counting_step(opt):
-    traces = []
+def _jitted_step(opt):
+    """A training step under jit that donates params and state and may be traced only once."""
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
+    @chex.assert_max_traces(n=1)
     def step(params, state, grads):
-        traces.append(None)
         updates, state = opt.update(grads, state, params)
         return gx.apply_updates(params, updates), state
 
-    return step, traces
+    return step
 
 
 def _set(state, **values):
@@ -231,7 +219,7 @@ def _set(state, **values):
 
 def test_changing_hyperparameters_between_steps_takes_effect_without_recompiling(x64):
     opt = gx.inject_hyperparams(gx.adam)(learning_rate=0.1, b1=0.9)
-    step, traces = _counting_step(opt)
+    step = _jitted_step(opt)
     params0, grads = _params(4), _grads(4)
     # (learning rate, b1) for each step: four changes of the learning rate, two of b1.
     schedule = [(0.1, 0.9)] * 3 + [(0.03, 0.9)] * 2 + [(0.03, 0.5)] * 2 + [(0.2, 0.5)] * 2
@@ -243,7 +231,8 @@ def test_changing_hyperparameters_between_steps_takes_effect_without_recompiling
         params, state = step(params, state, g)
         got.append(jax.tree.map(np.asarray, params))  # before the next step donates them
         assert float(state.hyperparams["learning_rate"]) == lr
-    assert len(traces) == 1 and step._cache_size() == 1
+    # One trace (chex above) and one executable: no recompilation from one trace either.
+    assert step._cache_size() == 1
     lrs, b1s = zip(*schedule, strict=True)
     expected = _numpy_adam(params0, grads, lrs, b1s)
     for p, e in zip(got, expected, strict=True):
@@ -315,7 +304,7 @@ def test_vmap_over_learning_rates_equals_separate_runs():
 def test_state_can_be_donated_when_hyperparameters_share_an_array():
     shared = jnp.asarray(0.5, jnp.float32)
     opt = gx.inject_hyperparams(gx.sgd)(learning_rate=shared, momentum=shared)
-    step, _ = _counting_step(opt)
+    step = _jitted_step(opt)
     params = jax.tree.map(lambda x: x.astype(jnp.float32), _params())
     grads = jax.tree.map(jnp.ones_like, params)
     params, state = step(params, opt.init(params), grads)

@@ -3,6 +3,7 @@
 import functools
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,11 +51,10 @@ def _by_hand(transforms, lengths, params):
 def test_join_equals_the_phases_run_one_after_another(x64, num_phases, boundaries, steps):
     transforms = _phases()[:num_phases]
     opt = gx.join_transforms(transforms, boundaries=boundaries)
-    traces = []
 
     @functools.partial(jax.jit, donate_argnums=(1,))
+    @chex.assert_max_traces(n=1)  # the boundaries are crossed without retracing
     def step(p, state):
-        traces.append(None)
         u, state = opt.update(jax.grad(_loss)(p), state, p)
         return gx.apply_updates(p, u), state
 
@@ -63,8 +63,8 @@ def test_join_equals_the_phases_run_one_after_another(x64, num_phases, boundarie
     for _ in range(steps):
         p, state = step(p, state)
         got.append(p)
-    # One compilation serves every phase: the boundaries are crossed without retracing.
-    assert len(traces) == 1 and step._cache_size() == 1
+    # One compilation serves every phase: one trace (chex, above), and one executable.
+    assert step._cache_size() == 1
     edges = [0, *boundaries, steps]
     lengths = [b - a for a, b in itertools.pairwise(edges)]
     expected = _by_hand(transforms, lengths, _params())
@@ -94,11 +94,11 @@ def test_only_the_active_phase_state_advances():
         if k < 3:
             _, adam_state = adam.update(g, adam_state, params)
             # The second phase still holds its initial state, bit for bit.
-            jax.tree.map(np.testing.assert_array_equal, state.inner_states[1], sgd_init)
+            chex.assert_trees_all_equal(state.inner_states[1], sgd_init, strict=True)
         else:
             assert int(state.inner_states[1][0].count) == k - 2
         # The first phase is frozen at its third update once the second takes over.
-        jax.tree.map(np.testing.assert_array_equal, state.inner_states[0], adam_state)
+        chex.assert_trees_all_equal(state.inner_states[0], adam_state, strict=True)
     assert int(state.inner_states[0][0].count) == 3
 
 

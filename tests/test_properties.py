@@ -5,6 +5,7 @@ Shapes are fixed and updates run eagerly, so no example triggers a compilation: 
 primitive compiles once per shape and dtype, and all examples after the first reuse it.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -58,14 +59,6 @@ def _run(transform, grads):
     return outputs, state
 
 
-def _assert_identical(trees_a, trees_b):
-    leaves_a, leaves_b = jax.tree.leaves(trees_a), jax.tree.leaves(trees_b)
-    assert len(leaves_a) == len(leaves_b)
-    for a, b in zip(leaves_a, leaves_b, strict=True):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
 indices = st.integers(0, len(POOL) - 1)
 
 
@@ -76,9 +69,12 @@ def test_chain_is_associative(i, j, k, grads):
     right = gx.chain(POOL[i](), gx.chain(POOL[j](), POOL[k]()))
     left_updates, left_state = _run(left, grads)
     right_updates, right_state = _run(right, grads)
-    # The same operations in the same order: bit for bit the same, states included.
-    _assert_identical(left_updates, right_updates)
-    _assert_identical(left_state, right_state)
+    # The same operations in the same order: bit for bit the same, states included. The states
+    # nest differently (a chain's state is a tuple per chain), so their leaves are compared.
+    chex.assert_trees_all_equal(left_updates, right_updates, strict=True)
+    chex.assert_trees_all_equal(
+        jax.tree.leaves(left_state), jax.tree.leaves(right_state), strict=True
+    )
 
 
 @SETTINGS
@@ -87,8 +83,11 @@ def test_identity_is_neutral_on_both_sides(i, grads):
     alone, alone_state = _run(POOL[i](), grads)
     for wrapped in (gx.chain(gx.identity(), POOL[i]()), gx.chain(POOL[i](), gx.identity())):
         updates, state = _run(wrapped, grads)
-        _assert_identical(alone, updates)
-        _assert_identical(alone_state, state)
+        chex.assert_trees_all_equal(updates, alone, strict=True)
+        # The chain's state holds the identity's empty state too: the leaves are compared.
+        chex.assert_trees_all_equal(
+            jax.tree.leaves(state), jax.tree.leaves(alone_state), strict=True
+        )
 
 
 # Gradient entries are 0 or of magnitude in [1e-3, 10]: neither c * g nor (c * g)^2 comes near

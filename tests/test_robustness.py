@@ -15,6 +15,7 @@ per example where eager dispatch reuses each primitive's compiled kernel across 
 import dataclasses
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from optimizer_table import FACTORIES, assert_covers_every_optimizer
 
 import gradxform as gx
 
@@ -138,60 +140,51 @@ def _adam_like(**extra):
     )
 
 
+# Valid ranges per optimizer of the table (``tests/optimizer_table.py``), by name.
 VALID = {
-    "sgd": (gx.sgd, sgd_kwargs()),
-    "adagrad": (
-        gx.adagrad,
-        st.fixed_dictionaries(
-            {
-                "learning_rate": rate,
-                "lr_decay": _number(0.0, 1.0),
-                "weight_decay": decay,
-                "initial_accumulator_value": _number(0.0, 1.0),
-                "eps": eps,
-            }
-        ),
+    "sgd": sgd_kwargs(),
+    "adagrad": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "lr_decay": _number(0.0, 1.0),
+            "weight_decay": decay,
+            "initial_accumulator_value": _number(0.0, 1.0),
+            "eps": eps,
+        }
     ),
-    "rmsprop": (
-        gx.rmsprop,
-        st.fixed_dictionaries(
-            {
-                "learning_rate": rate,
-                "decay": unit,
-                "eps": eps,
-                "weight_decay": decay,
-                "momentum": _number(0.0, 0.99),
-                "centered": st.booleans(),
-            }
-        ),
+    "rmsprop": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "decay": unit,
+            "eps": eps,
+            "weight_decay": decay,
+            "momentum": _number(0.0, 0.99),
+            "centered": st.booleans(),
+        }
     ),
-    "adam": (
-        gx.adam,
-        _adam_like(amsgrad=st.booleans(), eps_root=eps, mu_dtype=mu_dtype),
-    ),
-    "amsgrad": (gx.amsgrad, _adam_like(eps_root=eps, mu_dtype=mu_dtype)),
-    "adamw": (gx.adamw, _adam_like(amsgrad=st.booleans(), eps_root=eps, mu_dtype=mu_dtype)),
-    "adamax": (gx.adamax, _adam_like()),
-    "nadam": (
-        gx.nadam,
-        _adam_like(momentum_decay=_number(0.0, 0.1), decoupled_weight_decay=st.booleans()),
-    ),
-    "lion": (
-        gx.lion,
-        st.fixed_dictionaries(
-            {"learning_rate": rate, "b1": unit, "b2": unit, "weight_decay": decay},
-            optional={"mu_dtype": mu_dtype},
-        ),
+    "adam": _adam_like(amsgrad=st.booleans(), eps_root=eps, mu_dtype=mu_dtype),
+    "amsgrad": _adam_like(eps_root=eps, mu_dtype=mu_dtype),
+    "adamw": _adam_like(amsgrad=st.booleans(), eps_root=eps, mu_dtype=mu_dtype),
+    "adamax": _adam_like(),
+    "nadam": _adam_like(momentum_decay=_number(0.0, 0.1), decoupled_weight_decay=st.booleans()),
+    "lion": st.fixed_dictionaries(
+        {"learning_rate": rate, "b1": unit, "b2": unit, "weight_decay": decay},
+        optional={"mu_dtype": mu_dtype},
     ),
 }
 
 
-@pytest.mark.parametrize("name", sorted(VALID))
+def test_valid_and_invalid_hyperparameters_are_given_for_every_optimizer_of_the_table():
+    assert_covers_every_optimizer(VALID, "VALID")
+    assert_covers_every_optimizer(INVALID, "INVALID")
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
 @SETTINGS
 @given(data=st.data())
 def test_optimizer_runs_on_any_tree_with_finite_results(name, data):
-    factory, kwargs_strategy = VALID[name]
-    kwargs = data.draw(kwargs_strategy, label="hyperparameters")
+    factory = FACTORIES[name]
+    kwargs = data.draw(VALID[name], label="hyperparameters")
     if "eps" in kwargs and float(kwargs["eps"]) == 0.0:
         # Without eps, Adam's step m_hat / sqrt(v_hat) (Adamax's m_hat / u) is bounded only when
         # the first moment forgets no slower than the second: b1 < sqrt(b2) (Kingma & Ba 2015,
@@ -246,36 +239,39 @@ _ADAM_INVALID = {
     "eps": negative,
     "weight_decay": negative,
 }
+# Per optimizer of the table, by name: arguments that make a valid call, and the strategy of
+# invalid values for each argument.
 INVALID = {
-    "sgd": (gx.sgd, {"learning_rate": 0.1}, {
+    "sgd": ({"learning_rate": 0.1}, {
         "learning_rate": negative, "momentum": negative, "dampening": negative,
         "weight_decay": negative,
     }),
-    "adagrad": (gx.adagrad, {}, {
+    "adagrad": ({}, {
         "learning_rate": negative, "lr_decay": negative, "weight_decay": negative,
         "initial_accumulator_value": negative, "eps": negative,
     }),
-    "rmsprop": (gx.rmsprop, {}, {
+    "rmsprop": ({}, {
         "learning_rate": negative, "decay": outside_unit, "eps": negative,
         "weight_decay": negative, "momentum": negative,
     }),
-    "adam": (gx.adam, {}, {**_ADAM_INVALID, "eps_root": negative}),
-    "amsgrad": (gx.amsgrad, {}, {**_ADAM_INVALID, "eps_root": negative}),
-    "adamw": (gx.adamw, {}, {**_ADAM_INVALID, "eps_root": negative}),
-    "adamax": (gx.adamax, {}, _ADAM_INVALID),
-    "nadam": (gx.nadam, {}, {**_ADAM_INVALID, "momentum_decay": negative}),
-    "lion": (gx.lion, {}, {
+    "adam": ({}, {**_ADAM_INVALID, "eps_root": negative}),
+    "amsgrad": ({}, {**_ADAM_INVALID, "eps_root": negative}),
+    "adamw": ({}, {**_ADAM_INVALID, "eps_root": negative}),
+    "adamax": ({}, _ADAM_INVALID),
+    "nadam": ({}, {**_ADAM_INVALID, "momentum_decay": negative}),
+    "lion": ({}, {
         "learning_rate": negative, "b1": outside_unit, "b2": outside_unit,
         "weight_decay": negative,
     }),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(INVALID))
+@pytest.mark.parametrize("name", sorted(FACTORIES))
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_invalid_hyperparameters_raise_at_construction(name, data):
-    factory, base, invalid = INVALID[name]
+    factory = FACTORIES[name]
+    base, invalid = INVALID[name]
     key = data.draw(st.sampled_from(sorted(invalid)), label="argument")
     value = data.draw(invalid[key], label="value")
     with pytest.raises(ValueError, match=f"`{key}`"):
@@ -309,19 +305,12 @@ def _poison_first_element(tree):
     return None
 
 
-def _assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_guards_around_any_optimizer_and_tree(data):
-    name = data.draw(st.sampled_from(sorted(VALID)), label="optimizer")
-    factory, kwargs_strategy = VALID[name]
-    kwargs = data.draw(kwargs_strategy, label="hyperparameters")
+    name = data.draw(st.sampled_from(sorted(FACTORIES)), label="optimizer")
+    factory = FACTORIES[name]
+    kwargs = data.draw(VALID[name], label="hyperparameters")
     spec = data.draw(tree_specs, label="tree")
     params = _build(spec, "params")
     plain = factory(**kwargs)
@@ -329,11 +318,15 @@ def test_guards_around_any_optimizer_and_tree(data):
     scaled = gx.dynamic_loss_scale(factory(**kwargs), initial_scale=4.0, period=1)
 
     grads = _build(spec, 0)
-    # Finite gradients: apply_if_finite is the plain optimizer, bitwise.
+    # Finite gradients: apply_if_finite is the plain optimizer, bitwise. (chex compares
+    # bfloat16 values as float32, so its strict mode would not tell the two dtypes apart:
+    # dtypes are compared on their own first, here and below.)
     p_updates, p_state = plain.update(grads, plain.init(params), params)
     g_updates, g_state = guarded.update(grads, guarded.init(params), params)
-    _assert_trees_equal(g_updates, p_updates)
-    _assert_trees_equal(g_state.inner_state, p_state)
+    chex.assert_trees_all_equal_shapes_and_dtypes(g_updates, p_updates)
+    chex.assert_trees_all_equal(g_updates, p_updates, strict=True)
+    chex.assert_trees_all_equal_shapes_and_dtypes(g_state.inner_state, p_state)
+    chex.assert_trees_all_equal(g_state.inner_state, p_state, strict=True)
     # dynamic_loss_scale takes gradients times the scale (4, exact) and grows it (period 1).
     s_state = scaled.init(params)
     s_signature = _dtypes(s_state)
@@ -348,8 +341,10 @@ def test_guards_around_any_optimizer_and_tree(data):
         return
     updates, state = guarded.update(poisoned, g_state, params)
     assert all(not np.any(np.asarray(u, np.float32)) for u in jax.tree.leaves(updates))
-    _assert_trees_equal(state.inner_state, g_state.inner_state)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state.inner_state, g_state.inner_state)
+    chex.assert_trees_all_equal(state.inner_state, g_state.inner_state, strict=True)
     updates, new_s_state = scaled.update(poisoned, s_state, params)
     assert all(not np.any(np.asarray(u, np.float32)) for u in jax.tree.leaves(updates))
-    _assert_trees_equal(new_s_state.inner_state, s_state.inner_state)
+    chex.assert_trees_all_equal_shapes_and_dtypes(new_s_state.inner_state, s_state.inner_state)
+    chex.assert_trees_all_equal(new_s_state.inner_state, s_state.inner_state, strict=True)
     assert float(new_s_state.loss_scale) == 4.0

@@ -19,6 +19,7 @@ the root instead of outside) is many orders of magnitude larger than either.
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,16 +115,6 @@ def _torch_history(
             scheduler.step()
         history.append({k: v.detach().numpy().copy() for k, v in tensors.items()})
     return history
-
-
-def _assert_same_trajectory(got, want, rtol, atol=0.0, what=""):
-    assert len(got) == len(want)
-    for t, (g, w) in enumerate(zip(got, want, strict=True)):
-        for k in w:
-            assert g[k].dtype == w[k].dtype, (what, t, k, g[k].dtype, w[k].dtype)
-            np.testing.assert_allclose(
-                g[k], w[k], rtol=rtol, atol=atol, err_msg=f"{what}: step {t + 1}, leaf {k!r}"
-            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,8 +243,13 @@ def test_matches_torch_float64(torch64, name, kwargs):
         gradient = make_gradient()
         got = run(params0, gradient)
         want = _torch_history(make_torch, params0, gradient)
-        _assert_same_trajectory(
-            got, want, RTOL64, ATOL64, what=f"{name}({kwargs}), {variant} gradients"
+        chex.assert_trees_all_close(
+            got,
+            want,
+            rtol=RTOL64,
+            atol=ATOL64,
+            strict=True,
+            custom_message=f"{name}({kwargs}), {variant} gradients",
         )
         # The params really moved: a comparison of two unchanged trees would prove nothing.
         assert all(not np.allclose(want[-1][k], params0[k], rtol=1e-3) for k in SHAPES)
@@ -297,7 +293,14 @@ def test_schedule_matches_lambda_lr(torch64, name, kwargs):
             gradient,
             make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _inverse_time),
         )
-        _assert_same_trajectory(got, want, RTOL64, ATOL64, what=f"scheduled {name}, {variant}")
+        chex.assert_trees_all_close(
+            got,
+            want,
+            rtol=RTOL64,
+            atol=ATOL64,
+            strict=True,
+            custom_message=f"scheduled {name}, {variant}",
+        )
 
 
 def test_schedule_is_not_off_by_one(torch64):
@@ -314,7 +317,7 @@ def test_schedule_is_not_off_by_one(torch64):
         make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _inverse_time),
     )
     with pytest.raises(AssertionError):
-        _assert_same_trajectory(got, want, RTOL64, ATOL64)
+        chex.assert_trees_all_close(got, want, rtol=RTOL64, atol=ATOL64, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +339,14 @@ def test_clip_by_global_norm_matches_clip_grad_norm(torch64, max_norm, clips):
             gradient,
             clip_norm=max_norm,
         )
-        _assert_same_trajectory(got, want, RTOL64, ATOL64, what=f"clipped sgd, {variant}")
+        chex.assert_trees_all_close(
+            got,
+            want,
+            rtol=RTOL64,
+            atol=ATOL64,
+            strict=True,
+            custom_message=f"clipped sgd, {variant}",
+        )
         # The regime is the intended one (norms recomputed in NumPy): random gradients are
         # clipped at every step or at none; the affine ones shrink as the params converge, so
         # with the small bound the trajectory crosses from clipped to unclipped.
@@ -384,7 +394,9 @@ def test_matches_torch_float32(torch32, name, kwargs):
         got = run(params0, gradient)
         want = _torch_history(make_torch, params0, gradient)
         assert got[-1]["w"].dtype == np.float32
-        _assert_same_trajectory(got, want, rtol=0.0, atol=5e-5, what=f"float32 {name}, {variant}")
+        chex.assert_trees_all_close(
+            got, want, rtol=0.0, atol=5e-5, strict=True, custom_message=f"float32 {name}, {variant}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------

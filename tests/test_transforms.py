@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from optimizer_table import FACTORIES, assert_covers_every_optimizer, table
 
 import gradxform as gx
 
@@ -633,18 +634,10 @@ def test_complex_params(x64, make, reference):
     _check_leafwise(outputs, grads, reference)
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: gx.adam(1e-2),
-        lambda: gx.rmsprop(1e-2, centered=True),
-        lambda: gx.adagrad(1e-2),
-        lambda: gx.sgd(1e-2, momentum=0.9),
-    ],
-)
-def test_complex64_updates_are_finite_and_complex(make):
+@table
+def test_complex64_updates_are_finite_and_complex(entry):
     params = {"z": jnp.array([1 + 2j, -0.5j, 3.0], jnp.complex64)}
-    opt = make()
+    opt = entry.make(entry.parabola_lr)
     state = opt.init(params)
     for _ in range(3):
         grads = {"z": jnp.conj(params["z"])}  # the gradient of |z|^2 / 2 (JAX's convention)
@@ -811,56 +804,80 @@ TRANSFORM_CASES = [
     (gx.clip_by_global_norm, {"max_norm": 0.0}, "max_norm"),
 ]
 
+# Per optimizer of the table (tests/optimizer_table.py), by name: (arguments, the invalid one).
+INVALID_OPTIMIZER_ARGUMENTS = {
+    "sgd": [
+        ({"learning_rate": -0.1}, "learning_rate"),
+        ({"learning_rate": 0.1, "momentum": -0.9}, "momentum"),
+        ({"learning_rate": 0.1, "momentum": 0.9, "dampening": -0.1}, "dampening"),
+        ({"learning_rate": 0.1, "weight_decay": -1e-4}, "weight_decay"),
+        ({"learning_rate": 0.1, "momentum": 0.0, "nesterov": True}, "momentum"),
+        ({"learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "dampening": 0.5}, "dampening"),
+    ],
+    "adagrad": [
+        ({"learning_rate": -0.01}, "learning_rate"),
+        ({"lr_decay": -0.1}, "lr_decay"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"initial_accumulator_value": -0.1}, "initial_accumulator_value"),
+        ({"eps": -1e-10}, "eps"),
+    ],
+    "rmsprop": [
+        ({"learning_rate": -0.01}, "learning_rate"),
+        ({"decay": 1.0}, "decay"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"momentum": -0.9}, "momentum"),
+    ],
+    "adam": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"b1": 1.0}, "b1"),
+        ({"b2": -0.1}, "b2"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"eps_root": -1.0}, "eps_root"),
+    ],
+    "amsgrad": [
+        ({"b2": 1.0}, "b2"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+    ],
+    "adamw": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"b1": 1.1}, "b1"),
+        ({"b2": 1.0}, "b2"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -0.01}, "weight_decay"),
+    ],
+    "adamax": [
+        ({"learning_rate": -2e-3}, "learning_rate"),
+        ({"b1": -0.1}, "b1"),
+        ({"b2": 1.0}, "b2"),
+        ({"eps": -1.0}, "eps"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+    ],
+    "nadam": [
+        ({"learning_rate": -2e-3}, "learning_rate"),
+        ({"b1": 1.0}, "b1"),
+        ({"b2": 1.0}, "b2"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"momentum_decay": -1.0}, "momentum_decay"),
+    ],
+    "lion": [
+        ({"learning_rate": -1e-4}, "learning_rate"),
+        ({"b1": 1.0}, "b1"),
+        ({"b2": -0.5}, "b2"),
+        ({"weight_decay": -1e-3}, "weight_decay"),
+    ],
+}
 OPTIMIZER_CASES = [
-    (gx.sgd, {"learning_rate": -0.1}, "learning_rate"),
-    (gx.sgd, {"learning_rate": 0.1, "momentum": -0.9}, "momentum"),
-    (gx.sgd, {"learning_rate": 0.1, "momentum": 0.9, "dampening": -0.1}, "dampening"),
-    (gx.sgd, {"learning_rate": 0.1, "weight_decay": -1e-4}, "weight_decay"),
-    (gx.sgd, {"learning_rate": 0.1, "momentum": 0.0, "nesterov": True}, "momentum"),
-    (
-        gx.sgd,
-        {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "dampening": 0.5},
-        "dampening",
-    ),
-    (gx.adagrad, {"learning_rate": -0.01}, "learning_rate"),
-    (gx.adagrad, {"lr_decay": -0.1}, "lr_decay"),
-    (gx.adagrad, {"weight_decay": -0.1}, "weight_decay"),
-    (gx.adagrad, {"initial_accumulator_value": -0.1}, "initial_accumulator_value"),
-    (gx.adagrad, {"eps": -1e-10}, "eps"),
-    (gx.rmsprop, {"learning_rate": -0.01}, "learning_rate"),
-    (gx.rmsprop, {"decay": 1.0}, "decay"),
-    (gx.rmsprop, {"eps": -1e-8}, "eps"),
-    (gx.rmsprop, {"weight_decay": -0.1}, "weight_decay"),
-    (gx.rmsprop, {"momentum": -0.9}, "momentum"),
-    (gx.adam, {"learning_rate": -1e-3}, "learning_rate"),
-    (gx.adam, {"b1": 1.0}, "b1"),
-    (gx.adam, {"b2": -0.1}, "b2"),
-    (gx.adam, {"eps": -1e-8}, "eps"),
-    (gx.adam, {"weight_decay": -0.1}, "weight_decay"),
-    (gx.adam, {"eps_root": -1.0}, "eps_root"),
-    (gx.amsgrad, {"b2": 1.0}, "b2"),
-    (gx.amsgrad, {"learning_rate": -1.0}, "learning_rate"),
-    (gx.adamw, {"learning_rate": -1e-3}, "learning_rate"),
-    (gx.adamw, {"b1": 1.1}, "b1"),
-    (gx.adamw, {"b2": 1.0}, "b2"),
-    (gx.adamw, {"eps": -1e-8}, "eps"),
-    (gx.adamw, {"weight_decay": -0.01}, "weight_decay"),
-    (gx.adamax, {"learning_rate": -2e-3}, "learning_rate"),
-    (gx.adamax, {"b1": -0.1}, "b1"),
-    (gx.adamax, {"b2": 1.0}, "b2"),
-    (gx.adamax, {"eps": -1.0}, "eps"),
-    (gx.adamax, {"weight_decay": -1.0}, "weight_decay"),
-    (gx.nadam, {"learning_rate": -2e-3}, "learning_rate"),
-    (gx.nadam, {"b1": 1.0}, "b1"),
-    (gx.nadam, {"b2": 1.0}, "b2"),
-    (gx.nadam, {"eps": -1e-8}, "eps"),
-    (gx.nadam, {"weight_decay": -1.0}, "weight_decay"),
-    (gx.nadam, {"momentum_decay": -1.0}, "momentum_decay"),
-    (gx.lion, {"learning_rate": -1e-4}, "learning_rate"),
-    (gx.lion, {"b1": 1.0}, "b1"),
-    (gx.lion, {"b2": -0.5}, "b2"),
-    (gx.lion, {"weight_decay": -1e-3}, "weight_decay"),
+    (FACTORIES[name], kwargs, argument)
+    for name in sorted(FACTORIES)
+    for kwargs, argument in INVALID_OPTIMIZER_ARGUMENTS.get(name, [])
 ]
+
+
+def test_invalid_arguments_are_given_for_every_optimizer_of_the_table():
+    assert_covers_every_optimizer(INVALID_OPTIMIZER_ARGUMENTS, "INVALID_OPTIMIZER_ARGUMENTS")
 
 
 def _case_id(case):

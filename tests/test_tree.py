@@ -7,6 +7,7 @@ hundred ulps of slack. Tests of the float32 path use tolerances justified where 
 
 from fractions import Fraction
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -33,12 +34,6 @@ def _to_jax(tree):
     return jax.tree.map(jnp.asarray, tree)
 
 
-def _assert_tree_close(got, expected, rtol=RTOL64, atol=0.0):
-    assert jax.tree.structure(got) == jax.tree.structure(expected)
-    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(np.asarray(g), e, rtol=rtol, atol=atol)
-
-
 # --- elementwise arithmetic -------------------------------------------------------------
 
 
@@ -52,7 +47,7 @@ def _assert_tree_close(got, expected, rtol=RTOL64, atol=0.0):
 def test_add_subtract_match_numpy(x64, name, reference):
     a, b = _tree_pair(np.random.default_rng(0))
     got = getattr(_tree, name)(_to_jax(a), _to_jax(b))
-    _assert_tree_close(got, jax.tree.map(reference, a, b))
+    chex.assert_trees_all_close(got, jax.tree.map(reference, a, b), rtol=RTOL64)
 
 
 def test_add_keeps_first_argument_dtype():
@@ -69,7 +64,7 @@ def test_add_keeps_first_argument_dtype():
 def test_scale_matches_numpy(x64, scalar):
     a, _ = _tree_pair(np.random.default_rng(1))
     got = _tree.tree_scale(scalar, _to_jax(a))
-    _assert_tree_close(got, jax.tree.map(lambda x: scalar * x, a))
+    chex.assert_trees_all_close(got, jax.tree.map(lambda x: scalar * x, a), rtol=RTOL64)
 
 
 def test_scale_by_float32_array_keeps_bf16_leaves():
@@ -84,7 +79,7 @@ def test_scale_by_float32_array_keeps_bf16_leaves():
 def test_add_scaled_matches_numpy(x64, scalar):
     a, b = _tree_pair(np.random.default_rng(2))
     got = _tree.tree_add_scaled(_to_jax(a), scalar, _to_jax(b))
-    _assert_tree_close(got, jax.tree.map(lambda x, y: x + scalar * y, a, b))
+    chex.assert_trees_all_close(got, jax.tree.map(lambda x, y: x + scalar * y, a, b), rtol=RTOL64)
 
 
 def test_add_scaled_computes_bf16_in_float32():
@@ -227,7 +222,9 @@ def test_where_scalar_and_tree_condition():
     a = {"x": jnp.array([1.0, 2.0]), "y": jnp.array(3.0)}
     b = {"x": jnp.array([-1.0, -2.0]), "y": jnp.array(-3.0)}
     for condition, expected in [(True, a), (False, b), (jnp.array(False), b)]:
-        _assert_tree_close(_tree.tree_where(condition, a, b), jax.tree.map(np.asarray, expected))
+        chex.assert_trees_all_close(
+            _tree.tree_where(condition, a, b), jax.tree.map(np.asarray, expected), rtol=RTOL64
+        )
     per_leaf = {"x": jnp.array([True, False]), "y": jnp.array(False)}
     got = _tree.tree_where(per_leaf, a, b)
     np.testing.assert_array_equal(np.asarray(got["x"]), [1.0, -2.0])
@@ -241,7 +238,9 @@ def test_where_scalar_and_tree_condition():
 def test_moment_update_matches_numpy(x64, decay):
     m, v = _tree_pair(np.random.default_rng(7))
     got = _tree.tree_moment_update(_to_jax(m), _to_jax(v), decay)
-    _assert_tree_close(got, jax.tree.map(lambda a, b: decay * a + (1 - decay) * b, m, v))
+    chex.assert_trees_all_close(
+        got, jax.tree.map(lambda a, b: decay * a + (1 - decay) * b, m, v), rtol=RTOL64
+    )
 
 
 def test_moment_update_keeps_moment_dtype():
@@ -285,7 +284,9 @@ def test_bias_correction_matches_exact_value(x64, decay, count):
     np.testing.assert_allclose(float(correction), expected, rtol=RTOL64)
     moments = {"m": jnp.array([0.3, -2.0]), "n": jnp.array(5.0)}
     got = _tree.tree_bias_correction(moments, decay, jnp.array(count, jnp.int32))
-    _assert_tree_close(got, {"m": np.array([0.3, -2.0]) / expected, "n": 5.0 / expected})
+    chex.assert_trees_all_close(
+        got, {"m": np.array([0.3, -2.0]) / expected, "n": 5.0 / expected}, rtol=RTOL64
+    )
 
 
 @pytest.mark.parametrize("decay", [0.9, 0.99, 0.999, 0.9999])

@@ -12,6 +12,7 @@ import functools
 import math
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,11 +75,10 @@ def _signature(tree):
 
 def _assert_stable_under_jit(opt, params, grads, steps=3):
     """One trace for several jitted steps, and state dtypes/shapes as ``init`` made them."""
-    traces = []
 
     @jax.jit
+    @chex.assert_max_traces(n=1)
     def step(params, state, grads):
-        traces.append(None)
         updates, state = opt.update(grads, state, params)
         return gx.apply_updates(params, updates), state
 
@@ -86,7 +86,6 @@ def _assert_stable_under_jit(opt, params, grads, steps=3):
     expected = _signature(state)
     for _ in range(steps):
         params, state = step(params, state, grads)
-    assert len(traces) == 1
     assert _signature(state) == expected
     return params, state
 
