@@ -320,6 +320,12 @@ def moment_update(moment: jax.Array, value: jax.Array, decay: Any, dtype: Any) -
     return decay * moment.astype(dtype) + (1 - decay) * value
 
 
+def as_real(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` in the real ``dtype``; a complex ``x`` (a second moment kept in a complex param's
+    dtype, whose imaginary part is 0) gives its real part."""
+    return (jnp.real(x) if jnp.iscomplexobj(x) else x).astype(dtype)
+
+
 def square_moment_update(moment: jax.Array, g: jax.Array, decay: Any, dtype: Any) -> jax.Array:
     """``decay * v + (1 - decay) * |g|^2``, in the real counterpart of ``dtype``.
 
@@ -338,7 +344,7 @@ def square_moment_update(moment: jax.Array, g: jax.Array, decay: Any, dtype: Any
     else:
         g = g.astype(real)
         square = (weight * g) * g
-    return decay * moment.astype(real) + square
+    return decay * as_real(moment, real) + square
 
 
 def safe_divide(numerator: jax.Array, denominator: jax.Array, may_be_zero: bool) -> jax.Array:

@@ -142,7 +142,7 @@ def scale_by_adam(
             out_dtype, g = _tree.update_dtype(g, m, v), g.astype(dtype)
             new_m = _tree.moment_update(m, g, b1, dtype)
             new_v = _tree.square_moment_update(v, g, b2, dtype)
-            v_used = jnp.maximum(v_max.astype(new_v.dtype), new_v) if amsgrad else new_v
+            v_used = jnp.maximum(_tree.as_real(v_max, new_v.dtype), new_v) if amsgrad else new_v
             denominator = corrected_root(v_used, eps_root, correction2, new_v.dtype)
             denominator = denominator + _tree.cast_scalar(eps, new_v.dtype)
             m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
@@ -203,7 +203,7 @@ def scale_by_adamax(
             out_dtype, g = _tree.update_dtype(g, m, u_inf), g.astype(dtype)
             new_m = _tree.moment_update(m, g, b1, dtype)
             real = _tree.real_dtype(dtype)
-            scaled = _tree.cast_scalar(b2, real) * u_inf.astype(real)
+            scaled = _tree.cast_scalar(b2, real) * _tree.as_real(u_inf, real)
             new_u_inf = jnp.maximum(scaled, jnp.abs(g) + _tree.cast_scalar(eps, real))
             m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
             u = _tree.safe_divide(m_hat, new_u_inf, may_be_zero)

@@ -199,7 +199,7 @@ def scale_by_rss(
         def leaf(g, s):
             dtype = _tree.compute_dtype(g.dtype, s.dtype)
             out_dtype, g = _tree.update_dtype(g, s), g.astype(dtype)
-            new_s = s.astype(_tree.real_dtype(dtype)) + _tree.abs_sq(g)
+            new_s = _tree.as_real(s, _tree.real_dtype(dtype)) + _tree.abs_sq(g)
             denominator = _root(new_s, eps, eps_root, eps_in_sqrt=False)
             u = _tree.safe_divide(g, denominator, may_be_zero)
             return u.astype(out_dtype), new_s.astype(s.dtype)
