@@ -166,9 +166,11 @@ def shard_optimizer_state(
     device's slices, and follows every value through both programs. It is an allow-list that
     fails closed (:mod:`gradxform.wrappers.elementwise`): element-wise primitives pass,
     reshapes and transposes only where they keep the elements in order, a full sum only
-    through a ``psum`` over ``axis_name`` before anything non-linear; anything that combines
-    elements or depends on their positions, a primitive the check does not know (named in
-    the error), or a program that changes with the shapes raises ``ValueError``.
+    through a ``psum`` over ``axis_name`` before anything non-linear, and only of a value that
+    is 0 where the gradient, the params and the state are 0 (at the padding: ``g * g``, not
+    ``exp(g)`` or ``g + 1``, nor a state that ``init`` fills with a non-zero value); anything
+    that combines elements or depends on their positions, a primitive the check does not know
+    (named in the error), or a program that changes with the shapes raises ``ValueError``.
 
     Args:
       inner: the transformation whose state is sharded; it sees only the slices.
@@ -257,6 +259,15 @@ def _check_elementwise(
             f"axis_name={axis_name!r})`), or put them before the wrapper, on the whole averaged "
             f"gradient: `chain(cross_replica_mean({axis_name!r}), clip_by_global_norm(max_norm), "
             f"shard_optimizer_state(adam(...), axis_name={axis_name!r}))`."
+        ),
+        "padding": (
+            f"sums values that are not known to be 0 at the padding of the slices ({cause}). "
+            f"Each device pads its slice of every leaf with zeros to k = ceil(size / {n}) "
+            f"elements, and a sum over the slice (or a `psum` of a one-element leaf, which the "
+            f"other devices hold as padding) adds what the transformation computes there, so "
+            f"it is right only where that is 0. Sum values that are 0 where the gradient, the "
+            f"params and the state are 0 (`g * g`, `expm1(g)` rather than `exp(g)`, state that "
+            f"`init` fills with zeros), or {_APPLY_OUTSIDE}."
         ),
         "mixes": (
             f"combines different elements of a parameter, or depends on their positions "
