@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._types import OptState, Params, Updates
 
 
@@ -59,7 +59,7 @@ def identity() -> GradientTransformation:
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _tree.check_against_params("identity", updates, params)
+        _checks.check_against_params("identity", updates, params)
         return updates, state
 
     return GradientTransformation(init_fn, update_fn)
@@ -88,7 +88,7 @@ def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransfo
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _tree.check_against_params("stateless", updates, params)
+        _checks.check_against_params("stateless", updates, params)
         return f(updates, params), state
 
     return GradientTransformation(init_fn, update_fn)
@@ -247,7 +247,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         if p is None or u is None:
             new_params.append(p)
             continue
-        _tree.check_leaf_update("apply_updates", path, u, p, "param", inexact=False)
+        _checks.check_leaf_update("apply_updates", path, u, p, "param", inexact=False)
         new_params.append(jnp.asarray(p + u).astype(jnp.result_type(p)))
     return treedef.unflatten(new_params)
 

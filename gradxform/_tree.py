@@ -70,61 +70,9 @@ def check_same_structure(
         )
 
 
-def _path_name(path: tuple) -> str:
+def path_name(path: tuple) -> str:
+    """A leaf's path as JAX prints it (``['w']``), or ``<root>`` for a tree that is one leaf."""
     return jax.tree_util.keystr(path) or "<root>"
-
-
-def check_leaf_update(
-    who: str, path: tuple, update: Any, reference: Any, name: str, *, inexact: bool = True
-) -> None:
-    """One update leaf against the leaf it updates (a param, or a state leaf shaped like one).
-
-    Raises ``ValueError`` when the shapes differ (nothing is broadcast), and ``TypeError`` when
-    the update is boolean, is complex for a real ``reference`` (its imaginary part would be
-    dropped), or, with ``inexact``, is not floating point at all (a transformation that keeps
-    floating-point state of its gradients). The message names ``who``, the leaf's path and both
-    sides.
-    """
-    u_shape, r_shape = jnp.shape(update), jnp.shape(reference)
-    if u_shape != r_shape:
-        raise ValueError(
-            f"{who}: the update at {_path_name(path)} has shape {u_shape}, but the {name} "
-            f"there has shape {r_shape}. Updates must match the params leaf for leaf; nothing "
-            "is broadcast."
-        )
-    u_dtype, r_dtype = jnp.result_type(update), jnp.result_type(reference)
-    if u_dtype == jnp.bool_ or (inexact and not jnp.issubdtype(u_dtype, jnp.inexact)):
-        raise TypeError(
-            f"{who}: the update at {_path_name(path)} has dtype {u_dtype}; gradients and "
-            "updates must be floating point (or complex, for complex params)."
-        )
-    if jnp.issubdtype(u_dtype, jnp.complexfloating) and not jnp.issubdtype(
-        r_dtype, jnp.complexfloating
-    ):
-        raise TypeError(
-            f"{who}: the update at {_path_name(path)} is complex ({u_dtype}) but the {name} "
-            f"there is real ({r_dtype}); its imaginary part would be dropped. Take gradients of "
-            "real params as real arrays (`jnp.real`), or make the param complex."
-        )
-
-
-def check_updates(
-    who: str, updates: ArrayTree, reference: ArrayTree, name: str, *, inexact: bool = True
-) -> None:
-    """``updates`` against a tree shaped like the params (the params, or a state moment):
-    the same structure, and leaf by leaf the same shape and a compatible dtype (see
-    :func:`check_leaf_update`). Runs at trace time, on shapes and dtypes only."""
-    check_same_structure(reference, updates, name, "updates", who=who)
-    with_paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
-    for (path, u), r in zip(with_paths, treedef.flatten_up_to(reference), strict=True):
-        check_leaf_update(who, path, u, r, name, inexact=inexact)
-
-
-def check_against_params(who: str, updates: ArrayTree, params: ArrayTree | None) -> None:
-    """For transformations without per-leaf state: ``updates`` against ``params`` (see
-    :func:`check_updates`) when the params are given; nothing to compare against otherwise."""
-    if params is not None:
-        check_updates(who, updates, params, "param", inexact=False)
 
 
 def check_inexact_leaves(params: ArrayTree, who: str, what: str = "parameter") -> None:
@@ -133,12 +81,12 @@ def check_inexact_leaves(params: ArrayTree, who: str, what: str = "parameter") -
         dtype = jnp.result_type(leaf)
         if what != "parameter" and not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                f"{who}: the {what} at {_path_name(path)} has dtype {dtype}; gradients and "
+                f"{who}: the {what} at {path_name(path)} has dtype {dtype}; gradients and "
                 "updates must be floating point (or complex, for complex params)."
             )
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                f"{who}: parameter {_path_name(path)} has dtype {dtype}; "
+                f"{who}: parameter {path_name(path)} has dtype {dtype}; "
                 "optimizers only update floating-point or complex leaves. Keep integer and "
                 "boolean leaves out of the optimized tree, or mask them with `gradxform.masked`."
             )

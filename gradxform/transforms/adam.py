@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
 
 
@@ -132,7 +132,7 @@ def scale_by_adam(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, state_type)
-        _tree.check_updates(who, updates, state.mu, "first moment")
+        _checks.check_updates(who, updates, state.mu, "first moment")
         count = _tree.safe_increment(state.count)
         correction1 = _tree.bias_correction(b1, count)
         correction2 = _tree.bias_correction(b2, count)
@@ -194,7 +194,7 @@ def scale_by_adamax(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, ScaleByAdamaxState)
-        _tree.check_updates(who, updates, state.mu, "first moment")
+        _checks.check_updates(who, updates, state.mu, "first moment")
         count = _tree.safe_increment(state.count)
         correction1 = _tree.bias_correction(b1, count)
 
@@ -260,7 +260,7 @@ def scale_by_nadam(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, ScaleByNadamState)
-        _tree.check_updates(who, updates, state.mu, "first moment")
+        _checks.check_updates(who, updates, state.mu, "first moment")
         count = _tree.safe_increment(state.count)
         step = count.astype(_tree.default_float_dtype())
         momentum = b1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, require_params
 
 
@@ -35,7 +35,7 @@ def clip(max_delta: float) -> GradientTransformation:
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _tree.check_against_params("clip", updates, params)
+        _checks.check_against_params("clip", updates, params)
 
         def leaf(u):
             bound = _tree.cast_scalar(max_delta, u.dtype)
@@ -78,7 +78,7 @@ def clip_by_global_norm(max_norm: float, *, axis_name: str | None = None) -> Gra
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _tree.check_against_params(who, updates, params)
+        _checks.check_against_params(who, updates, params)
         norm = _tree.tree_global_norm(updates, axis_name)
         factor = jnp.minimum(1.0, max_norm / (norm + _TORCH_NORM_EPS))
         return _tree.tree_scale(factor, updates), state
@@ -122,7 +122,7 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _tree.check_against_params("clip_by_block_rms", updates, params)
+        _checks.check_against_params("clip_by_block_rms", updates, params)
 
         def leaf(u):
             if u.size == 0:  # the mean of no elements would be 0/0
@@ -200,7 +200,7 @@ def adaptive_grad_clip(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         require_params(who, params, "each update is clipped relative to its param's norm")
-        _tree.check_updates(who, updates, params, "param", inexact=False)
+        _checks.check_updates(who, updates, params, "param", inexact=False)
 
         def squared(u, p):
             dtype = _tree.compute_dtype(u.dtype, p.dtype)

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree
+from gradxform import _checks, _tree
 from gradxform._base import GradientTransformation, expect_state
 
 
@@ -34,7 +34,7 @@ def zero_nans() -> GradientTransformation:
         _tree.check_same_structure(
             state.found_nan, updates, "NaN flags", "updates", who="zero_nans"
         )
-        _tree.check_against_params("zero_nans", updates, params)
+        _checks.check_against_params("zero_nans", updates, params)
         found = jax.tree.map(lambda u: jnp.any(jnp.isnan(u)), updates)
         cleaned = jax.tree.map(lambda u: jnp.where(jnp.isnan(u), 0, u).astype(u.dtype), updates)
         return cleaned, ZeroNansState(found)

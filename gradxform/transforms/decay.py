@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, require_params
 from gradxform._types import MaskOrFn
 from gradxform.wrappers.masking import masked
@@ -40,7 +40,7 @@ def decayed_weights(weight_decay: Any, mask: MaskOrFn, who: str) -> GradientTran
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         require_params(who, params, "weight decay adds a multiple of them to the updates")
-        _tree.check_updates(who, updates, params, "param", inexact=False)
+        _checks.check_updates(who, updates, params, "param", inexact=False)
         return _tree.tree_add_scaled(updates, weight_decay, params), state
 
     transform = GradientTransformation(init_fn, update_fn)

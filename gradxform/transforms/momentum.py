@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
 
 
@@ -70,7 +70,7 @@ def trace(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, TraceState)
-        _tree.check_updates(who, updates, state.trace, "momentum buffer")
+        _checks.check_updates(who, updates, state.trace, "momentum buffer")
         if undampened:
             gradient_weight = 1
         else:
@@ -124,7 +124,7 @@ def ema(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, EmaState)
-        _tree.check_updates(who, updates, state.ema, "moving average")
+        _checks.check_updates(who, updates, state.ema, "moving average")
         count = _tree.safe_increment(state.count)
         correction = _tree.bias_correction(decay, count) if debias else None
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
 
 
@@ -106,7 +106,7 @@ def reduce_on_plateau(
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
         del extra_args
         expect_state(who, state, ReduceLROnPlateauState)
-        _tree.check_against_params(who, updates, params)
+        _checks.check_against_params(who, updates, params)
         if value is None:
             raise ValueError(
                 f"{who} needs the loss: call `update(updates, state, params, value=loss)` "

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
 from gradxform.transforms.adam import root_may_be_zero
 
@@ -112,7 +112,7 @@ def _rms(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, state_type)
-        _tree.check_updates(who, updates, state.nu, "second moment")
+        _checks.check_updates(who, updates, state.nu, "second moment")
 
         def leaf(g, v, c=None):
             dtype = _tree.compute_dtype(g.dtype, v.dtype)
@@ -194,7 +194,7 @@ def scale_by_rss(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, ScaleByRssState)
-        _tree.check_updates(who, updates, state.sum_of_squares, "accumulator")
+        _checks.check_updates(who, updates, state.sum_of_squares, "accumulator")
 
         def leaf(g, s):
             dtype = _tree.compute_dtype(g.dtype, s.dtype)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
 from gradxform._types import ScalarOrSchedule, Schedule
 
@@ -49,7 +49,7 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _tree.check_against_params("scale", updates, params)
+        _checks.check_against_params("scale", updates, params)
         return _scaled(step_size, updates), state
 
     return GradientTransformation(init_fn, update_fn)
@@ -76,7 +76,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         expect_state(who, state, ScaleByScheduleState)
-        _tree.check_against_params(who, updates, params)
+        _checks.check_against_params(who, updates, params)
         step_size = step_size_fn(state.count)
         if jnp.shape(step_size) != ():
             raise ValueError(
@@ -125,7 +125,7 @@ def set_to_zero() -> GradientTransformation:
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _tree.check_against_params("set_to_zero", updates, params)
+        _checks.check_against_params("set_to_zero", updates, params)
         return jax.tree.map(jnp.zeros_like, updates), state
 
     return GradientTransformation(init_fn, update_fn)

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
 
 
@@ -47,7 +47,7 @@ def scale_by_lion(
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, ScaleByLionState)
-        _tree.check_updates(who, updates, state.mu, "momentum")
+        _checks.check_updates(who, updates, state.mu, "momentum")
 
         def leaf(g, m):
             dtype = _tree.compute_dtype(g.dtype, m.dtype)

@@ -4,5 +4,6 @@
 ``hyperparams`` (hyperparameters in the state), ``phases`` (switching transformations),
 ``averaging`` (parameter averages, Lookahead), ``guards`` (skipping non-finite steps),
 ``loss_scale`` (dynamic loss scaling), ``sharding`` (multi-device: all-reduce, ZeRO-1) with
-its ``elementwise`` analysis.
+the analysis that decides whether a transformation may run on slices (``elementwise``, the
+jaxpr walk in ``jaxpr_walk``, its ``marks`` and the ``primitive_table``).
 """

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import (
     GradientTransformation,
     as_transformation,
@@ -119,7 +119,7 @@ class MultiSteps:
     ) -> tuple[Updates, MultiStepsState]:
         """Accumulates ``updates``; on the ``k``-th call returns the inner update of the mean."""
         expect_state("MultiSteps", state, MultiStepsState)
-        _tree.check_updates("MultiSteps", updates, state.acc_grads, "accumulated gradients")
+        _checks.check_updates("MultiSteps", updates, state.acc_grads, "accumulated gradients")
         k = self._every_k(state.gradient_step)
         mini_step = state.mini_step + 1
         emit = mini_step >= k

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _tree, _validate
 from gradxform._base import (
     GradientTransformation,
     as_transformation,
@@ -78,7 +78,7 @@ def _params_average(who: str, weight_fn, start_step: int, accumulator_dtype: Any
         del extra_args
         expect_state(who, state, ParamsAverageState)
         require_params(who, params, _NEEDS_PARAMS)
-        _tree.check_updates(who, updates, params, "param")
+        _checks.check_updates(who, updates, params, "param")
         count = _tree.safe_increment(state.count)
         n = count - start_step  # how many new params the average holds, this one included
         copy = n <= 1
@@ -254,11 +254,11 @@ def lookahead(
     def update_fn(updates, state, params=None, **extra_args):
         expect_state(who, state, LookaheadState)
         require_params(who, params, _NEEDS_PARAMS)
-        _tree.check_updates(who, updates, params, "param")
+        _checks.check_updates(who, updates, params, "param")
         fast_updates, inner_state = fast_optimizer.update(
             updates, state.inner_state, params, **keep_extra(extra_args)
         )
-        _tree.check_updates(f"{who} (the fast optimizer's output)", fast_updates, params, "param")
+        _checks.check_updates(f"{who} (the fast optimizer's output)", fast_updates, params, "param")
         count = _tree.safe_increment(state.count)
         sync = count % sync_period == 0
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gradxform import _tree, _validate
+from gradxform import _checks, _validate
 from gradxform._base import (
     EmptyState,
     GradientTransformation,
@@ -77,7 +77,7 @@ def cross_replica_mean(axis_name: Hashable) -> GradientTransformation:
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
-        _tree.check_against_params("cross_replica_mean", updates, params)
+        _checks.check_against_params("cross_replica_mean", updates, params)
         return lax.pmean(updates, axis_name), state
 
     return GradientTransformation(init_fn, update_fn)
