@@ -24,16 +24,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from references import require_torch
+from torch_harness import (
+    ATOL64,
+    GRADIENTS,
+    RTOL64,
+    SHAPES,
+    gradxform_runner,
+    initial_params,
+    random_gradient,
+    torch_history,
+)
 
 import gradxform as gx
-from tests.references import require_torch
 
 torch = require_torch()
-
-STEPS = 100
-SHAPES = {"w": (3, 4), "b": (4,)}
-RTOL64 = 1e-12
-ATOL64 = 1e-14
 
 
 @pytest.fixture
@@ -45,76 +50,6 @@ def torch32():
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-# ----------------------------------------------------------------------------------------------
-# The two runners and the comparison.
-
-
-def _initial_params(dtype=np.float64, seed=0):
-    rng = np.random.default_rng(seed)
-    return {k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()}
-
-
-def _random_gradient(dtype=np.float64, seed=1, steps=STEPS):
-    """The same precomputed gradients, whatever the params."""
-    rng = np.random.default_rng(seed)
-    grads = [{k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()} for _ in range(steps)]
-    return lambda t, params: grads[t]
-
-
-def _affine_gradient(dtype=np.float64, seed=2):
-    """``g = a * w + b`` (a > 0: the gradient of a convex quadratic), evaluated in NumPy."""
-    rng = np.random.default_rng(seed)
-    a = {k: rng.uniform(0.5, 1.5, size=s).astype(dtype) for k, s in SHAPES.items()}
-    b = {k: rng.normal(size=s).astype(dtype) for k, s in SHAPES.items()}
-    return lambda t, params: {k: a[k] * params[k] + b[k] for k in SHAPES}
-
-
-GRADIENTS = {"random": _random_gradient, "affine": _affine_gradient}
-
-
-def _gradxform_runner(opt):
-    """A function ``(params0, gradient, steps) -> params after every step``, jitted once."""
-
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return gx.apply_updates(params, updates), state
-
-    def run(params0, gradient, steps=STEPS):
-        params = {k: jnp.asarray(v) for k, v in params0.items()}
-        state = opt.init(params)
-        history = []
-        for t in range(steps):
-            current = {k: np.asarray(v) for k, v in params.items()}
-            params, state = step(params, state, gradient(t, current))
-            history.append({k: np.asarray(v) for k, v in params.items()})
-        return history
-
-    return run
-
-
-def _torch_history(
-    make_optimizer, params0, gradient, steps=STEPS, make_scheduler=None, clip_norm=None
-):
-    """Runs a torch optimizer on the same gradients; returns the params after every step."""
-    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in params0.items()}
-    optimizer = make_optimizer(list(tensors.values()))
-    scheduler = None if make_scheduler is None else make_scheduler(optimizer)
-    history = []
-    for t in range(steps):
-        current = {k: v.detach().numpy().copy() for k, v in tensors.items()}
-        grads = gradient(t, current)
-        for k, v in tensors.items():
-            v.grad = torch.tensor(grads[k])
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(list(tensors.values()), clip_norm)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        history.append({k: v.detach().numpy().copy() for k, v in tensors.items()})
-    return history
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,6 +161,26 @@ CASES = [
             {"weight_decay": 0.1, "decoupled_weight_decay": True},
         ],
     ),
+    # maximize=True negates the gradient first, before weight decay, in every optimizer.
+    *[
+        pytest.param(name, {**kwargs, "maximize": True}, id=f"{name}[maximize]")
+        for name, kwargs in [
+            ("sgd", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
+            ("adagrad", {"learning_rate": 0.1, "weight_decay": 0.1}),
+            ("rmsprop", {"learning_rate": 0.01, "momentum": 0.9, "weight_decay": 0.1}),
+            ("adam", {"learning_rate": 0.01, "weight_decay": 0.1}),
+            ("adamw", {"learning_rate": 0.01, "weight_decay": 0.1}),
+            ("amsgrad", {"learning_rate": 0.01, "weight_decay": 0.1}),
+            ("adamax", {"learning_rate": 0.02, "weight_decay": 0.1}),
+            ("nadam", {"learning_rate": 0.02, "weight_decay": 0.1}),
+        ]
+    ],
+    # torch 2.13's Adam takes decoupled_weight_decay (then it is AdamW).
+    *_grid(
+        "adam",
+        {"learning_rate": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+        amsgrad=[False, True],
+    ),
     # Every default agrees with torch's (the learning rate included).
     *[
         pytest.param(name, {}, id=f"{name}[defaults]")
@@ -236,13 +191,13 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
 def test_matches_torch_float64(torch64, name, kwargs):
-    run = _gradxform_runner(getattr(gx, name)(**kwargs))
+    run = gradxform_runner(getattr(gx, name)(**kwargs))
     make_torch = _torch_optimizer(name, kwargs)
-    params0 = _initial_params()
+    params0 = initial_params()
     for variant, make_gradient in GRADIENTS.items():
         gradient = make_gradient()
         got = run(params0, gradient)
-        want = _torch_history(make_torch, params0, gradient)
+        want = torch_history(make_torch, params0, gradient)
         chex.assert_trees_all_close(
             got,
             want,
@@ -282,12 +237,12 @@ def test_schedule_matches_lambda_lr(torch64, name, kwargs):
     """
     base = kwargs["learning_rate"]
     scheduled = dict(kwargs, learning_rate=lambda k: base * _inverse_time(k))
-    run = _gradxform_runner(getattr(gx, name)(**scheduled))
-    params0 = _initial_params()
+    run = gradxform_runner(getattr(gx, name)(**scheduled))
+    params0 = initial_params()
     for variant, make_gradient in GRADIENTS.items():
         gradient = make_gradient()
         got = run(params0, gradient)
-        want = _torch_history(
+        want = torch_history(
             _torch_optimizer(name, kwargs),
             params0,
             gradient,
@@ -306,10 +261,10 @@ def test_schedule_matches_lambda_lr(torch64, name, kwargs):
 def test_schedule_is_not_off_by_one(torch64):
     """The comparison above can tell ``f(k)`` from ``f(k + 1)``: shifting the schedule fails."""
     shifted = gx.sgd(lambda k: 0.05 * _inverse_time(k + 1), momentum=0.9)
-    gradient = _random_gradient()
-    params0 = _initial_params()
-    got = _gradxform_runner(shifted)(params0, gradient, steps=3)
-    want = _torch_history(
+    gradient = random_gradient()
+    params0 = initial_params()
+    got = gradxform_runner(shifted)(params0, gradient, steps=3)
+    want = torch_history(
         _torch_optimizer("sgd", {"learning_rate": 0.05, "momentum": 0.9}),
         params0,
         gradient,
@@ -328,12 +283,12 @@ def test_schedule_is_not_off_by_one(torch64):
 def test_clip_by_global_norm_matches_clip_grad_norm(torch64, max_norm, clips):
     """``chain(clip_by_global_norm, sgd)`` equals ``clip_grad_norm_`` followed by SGD."""
     opt = gx.chain(gx.clip_by_global_norm(max_norm), gx.sgd(0.05, momentum=0.9))
-    run = _gradxform_runner(opt)
-    params0 = _initial_params()
+    run = gradxform_runner(opt)
+    params0 = initial_params()
     for variant, make_gradient in GRADIENTS.items():
         gradient = make_gradient()
         got = run(params0, gradient)
-        want = _torch_history(
+        want = torch_history(
             lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
             params0,
             gradient,
@@ -361,6 +316,81 @@ def test_clip_by_global_norm_matches_clip_grad_norm(torch64, max_norm, clips):
             assert any(clipped) == clips and not all(clipped), clipped
 
 
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0, 1.5, float("inf")])
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])
+def test_clip_by_global_norm_takes_torchs_norm_types(torch64, norm_type, max_norm):
+    rng = np.random.default_rng(7)
+    grads = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=4), "s": rng.normal(size=())}
+    tensors = [torch.zeros(np.shape(g), requires_grad=True) for g in grads.values()]
+    for t, g in zip(tensors, grads.values(), strict=True):
+        t.grad = torch.tensor(g)
+    torch.nn.utils.clip_grad_norm_(tensors, max_norm, norm_type=norm_type)
+    want = {k: t.grad.numpy() for k, t in zip(grads, tensors, strict=True)}
+    clip = gx.clip_by_global_norm(max_norm, norm_type=norm_type)
+    got, _ = clip.update({k: jnp.asarray(v) for k, v in grads.items()}, clip.init(None))
+    chex.assert_trees_all_close(got, want, rtol=RTOL64, atol=0)
+    scaled = not np.allclose(want["w"], grads["w"])
+    assert scaled == (max_norm < 1.0)  # the small bound clips, the large one does not
+
+
+def test_clip_by_global_norm_rejects_norm_types_torch_does_not_take():
+    for bad, error in [(0.5, ValueError), (float("nan"), ValueError), ("2", TypeError)]:
+        with pytest.raises(error, match="clip_by_global_norm: `norm_type`"):
+            gx.clip_by_global_norm(1.0, norm_type=bad)
+
+
+def test_clip_matches_clip_grad_value(torch64):
+    rng = np.random.default_rng(8)
+    grads = {"w": 2 * rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    tensors = [torch.zeros(np.shape(g), requires_grad=True) for g in grads.values()]
+    for t, g in zip(tensors, grads.values(), strict=True):
+        t.grad = torch.tensor(g)
+    torch.nn.utils.clip_grad_value_(tensors, 0.7)
+    got, _ = gx.clip(0.7).update({k: jnp.asarray(v) for k, v in grads.items()}, None)
+    for k, t in zip(grads, tensors, strict=True):
+        np.testing.assert_array_equal(got[k], t.grad.numpy(), err_msg=k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Complex params: torch sees each as two independent reals (view_as_real).
+
+_COMPLEX_CASES = [
+    ("sgd", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 0.1}),
+    ("adagrad", {"learning_rate": 0.1, "weight_decay": 0.1}),
+    ("rmsprop", {"learning_rate": 0.01, "momentum": 0.9, "centered": True}),
+    ("adam", {"learning_rate": 0.01, "weight_decay": 0.1}),
+    ("adamw", {"learning_rate": 0.01}),
+    ("amsgrad", {"learning_rate": 0.01}),
+    ("adamax", {"learning_rate": 0.02}),
+    ("nadam", {"learning_rate": 0.02, "decoupled_weight_decay": True, "weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), _COMPLEX_CASES, ids=[c[0] for c in _COMPLEX_CASES])
+def test_complex_params_follow_torch(torch64, name, kwargs):
+    rng = np.random.default_rng(9)
+
+    def cplx(*shape):
+        return rng.normal(size=shape) + 1j * rng.normal(size=shape)
+
+    params0 = {"z": cplx(3, 2), "r": rng.normal(size=3)}  # a complex and a real leaf
+    grads = [{"z": cplx(3, 2), "r": rng.normal(size=3)} for _ in range(20)]
+    run = gradxform_runner(getattr(gx, name)(**kwargs))
+    got = run(params0, lambda t, p: grads[t], steps=20)
+    want = torch_history(_torch_optimizer(name, kwargs), params0, lambda t, p: grads[t], steps=20)
+    chex.assert_trees_all_close(got, want, rtol=RTOL64, atol=ATOL64, strict=True)
+    # Optax's rule (one moment for |g|^2) gives other numbers: the choice is visible.
+    if name in ("adam", "rmsprop", "adagrad"):
+        optax_rule = gx.chain(
+            {"adam": gx.scale_by_adam, "rmsprop": gx.scale_by_stddev, "adagrad": gx.scale_by_rss}[
+                name
+            ](),
+            gx.scale_by_learning_rate(0.01),
+        )
+        other = gradxform_runner(optax_rule)(params0, lambda t, p: grads[t], steps=20)
+        assert not np.allclose(other[-1]["z"], want[-1]["z"], rtol=1e-3)
+
+
 # ----------------------------------------------------------------------------------------------
 # float32.
 
@@ -386,13 +416,13 @@ def test_matches_torch_float32(torch32, name, kwargs):
     of <= 2 extra roundings bound the drift by ~5e-5; measured drifts are 1e-7 (Adagrad) to 9e-6
     (NAdam). A wrong formula moves the params by O(lr) = 1e-2 within a few steps.
     """
-    run = _gradxform_runner(getattr(gx, name)(**kwargs))
+    run = gradxform_runner(getattr(gx, name)(**kwargs))
     make_torch = _torch_optimizer(name, kwargs)
-    params0 = _initial_params(np.float32)
+    params0 = initial_params(np.float32)
     for variant, make_gradient in GRADIENTS.items():
         gradient = make_gradient(np.float32)
         got = run(params0, gradient)
-        want = _torch_history(make_torch, params0, gradient)
+        want = torch_history(make_torch, params0, gradient)
         assert got[-1]["w"].dtype == np.float32
         chex.assert_trees_all_close(
             got, want, rtol=0.0, atol=5e-5, strict=True, custom_message=f"float32 {name}, {variant}"

@@ -200,10 +200,17 @@ BAD_VALUES = {
 }
 
 
+# Values that are bad for most arguments of their kind but valid for these.
+VALID_EXCEPTIONS = {("clip_by_global_norm", "norm_type"): [math.inf]}
+
+
 def _cases():
     for name in _factories():
         for argument, kind in _kinds(getattr(gx, name)).items():
             for value, error in BAD_VALUES[kind]:
+                valid = VALID_EXCEPTIONS.get((name, argument), [])
+                if isinstance(value, float) and value in valid:
+                    continue
                 yield pytest.param(name, argument, value, error, id=f"{name}-{argument}-{value!r}")
 
 

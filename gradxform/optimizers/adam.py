@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from gradxform import _validate
-from gradxform._base import GradientTransformation, chain
+from gradxform._base import GradientTransformation
 from gradxform._types import MaskOrFn, ScalarOrSchedule
-from gradxform.optimizers._links import check_common, decay_link
+from gradxform.optimizers._links import check_common, decay_link, torch_optimizer
 from gradxform.transforms.adam import (
     check_moments,
     scale_by_adam,
@@ -45,6 +45,8 @@ def adam(
     weight_decay: float = 0.0,
     amsgrad: bool = False,
     nu_dtype: Any | None = None,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """Adam (Kingma & Ba, 2015), as ``torch.optim.Adam`` (``betas=(b1, b2)``).
 
@@ -65,17 +67,27 @@ def adam(
       weight_decay: coupled L2 penalty (use :func:`adamw` for decoupled decay).
       amsgrad: AMSGrad's running maximum of the second moment.
       nu_dtype: dtype of the second moment (float32 for float16 params).
+      decoupled_weight_decay: decay as AdamW does (``p <- p - lr * weight_decay * p``), as
+        torch's ``Adam(decoupled_weight_decay=True)``.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
 
     Returns:
-      ``chain(add_l2, scale_by_adam, scale_by_learning_rate)``.
+      ``chain(add_l2, scale_by_adam, scale_by_learning_rate)`` (the decay after
+      ``scale_by_adam`` when decoupled).
     """
     who = "adam"
     _check_adam(who, learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     _validate.boolean(who, "amsgrad", amsgrad)
-    return chain(
-        *decay_link(who, weight_decay),
+    _validate.boolean(who, "decoupled_weight_decay", decoupled_weight_decay)
+    decay = decay_link(who, weight_decay)
+    return torch_optimizer(
+        who,
+        *([] if decoupled_weight_decay else decay),
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
+        *(decay if decoupled_weight_decay else []),
         scale_by_learning_rate(learning_rate),
+        maximize=maximize,
     )
 
 
@@ -89,6 +101,7 @@ def amsgrad(
     *,
     weight_decay: float = 0.0,
     nu_dtype: Any | None = None,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """AMSGrad (Reddi et al., 2018): :func:`adam` with ``amsgrad=True``.
 
@@ -97,13 +110,14 @@ def amsgrad(
         v'_t = max(v'_{t-1}, v_t),   p <- p - lr * m_hat_t / (sqrt(v'_t / (1 - b2^t)) + eps)
 
     Args:
-      learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, nu_dtype: as in
+      learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, nu_dtype, maximize: as in
         :func:`adam`.
 
     Returns:
       ``adam(..., amsgrad=True)``: ``chain(add_l2, scale_by_adam, scale_by_learning_rate)``.
     """
     _check_adam("amsgrad", learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
+    _validate.boolean("amsgrad", "maximize", maximize)
     return adam(
         learning_rate,
         b1,
@@ -114,6 +128,7 @@ def amsgrad(
         weight_decay=weight_decay,
         amsgrad=True,
         nu_dtype=nu_dtype,
+        maximize=maximize,
     )
 
 
@@ -129,6 +144,7 @@ def adamw(
     *,
     amsgrad: bool = False,
     nu_dtype: Any | None = None,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """AdamW (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW``: decoupled weight decay.
 
@@ -138,7 +154,7 @@ def adamw(
 
     Args:
       learning_rate: ``lr``, a number or a schedule.
-      b1, b2, eps, eps_root, mu_dtype, amsgrad, nu_dtype: as in :func:`adam`.
+      b1, b2, eps, eps_root, mu_dtype, amsgrad, nu_dtype, maximize: as in :func:`adam`.
       weight_decay: the decoupled decay ``lambda`` (torch's default 1e-2; Optax's is 1e-4).
       mask: which leaves to decay: a tree of bools or a function of params, e.g.
         :func:`gradxform.decay_matrices_only` to leave biases and scales alone.
@@ -150,10 +166,12 @@ def adamw(
     _check_adam(who, learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     _validate.mask(who, "mask", mask)
     _validate.boolean(who, "amsgrad", amsgrad)
-    return chain(
+    return torch_optimizer(
+        who,
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
         *decay_link(who, weight_decay, mask),
         scale_by_learning_rate(learning_rate),
+        maximize=maximize,
     )
 
 
@@ -164,6 +182,7 @@ def adamax(
     eps: float = 1e-8,
     *,
     weight_decay: float = 0.0,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """Adamax (Kingma & Ba, 2015), as ``torch.optim.Adamax``.
 
@@ -178,6 +197,8 @@ def adamax(
       learning_rate: ``lr``, a number or a schedule.
       b1, b2, eps: see :func:`scale_by_adamax`.
       weight_decay: coupled L2 penalty.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
 
     Returns:
       ``chain(add_l2, scale_by_adamax, scale_by_learning_rate)``.
@@ -185,10 +206,12 @@ def adamax(
     who = "adamax"
     check_common(who, learning_rate, weight_decay)
     check_moments(who, b1, b2, eps)
-    return chain(
+    return torch_optimizer(
+        who,
         *decay_link(who, weight_decay),
         scale_by_adamax(b1, b2, eps),
         scale_by_learning_rate(learning_rate),
+        maximize=maximize,
     )
 
 
@@ -202,6 +225,7 @@ def nadam(
     weight_decay: float = 0.0,
     momentum_decay: float = 4e-3,
     decoupled_weight_decay: bool = False,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """NAdam (Dozat, 2016), as ``torch.optim.NAdam``.
 
@@ -220,6 +244,8 @@ def nadam(
       momentum_decay: torch's ``momentum_decay`` (psi).
       decoupled_weight_decay: decay as AdamW does (``p <- p - lr * weight_decay * p``)
         rather than adding ``weight_decay * p`` to the gradient.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
 
     Returns:
       ``chain(add_l2, scale_by_nadam, add_decayed_weights, scale_by_learning_rate)``.
@@ -230,9 +256,11 @@ def nadam(
     _validate.non_negative(who, "momentum_decay", momentum_decay)
     _validate.boolean(who, "decoupled_weight_decay", decoupled_weight_decay)
     coupled = decay_link(who, weight_decay)
-    return chain(
+    return torch_optimizer(
+        who,
         *([] if decoupled_weight_decay else coupled),
         scale_by_nadam(b1, b2=b2, eps=eps, eps_root=eps_root, momentum_decay=momentum_decay),
         *(coupled if decoupled_weight_decay else []),
         scale_by_learning_rate(learning_rate),
+        maximize=maximize,
     )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from gradxform import _validate
-from gradxform._base import GradientTransformation, chain
+from gradxform._base import GradientTransformation
 from gradxform._types import ScalarOrSchedule
-from gradxform.optimizers._links import check_common, decay_link, optional
+from gradxform.optimizers._links import check_common, decay_link, optional, torch_optimizer
 from gradxform.transforms.momentum import trace
 from gradxform.transforms.rms import scale_by_rms, scale_by_rss
 from gradxform.transforms.scaling import scale_by_learning_rate
@@ -19,6 +19,7 @@ def adagrad(
     lr_decay: float = 0.0,
     weight_decay: float = 0.0,
     eps_root: float = 0.0,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """Adagrad (Duchi et al., 2011), as ``torch.optim.Adagrad``.
 
@@ -35,6 +36,8 @@ def adagrad(
       lr_decay: the ``1/t`` decay of the learning rate (>= 0).
       weight_decay: coupled L2 penalty.
       eps_root: added inside the root (>= 0).
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
 
     Returns:
       ``chain(add_l2, scale_by_rss, scale_by_learning_rate)``.
@@ -52,10 +55,12 @@ def adagrad(
             base = learning_rate(count) if callable(learning_rate) else learning_rate
             return base / (1 + count * lr_decay)
 
-    return chain(
+    return torch_optimizer(
+        who,
         *decay_link(who, weight_decay),
         scale_by_rss(initial_accumulator_value, eps, eps_root=eps_root),
         scale_by_learning_rate(rate),
+        maximize=maximize,
     )
 
 
@@ -68,6 +73,7 @@ def rmsprop(
     momentum: float = 0.0,
     centered: bool = False,
     eps_root: float = 0.0,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """RMSProp (Hinton, 2012), as ``torch.optim.RMSprop`` (``decay`` is torch's ``alpha``).
 
@@ -88,6 +94,8 @@ def rmsprop(
       centered: divide by the estimated standard deviation.
       eps_root: added inside the root (>= 0); keeps gradients through the update finite
         where a gradient is zero.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
 
     Returns:
       ``chain(add_l2, scale_by_rms, trace, scale_by_learning_rate)``.
@@ -99,9 +107,11 @@ def rmsprop(
     _validate.non_negative(who, "momentum", momentum)
     _validate.boolean(who, "centered", centered)
     _validate.non_negative(who, "eps_root", eps_root)
-    return chain(
+    return torch_optimizer(
+        who,
         *decay_link(who, weight_decay),
         scale_by_rms(decay, eps, centered=centered, eps_root=eps_root),
         *optional(not _validate.is_static_zero(momentum), trace(momentum)),
         scale_by_learning_rate(learning_rate),
+        maximize=maximize,
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from gradxform import _validate
-from gradxform._base import GradientTransformation, chain
+from gradxform._base import GradientTransformation
 from gradxform._types import ScalarOrSchedule
-from gradxform.optimizers._links import check_common, decay_link, optional
+from gradxform.optimizers._links import check_common, decay_link, optional, torch_optimizer
 from gradxform.transforms.momentum import trace
 from gradxform.transforms.scaling import scale_by_learning_rate
 
@@ -20,6 +20,7 @@ def sgd(
     *,
     dampening: float = 0.0,
     weight_decay: float = 0.0,
+    maximize: bool = False,
 ) -> GradientTransformation:
     """Stochastic gradient descent, as ``torch.optim.SGD``.
 
@@ -37,6 +38,8 @@ def sgd(
       accumulator_dtype: dtype of the momentum buffer; by default each param's dtype.
       dampening: torch's dampening of the gradient in the buffer.
       weight_decay: coupled L2 penalty.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
 
     Returns:
       ``chain(add_l2, trace, scale_by_learning_rate)`` (parts that a static 0 switches off
@@ -54,11 +57,13 @@ def sgd(
             f"{who}: Nesterov momentum needs `momentum` > 0 and `dampening` = 0, got "
             f"momentum={momentum!r}, dampening={dampening!r}"
         )
-    return chain(
+    return torch_optimizer(
+        who,
         *decay_link(who, weight_decay),
         *optional(
             not no_momentum,
             trace(momentum, nesterov, accumulator_dtype, dampening=dampening),
         ),
         scale_by_learning_rate(learning_rate),
+        maximize=maximize,
     )

@@ -9,6 +9,7 @@ clipped update keeps its dtype; a zero update (or zero params) is never divided 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -50,18 +51,43 @@ def clip(max_delta: float) -> GradientTransformation:
 _TORCH_NORM_EPS = 1e-6
 
 
-def clip_by_global_norm(max_norm: float, *, axis_name: str | None = None) -> GradientTransformation:
+def _global_p_norm(updates: Any, p: float, axis_name: str | None) -> jax.Array:
+    """``(sum_i |u_i|^p)^(1/p)`` over every element of every leaf (``max |u_i|`` for ``inf``),
+    accumulated in at least float32 and, with ``axis_name``, over the mapped axis too."""
+    if p == 2:
+        return _tree.tree_global_norm(updates, axis_name)
+    total = jnp.zeros([], _tree.default_float_dtype())
+    for leaf in jax.tree.leaves(updates):
+        magnitude = jnp.abs(leaf.astype(_tree.compute_dtype(leaf.dtype))).astype(total.dtype)
+        if math.isinf(p):
+            total = jnp.maximum(total, jnp.max(magnitude, initial=0))
+        else:
+            total = total + jnp.sum(magnitude if p == 1 else magnitude**p)
+    if math.isinf(p):
+        return total if axis_name is None else jax.lax.pmax(total, axis_name)
+    if axis_name is not None:
+        total = jax.lax.psum(total, axis_name)
+    return total if p == 1 else total ** (1 / p)
+
+
+def clip_by_global_norm(
+    max_norm: float, *, norm_type: float = 2.0, axis_name: str | None = None
+) -> GradientTransformation:
     """Rescales all updates together so that their global norm is at most ``max_norm``.
 
-    ::
+    With ``p = norm_type``::
 
-        n = sqrt(sum_i |u_i|^2)            (over every element of every leaf)
+        n = (sum_i |u_i|^p)^(1/p)          (over every element of every leaf; max_i |u_i|
+                                            for p = inf)
         u <- u * min(1, max_norm / (n + 1e-6))
 
-    exactly as ``torch.nn.utils.clip_grad_norm_`` (including its ``1e-6``).
+    exactly as ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)`` (including its
+    ``1e-6``); Optax's ``clip_by_global_norm`` is the 2-norm scaled to exactly ``max_norm``.
 
     Args:
       max_norm: the bound (> 0).
+      norm_type: ``p``, a number >= 1 or ``float("inf")`` (a Python number: it decides the
+        program).
       axis_name: when updates are sharded over a mapped axis (``pmap``/``shard_map``), its
         name, so that ``n`` is the norm of the whole model rather than of each shard.
 
@@ -70,6 +96,14 @@ def clip_by_global_norm(max_norm: float, *, axis_name: str | None = None) -> Gra
     """
     who = "clip_by_global_norm"
     _validate.positive(who, "max_norm", max_norm)
+    if not _validate.is_static_number(norm_type):
+        raise TypeError(
+            f"{who}: `norm_type` must be a Python number >= 1 or float('inf') (it selects the "
+            f"program), got {norm_type!r}"
+        )
+    if float(norm_type) != math.inf:
+        _validate.at_least(who, "norm_type", norm_type, 1)
+    p = float(norm_type)
     _validate.axis_name(who, axis_name)
 
     def init_fn(params):
@@ -79,7 +113,7 @@ def clip_by_global_norm(max_norm: float, *, axis_name: str | None = None) -> Gra
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _checks.check_against_params(who, updates, params)
-        norm = _tree.tree_global_norm(updates, axis_name)
+        norm = _global_p_norm(updates, p, axis_name)
         factor = jnp.minimum(1.0, max_norm / (norm + _TORCH_NORM_EPS))
         return _tree.tree_scale(factor, updates), state
 
