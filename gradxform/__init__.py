@@ -50,6 +50,11 @@ from gradxform.transforms.clipping import (
     clip_by_block_rms,
     clip_by_global_norm,
 )
+from gradxform.transforms.complex import (
+    SplitRealAndImaginaryArrays,
+    SplitRealAndImaginaryState,
+    split_real_and_imaginary,
+)
 from gradxform.transforms.constrain import ZeroNansState, zero_nans
 from gradxform.transforms.decay import add_decayed_weights, add_l2
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
@@ -130,6 +135,8 @@ __all__ = [
     "ScaleByRssState",
     "ScaleByScheduleState",
     "ShardedState",
+    "SplitRealAndImaginaryArrays",
+    "SplitRealAndImaginaryState",
     "TraceState",
     "ZeroNansState",
     "adagrad",
@@ -198,6 +205,7 @@ __all__ = [
     "sgd",
     "sgdr_schedule",
     "shard_optimizer_state",
+    "split_real_and_imaginary",
     "stateless",
     "swa_params",
     "trace",

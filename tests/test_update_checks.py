@@ -48,6 +48,7 @@ TRANSFORMS = {
     "clip_by_block_rms": (lambda: gx.clip_by_block_rms(1.0), False),
     "adaptive_grad_clip": (lambda: gx.adaptive_grad_clip(0.1), False),
     "zero_nans": (gx.zero_nans, False),
+    "split_real_and_imaginary": (lambda: gx.split_real_and_imaginary(gx.adam(0.1)), True),
     "reduce_on_plateau": (gx.reduce_on_plateau, False),
     "masked": (lambda: gx.masked(gx.adam(0.1), {"a": True, "b": True}), True),
     "freeze": (lambda: gx.freeze({"a": False, "b": True}, inner=gx.adam(0.1)), True),
