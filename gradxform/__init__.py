@@ -13,7 +13,7 @@ from gradxform._base import (
 from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
-from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam
+from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, sparse_adam
 from gradxform.optimizers.rms import adagrad, rmsprop
 from gradxform.optimizers.sgd import sgd
 from gradxform.optimizers.sign import lion
@@ -75,6 +75,7 @@ from gradxform.transforms.scaling import (
     set_to_zero,
 )
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion
+from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from gradxform.wrappers.accumulation import MultiSteps, MultiStepsState, gradient_accumulation
 from gradxform.wrappers.averaging import (
     LookaheadState,
@@ -134,6 +135,7 @@ __all__ = [
     "ScaleByRmsState",
     "ScaleByRssState",
     "ScaleByScheduleState",
+    "ScaleBySparseAdamState",
     "ShardedState",
     "SplitRealAndImaginaryArrays",
     "SplitRealAndImaginaryState",
@@ -200,11 +202,13 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_sparse_adam",
     "scale_by_stddev",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
     "shard_optimizer_state",
+    "sparse_adam",
     "split_real_and_imaginary",
     "stateless",
     "swa_params",

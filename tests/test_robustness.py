@@ -167,6 +167,10 @@ VALID = {
     "adamw": _adam_like(amsgrad=st.booleans(), eps_root=eps, mu_dtype=mu_dtype),
     "adamax": _adam_like(),
     "nadam": _adam_like(momentum_decay=_number(0.0, 0.1), decoupled_weight_decay=st.booleans()),
+    "sparse_adam": st.fixed_dictionaries(
+        {"learning_rate": rate, "b1": unit, "b2": unit, "eps": eps},
+        optional={"maximize": st.booleans()},
+    ),
     "lion": st.fixed_dictionaries(
         {"learning_rate": rate, "b1": unit, "b2": unit, "weight_decay": decay},
         optional={"mu_dtype": mu_dtype},
@@ -259,6 +263,9 @@ INVALID = {
     "adamw": ({}, {**_ADAM_INVALID, "eps_root": negative}),
     "adamax": ({}, _ADAM_INVALID),
     "nadam": ({}, {**_ADAM_INVALID, "momentum_decay": negative}),
+    "sparse_adam": ({}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+    }),
     "lion": ({}, {
         "learning_rate": negative, "b1": outside_unit, "b2": outside_unit,
         "weight_decay": negative,

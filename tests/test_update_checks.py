@@ -37,6 +37,7 @@ TRANSFORMS = {
     "scale_by_adam": (gx.scale_by_adam, True),
     "scale_by_adamax": (gx.scale_by_adamax, True),
     "scale_by_nadam": (gx.scale_by_nadam, True),
+    "scale_by_sparse_adam": (gx.scale_by_sparse_adam, True),
     "scale_by_rms": (gx.scale_by_rms, True),
     "scale_by_stddev": (gx.scale_by_stddev, True),
     "scale_by_rss": (gx.scale_by_rss, True),
@@ -72,6 +73,7 @@ TRANSFORMS = {
         name: (lambda name=name: getattr(gx, name)(0.1), True)
         for name in ("adam", "adamw", "amsgrad", "adamax", "nadam", "adagrad", "rmsprop")
     },
+    "sparse_adam": (lambda: gx.sparse_adam(0.1), True),
     # Without momentum SGD keeps no state: -lr * g, computed in floating point.
     "sgd": (lambda: gx.sgd(0.1), False),
     "sgd_momentum": (lambda: gx.sgd(0.1, momentum=0.9), True),
@@ -157,6 +159,7 @@ def test_integer_and_boolean_gradients(name, dtype):
         ("rmsprop", "ScaleByRmsState"),
         ("nadam", "ScaleByNadamState"),
         ("adamax", "ScaleByAdamaxState"),
+        ("sparse_adam", "ScaleBySparseAdamState"),
         ("adagrad", "ScaleByRssState"),
         ("lion", "ScaleByLionState"),
     ],

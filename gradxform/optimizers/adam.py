@@ -1,4 +1,4 @@
-"""Adam's family: Adam, AMSGrad, AdamW, Adamax, NAdam, as ``torch.optim``'s classes."""
+"""Adam's family: Adam, AMSGrad, AdamW, Adamax, NAdam, SparseAdam, as ``torch.optim``'s classes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from gradxform.transforms.adam import (
     scale_by_nadam,
 )
 from gradxform.transforms.scaling import scale_by_learning_rate
+from gradxform.transforms.sparse import scale_by_sparse_adam
 
 
 def _check_adam(
@@ -261,6 +262,51 @@ def nadam(
         *([] if decoupled_weight_decay else coupled),
         scale_by_nadam(b1, b2=b2, eps=eps, eps_root=eps_root, momentum_decay=momentum_decay),
         *(coupled if decoupled_weight_decay else []),
+        scale_by_learning_rate(learning_rate),
+        maximize=maximize,
+    )
+
+
+def sparse_adam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Lazy Adam for sparse gradients, as ``torch.optim.SparseAdam`` (``betas=(b1, b2)``).
+
+    Only the elements whose gradient is not exactly 0 move, and only their moments change::
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t        where g_t != 0
+        v_t = b2 * v_{t-1} + (1 - b2) * g_t^2      where g_t != 0
+        p <- p - lr * sqrt(1 - b2^t) / (1 - b1^t) * m_t / (sqrt(v_t) + eps)   where g_t != 0
+
+    ``t`` counts every update, one with an all-zero gradient included, as torch's step does.
+    The dense gradient of an embedding (zeros outside the rows a step looked up) gives torch's
+    numbers for the equivalent sparse gradient as long as those rows hold no exact 0: torch
+    updates every element its sparse gradient lists, a stored 0 included (see
+    :func:`scale_by_sparse_adam`). torch refuses complex params; here each is a (real,
+    imaginary) pair, each part with its own moments and its own zero test.
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: added to ``sqrt(v_t)`` before the bias correction (>= 0).
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
+
+    Returns:
+      ``chain(scale_by_sparse_adam, scale_by_learning_rate)``.
+    """
+    who = "sparse_adam"
+    _validate.learning_rate(who, learning_rate)
+    check_moments(who, b1, b2, eps)
+    return torch_optimizer(
+        who,
+        scale_by_sparse_adam(b1, b2=b2, eps=eps),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
     )
