@@ -345,6 +345,7 @@ def test_injected_hyperparameters_pass_extra_args_to_the_inner_optimizer():
         "accumulation_size",
         "atol",
         "cooldown",
+        "eps",
         "factor",
         "min_scale",
         "patience",

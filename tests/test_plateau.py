@@ -28,7 +28,7 @@ def _losses(seed, steps=200, offset=0.0):
     return losses[:steps]
 
 
-def _torch_lrs(values, base_lr, factor, patience, rtol, atol, cooldown, min_scale):
+def _torch_lrs(values, base_lr, factor, patience, rtol, atol, cooldown, min_scale, eps=0.0):
     """torch's learning rate after each ``scheduler.step(value)``."""
     torch = require_torch()
     if rtol > 0 and atol > 0:
@@ -43,7 +43,7 @@ def _torch_lrs(values, base_lr, factor, patience, rtol, atol, cooldown, min_scal
         threshold_mode="abs" if atol > 0 else "rel",
         cooldown=cooldown,
         min_lr=min_scale * base_lr,
-        eps=0.0,  # torch skips reductions smaller than eps; reduce_on_plateau makes them all
+        eps=eps,  # torch skips reductions of the learning rate by eps or less
     )
     lrs = []
     for value in values:
@@ -61,13 +61,25 @@ SETTINGS = [
 ]
 
 
+# How torch's eps is given: 0 on both sides (every reduction made), or torch's default 1e-8
+# with the base learning rate passed, so that eps compares learning rates as torch's does.
+EPS_MODES = {
+    "eps0": (dict(eps=0.0), 0.0),
+    "eps1e-8-learning_rate": (dict(eps=1e-8, learning_rate=0.3), 1e-8),
+}
+
+
+@pytest.mark.parametrize("eps_mode", EPS_MODES)
 @pytest.mark.parametrize("offset", [0.0, -12.0], ids=["positive", "negative"])
 @pytest.mark.parametrize("accumulation_size", [1, 4])
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
-def test_scale_matches_torch_reduce_lr_on_plateau(x64, setting, accumulation_size, offset):
+def test_scale_matches_torch_reduce_lr_on_plateau(
+    x64, setting, accumulation_size, offset, eps_mode
+):
     base_lr = 0.3
+    eps_kwargs, torch_eps = EPS_MODES[eps_mode]
     losses = _losses(seed=len(str(setting)), offset=offset)
-    opt = gx.reduce_on_plateau(**setting, accumulation_size=accumulation_size)
+    opt = gx.reduce_on_plateau(**setting, accumulation_size=accumulation_size, **eps_kwargs)
 
     @jax.jit
     def scales(losses):
@@ -82,7 +94,7 @@ def test_scale_matches_torch_reduce_lr_on_plateau(x64, setting, accumulation_siz
     # accumulates it, so the float64 means are the same numbers).
     windows = [losses[i : i + accumulation_size] for i in range(0, 200, accumulation_size)]
     means = [sum(w, 0.0) / accumulation_size for w in windows]
-    torch_lrs = _torch_lrs(means, base_lr, **setting)
+    torch_lrs = _torch_lrs(means, base_lr, **setting, eps=torch_eps)
     # The scale changes on the last call of a window and holds until the next window ends.
     held = [base_lr, *torch_lrs[:-1]]
     expected = [
@@ -114,7 +126,7 @@ def test_inside_chain_with_adam_under_jit_matches_torch(x64):
     target = np.asarray([0.5, -1.0, 2.0])
     base_lr, steps = 0.4, 60
     setting = dict(factor=0.5, patience=3, rtol=1e-3, cooldown=2, min_scale=0.05)
-    opt = gx.chain(gx.adam(base_lr), gx.reduce_on_plateau(**setting))
+    opt = gx.chain(gx.adam(base_lr), gx.reduce_on_plateau(**setting, learning_rate=base_lr))
 
     def loss_fn(w):
         return jnp.sum((w - target) ** 2)
@@ -145,7 +157,6 @@ def test_inside_chain_with_adam_under_jit_matches_torch(x64):
         threshold=setting["rtol"],
         cooldown=setting["cooldown"],
         min_lr=setting["min_scale"] * base_lr,
-        eps=0.0,
     )
     torch_target = torch.tensor(target)
     for k in range(steps):
@@ -159,6 +170,50 @@ def test_inside_chain_with_adam_under_jit_matches_torch(x64):
         )
     assert optimizer.param_groups[0]["lr"] < base_lr / 4  # it did reduce, more than once
     np.testing.assert_allclose(float(state[1].scale) * base_lr, optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("base_lr", [0.02, 0.3])
+def test_eps_skips_the_reductions_torch_skips(x64, base_lr):
+    """A loss that never improves, with patience 0, reduces at every decision until a reduction
+    would lower the learning rate by 1e-8 or less (torch's default eps); then the rate stays.
+
+    With ``learning_rate`` the decisions are torch's. Without it eps is compared with the scale
+    (a learning rate of 1), and with eps = 0 the scale keeps falling: both differ from torch
+    for ``base_lr = 0.02``, where torch stops at 2e-9 (a scale of 1e-7, where the next step
+    would change the rate by 1.8e-9), while the scale alone would go on to 1e-8. (For 0.3 the
+    two stops happen to agree: 3e-9 and a scale of 1e-8.)
+    """
+    decisions, factor = 20, 0.1
+    setting = dict(factor=factor, patience=0, rtol=0.0, atol=0.0, cooldown=0, min_scale=0.0)
+    expected = np.asarray(_torch_lrs([1.0] * decisions, base_lr, **setting, eps=1e-8))
+    assert expected[-1] == expected[-5] > 0  # torch did stop reducing
+
+    def scales(**kwargs):
+        opt = gx.reduce_on_plateau(**setting, **kwargs)
+        state, out = opt.init(None), []
+        for _ in range(decisions):
+            _, state = opt.update(jnp.zeros(()), state, value=1.0)
+            out.append(float(state.scale))
+        return np.asarray(out)
+
+    np.testing.assert_allclose(scales(learning_rate=base_lr) * base_lr, expected, rtol=1e-13)
+    np.testing.assert_allclose(scales(eps=1e-8 / base_lr) * base_lr, expected, rtol=1e-13)
+    assert scales(eps=0.0)[-1] < expected[-1] / base_lr / 1e6  # it never stops
+    if base_lr == 0.02:
+        assert not np.allclose(scales() * base_lr, expected, rtol=1e-3, atol=0)
+
+
+def test_eps_applies_to_injected_and_traced_values():
+    # An injected eps (and learning_rate) is an array in the state: the same decisions.
+    opt = gx.inject_hyperparams(gx.reduce_on_plateau)(
+        factor=0.1, patience=0, eps=1e-8, learning_rate=0.02
+    )
+    state = opt.init(None)
+    step = jax.jit(lambda s: opt.update(jnp.ones(()), s, value=1.0))
+    for _ in range(12):
+        u, state = step(state)
+    # Reductions from 1 to 1e-7 (six of them after the first decision), then none.
+    np.testing.assert_allclose(float(u), 1e-7, rtol=1e-6)
 
 
 def test_updates_are_scaled_in_their_own_dtype():
@@ -193,6 +248,10 @@ def test_missing_or_non_scalar_value_raises():
         (dict(rtol=1.0), ValueError),
         (dict(atol=-1e-3), ValueError),
         (dict(min_scale=1.5), ValueError),
+        (dict(eps=-1e-8), ValueError),
+        (dict(eps=None), TypeError),
+        (dict(learning_rate=-0.1), ValueError),
+        (dict(learning_rate="0.1"), TypeError),
     ],
 )
 def test_invalid_arguments_raise(kwargs, error):

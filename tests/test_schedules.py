@@ -521,6 +521,16 @@ ALL_SCHEDULES = {
     "join_schedules": lambda v: gx.join_schedules(
         [gx.constant_schedule(0.5 * v), gx.cosine_decay_schedule(v, 50)], [30]
     ),
+    "chained_schedule": lambda v: gx.chained_schedule(
+        v, schedules=[gx.linear_schedule(0.2 * v, v, 20), gx.exponential_decay(v, 10, 0.9)]
+    ),
+    "multiplicative_schedule": lambda v: gx.multiplicative_schedule(
+        v, factor_fn=lambda k: jnp.where(k % 10 == 0, 0.5, 1.0 - 1.0 / (k + 50))
+    ),
+    "cosine_annealing_schedule": lambda v: gx.cosine_annealing_schedule(
+        v, t_max=30, eta_min=0.1 * v
+    ),
+    "swalr_schedule": lambda v: gx.swalr_schedule(v, swa_lr=0.2 * v, anneal_steps=40),
 }
 COUNTS = np.arange(130)  # covers every phase of the schedules above
 SCALAR_COUNTS = [

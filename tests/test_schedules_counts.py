@@ -1,13 +1,16 @@
 """Schedules at step counts beyond int32: step arguments up to 2**53, counts up to 2**62.
 
-Every schedule is built with step arguments beyond int32 and evaluated at counts on both sides
-of the int32 limit, given in every form a count takes: the optimizer's int32 counter, int64
-arrays under x64, Python ints (exact at any size below 2**63), NumPy int64 arrays, and floats.
+Every schedule (but ``multiplicative_schedule``, a product of ``k`` factors computed one by one,
+which refuses counts beyond its integer dtype) is built with step arguments beyond int32 and
+evaluated at counts on both sides of the int32 limit, given in every form a count takes: the
+optimizer's int32 counter, int64 arrays under x64, Python ints (exact at any size below
+2**63), NumPy int64 arrays, and floats.
 The references are independent of the code under test: Optax in float64 on int64 counts (where
 Optax's schedule has the same semantics), torch's ``OneCycleLR.get_lr`` (a float64 closed form
 of ``last_epoch``), and float64 closed forms written here with exact integer arithmetic for the
-integer parts (Keras' ``InverseTimeDecay``, torch's ``CyclicLR`` and
-``CosineAnnealingWarmRestarts``).
+integer parts (Keras' ``InverseTimeDecay``, torch's ``CyclicLR``,
+``CosineAnnealingWarmRestarts``, ``CosineAnnealingLR`` and ``SWALR``); a chain of two schedules
+is checked against the product of Optax's.
 
 Tolerances (``_tolerance``). A schedule computes the integer parts of its formula exactly and
 rounds them once to its float dtype (2**-24 relative in float32, 2**-53 in float64); the ratios,
@@ -137,6 +140,31 @@ def _warm_restarts(init, t_0, t_mult, eta_min):
         return eta_min + (init - eta_min) * (1 + math.cos(math.pi * (k - start) / length)) / 2
 
     return _closed_form(value)
+
+
+def _cosine_annealing(init, t_max, eta_min):
+    # torch's CosineAnnealingLR (its closed form), periodic: the position k mod 2 t_max exactly.
+    def value(k):
+        return eta_min + (init - eta_min) * (1 + math.cos(math.pi * (k % (2 * t_max)) / t_max)) / 2
+
+    return _closed_form(value)
+
+
+def _swalr(init, swa_lr, anneal_steps):
+    # torch's SWALR ("cos") in closed form: a = (1 - cos(pi t)) / 2, t = min(k, A) / A, written
+    # as sin^2 and cos^2 of pi t / 2 so that neither weight cancels.
+    def value(k):
+        half_angle = math.pi / 2 * min(k, anneal_steps) / anneal_steps
+        return swa_lr * math.sin(half_angle) ** 2 + init * math.cos(half_angle) ** 2
+
+    return _closed_form(value)
+
+
+def _chained_reference(counts):
+    # Optax's two schedules in float64, multiplied (relative to the common init value 1).
+    linear = _optax_reference("linear_schedule", (1.0, 0.5, 2**31), {})
+    cosine = _optax_reference("cosine_decay_schedule", (1.0, 10**10), dict(alpha=1e-3))
+    return linear(counts) * cosine(counts)
 
 
 def _torch_onecycle(total, peak, pct_start, anneal, three_phase):
@@ -307,6 +335,32 @@ CASES = [
         ),
         _cyclic(0.1, 1.0, 3, 5, "exp_range", 1 - 1e-10),
     ),
+    (
+        "cosine_annealing",
+        gx.cosine_annealing_schedule(1.0, t_max=10**9 + 7, eta_min=1e-3),
+        _cosine_annealing(1.0, 10**9 + 7, 1e-3),
+    ),
+    (
+        "cosine_annealing-short",
+        gx.cosine_annealing_schedule(1.0, t_max=7, eta_min=1e-3),
+        _cosine_annealing(1.0, 7, 1e-3),
+    ),
+    (
+        "swalr",
+        gx.swalr_schedule(1.0, swa_lr=1e-3, anneal_steps=2**31 + 3),
+        _swalr(1.0, 1e-3, 2**31 + 3),
+    ),
+    (
+        "chained",
+        gx.chained_schedule(
+            1.0,
+            schedules=[
+                gx.linear_schedule(1.0, 0.5, 2**31),
+                gx.cosine_decay_schedule(1.0, 10**10, alpha=1e-3),
+            ],
+        ),
+        _chained_reference,
+    ),
     *[
         (
             f"onecycle-{anneal}-{total}-three_phase{three}",
@@ -344,10 +398,10 @@ def _check(got, expected: np.ndarray, counts: list, dtype: str, what: str) -> No
 
 
 # A float count is exact, but the position within a cycle, k mod period, is computed with the
-# period rounded to the float dtype: exact only for periods the dtype holds. These two have
-# periods float32 does not hold (10**9 + 7, and 10**9 + 2**31 + 3), so they are checked on
-# integer counts only in float32.
-PERIODS_FLOAT32_ROUNDS = {"warm_restarts-t_mult1", "cyclic-triangular"}
+# period rounded to the float dtype: exact only for periods the dtype holds. These three have
+# periods float32 does not hold (10**9 + 7, 10**9 + 2**31 + 3, 2 * (10**9 + 7)), so they are
+# checked on integer counts only in float32.
+PERIODS_FLOAT32_ROUNDS = {"warm_restarts-t_mult1", "cyclic-triangular", "cosine_annealing"}
 PARAMS = [
     pytest.param(schedule, reference, name in PERIODS_FLOAT32_ROUNDS, id=name)
     for name, schedule, reference in CASES
@@ -440,6 +494,12 @@ def test_counts_that_cannot_be_handled_raise():
     schedule = gx.linear_schedule(1.0, 0.0, 10)
     with pytest.raises(OverflowError, match=r"count must be below 2\*\*63"):
         schedule(2**63)
+    # multiplicative_schedule multiplies k factors one block at a time, in the default integer
+    # dtype: a static count beyond it is refused rather than wrapped (not in CASES for that).
+    product = gx.multiplicative_schedule(1.0, factor_fn=lambda j: 1.0)
+    for count in (2**31, np.asarray([0, 2**40])):
+        with pytest.raises(OverflowError, match=r"multiplicative_schedule: .* up to 2147483647"):
+            product(count)
     for count in (True, jnp.asarray([True, False]), 1j, "3"):
         with pytest.raises(TypeError, match="count must be"):
             schedule(count)

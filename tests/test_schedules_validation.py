@@ -326,6 +326,12 @@ BAD = {
         ([gx.constant_schedule(1.0), 0.1], TypeError, "0.1"),
         ([gx.constant_schedule(1.0), None], TypeError, "None"),
     ],
+    "function": [
+        (None, TypeError, "None"),
+        (0.9, TypeError, "0.9"),
+        ("lambda k: 0.9", TypeError, "'lambda k: 0.9'"),
+        (jnp.ones(()), TypeError, "shape ()"),
+    ],
     "boundaries": [
         (None, TypeError, "None"),
         ([2.5], TypeError, "2.5"),
@@ -434,6 +440,25 @@ SPECS = {
         schedules=([gx.constant_schedule(1.0), gx.constant_schedule(0.5)], "schedules"),
         boundaries=([4], "boundaries"),
     ),
+    "chained_schedule": dict(
+        init_value=(1.0, "finite"),
+        schedules=(
+            [gx.linear_schedule(0.5, 1.0, 4), gx.exponential_decay(1.0, 1, 0.9)],
+            "schedules",
+        ),
+    ),
+    "multiplicative_schedule": dict(
+        init_value=(1.0, "finite"), factor_fn=(lambda k: 1.0 - 0.5 / (k + 1), "function")
+    ),
+    "cosine_annealing_schedule": dict(
+        init_value=(1.0, "finite"), t_max=(5, "steps"), eta_min=(0.1, "finite")
+    ),
+    "swalr_schedule": dict(
+        init_value=(1.0, "finite"),
+        swa_lr=(0.2, "finite"),
+        anneal_steps=(6, "steps from 0"),
+        anneal_strategy=("linear", "choice"),
+    ),
 }
 VALUE_KINDS = ("finite", "optional finite", "positive", "non-negative")
 
@@ -528,6 +553,10 @@ POSITIONAL_CALLS = [
     lambda: gx.cyclic_schedule(0.0, 1.0),
     lambda: gx.linear_onecycle_schedule(100, 1.0, 0.3, 0.85),  # Optax's pct_final
     lambda: gx.cosine_onecycle_schedule(100, 1.0, 0.3, 25.0, 1e4, True),
+    lambda: gx.chained_schedule(1.0, [gx.constant_schedule(1.0)]),
+    lambda: gx.multiplicative_schedule(1.0, lambda k: 0.9),
+    lambda: gx.cosine_annealing_schedule(1.0, 10),  # torch's CosineAnnealingLR(opt, T_max)
+    lambda: gx.swalr_schedule(1.0, 0.05),  # torch's SWALR(opt, swa_lr)
 ]
 
 

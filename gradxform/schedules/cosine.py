@@ -1,4 +1,6 @@
-"""Cosine decays: ``cosine_decay_schedule``, ``warmup_cosine_decay_schedule``."""
+"""Cosine decays: ``cosine_decay_schedule``, ``warmup_cosine_decay_schedule`` (Optax's, which
+hold their end value) and ``cosine_annealing_schedule`` (torch's ``CosineAnnealingLR``, which
+climbs back)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ from jax.typing import ArrayLike
 from gradxform import _validate
 from gradxform._types import Schedule
 from gradxform.schedules._common import cosine_weight, floating, sequence, steps, to_power
-from gradxform.schedules._counts import as_count, until
+from gradxform.schedules._counts import as_count, modulo, until
 from gradxform.schedules.polynomial import build_polynomial
 
-__all__ = ["cosine_decay_schedule", "warmup_cosine_decay_schedule"]
+__all__ = ["cosine_annealing_schedule", "cosine_decay_schedule", "warmup_cosine_decay_schedule"]
 
 
 def _decay_weight(count: ArrayLike, decay_steps: int, exponent: ArrayLike) -> jax.Array:
@@ -131,3 +133,57 @@ def warmup_cosine_decay_schedule(
         return decay
     warmup = build_polynomial(init_value, peak_value, 1, warmup_steps, 0)
     return sequence([warmup, decay], [warmup_steps])
+
+
+def cosine_annealing_schedule(
+    init_value: ArrayLike, *, t_max: int, eta_min: ArrayLike = 0.0
+) -> Schedule:
+    """Cosine annealing as torch's ``CosineAnnealingLR``, past ``t_max`` included.
+
+    ::
+
+        s(k) = eta_min + (init_value - eta_min) * (1 + cos(pi * k / t_max)) / 2
+
+    for every ``k``: down to ``eta_min`` at ``k = t_max``, back up to ``init_value`` at
+    ``2 * t_max``, and so on with period ``2 * t_max``. torch's ``scheduler.step()`` computes
+    the learning rate by recursion, ``lr <- eta_min + (lr - eta_min) * (1 + cos(pi k / T)) /
+    (1 + cos(pi (k - 1) / T))``, with the step after each minimum (where that ratio would
+    divide by 0) written as the same formula's increment; its values are this closed form (its
+    ``_get_closed_form_lr``) up to the recursion's rounding. :func:`cosine_decay_schedule`
+    instead stays at its floor after ``decay_steps``, as Optax's does.
+
+    The position in the period, ``k mod 2 t_max``, is exact for integer counts, and the cosine
+    is written as ``sin^2`` of the distance to the nearest minimum, which keeps its relative
+    precision near ``eta_min = 0``.
+
+    ``CosineAnnealingLR(T_max, eta_min)`` with base learning rate ``lr`` is
+    ``cosine_annealing_schedule(lr, t_max=T_max, eta_min=eta_min)``. Optax has no schedule of
+    this name, so every argument after ``init_value`` is keyword-only.
+
+    Args:
+      init_value: the value at ``k = 0`` (torch's base ``lr``).
+      t_max: half the period: the steps from ``init_value`` down to ``eta_min`` (a whole
+        number in [1, 2**53]).
+      eta_min: the value at ``k = t_max`` (and every other ``t_max`` steps after).
+
+    Returns:
+      The schedule.
+
+    Example:
+      >>> import gradxform as gx
+      >>> sched = gx.cosine_annealing_schedule(1.0, t_max=2)
+      >>> [round(float(sched(k)), 4) for k in range(6)]
+      [1.0, 0.5, 0.0, 0.5, 1.0, 0.5]
+    """
+    who = "cosine_annealing_schedule"
+    _validate.finite(who, "init_value", init_value)
+    t_max = steps(who, "t_max", t_max)
+    _validate.finite(who, "eta_min", eta_min)
+
+    def schedule(count: ArrayLike) -> jax.Array:
+        # (1 + cos(pi p / T)) / 2 = sin^2(pi/2 * |T - p| / T) for p = k mod 2T in [0, 2T).
+        remaining = jnp.abs(until(t_max, modulo(as_count(count), 2 * t_max)))
+        low = floating(eta_min)
+        return low + (floating(init_value) - low) * cosine_weight(remaining, float(t_max))
+
+    return schedule

@@ -37,6 +37,9 @@ def reduce_on_plateau(
     cooldown: int = 0,
     accumulation_size: int = 1,
     min_scale: float = 0.0,
+    *,
+    eps: float = 1e-8,
+    learning_rate: float | None = None,
 ) -> GradientTransformation:
     """Multiplies updates by a scale that drops by ``factor`` when the loss stops improving.
 
@@ -48,16 +51,23 @@ def reduce_on_plateau(
         improved = v < best * (1 - rtol) - atol
         best, bad = (v, 0) if improved else (best, bad + 1)
         if cooldown_left > 0:  cooldown_left -= 1;  bad = 0
-        if bad > patience:     scale = max(scale * factor, min_scale);
+        if bad > patience:     new = max(scale * factor, min_scale)
+                               if lr * (scale - new) > eps:  scale = new
                                cooldown_left = cooldown;  bad = 0
         u <- scale * u
 
     ``rtol`` alone is torch's ``threshold_mode="rel"`` and ``atol`` alone its ``"abs"``; given
     both, an improvement must clear both margins at once. The scale decided by a call applies
     to that call's updates (the loss of the current params is known before they change), where
-    torch's applies from the next ``optimizer.step()``; the sequence of scales is torch's. As
-    torch with ``eps=0``, every reduction is made, however small (torch skips those that change
-    the learning rate by less than its ``eps=1e-8``).
+    torch's applies from the next ``optimizer.step()``; the sequence of scales is torch's.
+
+    ``eps`` is torch's rule for tiny reductions: torch lowers the learning rate only when that
+    lowers it by more than ``eps`` (``old_lr - new_lr > eps``), and otherwise leaves it, while
+    the cooldown and the count of bad decisions restart as after a reduction. The learning rate
+    here is ``lr * scale``, with ``lr`` the rate of the optimizer this transformation scales,
+    which it cannot see: pass it as ``learning_rate`` to get torch's decisions exactly. Without
+    it (``None``) ``lr`` is 1, and ``eps`` applies to the scale itself. ``eps=0`` makes every
+    reduction, however small.
 
     Args:
       factor: the multiplier of the scale at each reduction, in [0, 1).
@@ -67,6 +77,10 @@ def reduce_on_plateau(
       cooldown: decisions after a reduction during which bad decisions are not counted.
       accumulation_size: how many losses are averaged into one decision (>= 1).
       min_scale: the floor of the scale, in [0, 1] (torch's ``min_lr / lr``).
+      eps: the smallest change of the learning rate that a reduction makes (>= 0; torch's
+        ``eps``, whose default this is).
+      learning_rate: the base learning rate ``lr`` of the optimizer being scaled, a number
+        (>= 0), which ``eps`` is compared in units of; ``None`` compares ``eps`` with the scale.
 
     Returns:
       A transformation whose state is :class:`ReduceLROnPlateauState`.
@@ -89,6 +103,9 @@ def reduce_on_plateau(
     _validate.count(who, "patience", patience, minimum=0, traced_ok=True)
     _validate.count(who, "cooldown", cooldown, minimum=0, traced_ok=True)
     _validate.count(who, "accumulation_size", accumulation_size, traced_ok=True)
+    _validate.non_negative(who, "eps", eps)
+    if learning_rate is not None:
+        _validate.non_negative(who, "learning_rate", learning_rate)
 
     def init_fn(params):
         del params
@@ -129,7 +146,11 @@ def reduce_on_plateau(
         plateau_count = jnp.where(in_cooldown, 0, plateau_count)
         reduce = plateau_count > patience
         reduced = jnp.maximum(state.scale * factor, min_scale).astype(dtype)
-        scale = jnp.where(reduce, reduced, state.scale)
+        change = state.scale - reduced
+        if learning_rate is not None:
+            change = change * jnp.asarray(learning_rate).astype(dtype)
+        large_enough = change > jnp.asarray(eps).astype(dtype)
+        scale = jnp.where(reduce & large_enough, reduced, state.scale)
         cooldown_count = jnp.where(reduce, cooldown, cooldown_count)
         plateau_count = jnp.where(reduce, 0, plateau_count)
 
