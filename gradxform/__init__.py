@@ -13,10 +13,10 @@ from gradxform._base import (
 from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
-from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, sparse_adam
-from gradxform.optimizers.rms import adagrad, rmsprop
-from gradxform.optimizers.sgd import sgd
-from gradxform.optimizers.sign import lion
+from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
+from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
+from gradxform.optimizers.sgd import asgd, sgd
+from gradxform.optimizers.sign import lion, rprop
 from gradxform.schedules import (
     chained_schedule,
     constant_schedule,
@@ -39,6 +39,7 @@ from gradxform.schedules import (
     warmup_cosine_decay_schedule,
     warmup_exponential_decay_schedule,
 )
+from gradxform.transforms.adadelta import ScaleByAdaDeltaState, scale_by_adadelta
 from gradxform.transforms.adam import (
     ScaleByAdamaxState,
     ScaleByAdamState,
@@ -48,6 +49,7 @@ from gradxform.transforms.adam import (
     scale_by_adamax,
     scale_by_nadam,
 )
+from gradxform.transforms.asgd import ScaleByAsgdState, asgd_averaged_params, scale_by_asgd
 from gradxform.transforms.clipping import (
     adaptive_grad_clip,
     clip,
@@ -63,6 +65,7 @@ from gradxform.transforms.constrain import ZeroNansState, zero_nans
 from gradxform.transforms.decay import add_decayed_weights, add_l2
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
+from gradxform.transforms.radam import scale_by_radam
 from gradxform.transforms.rms import (
     ScaleByRmsState,
     ScaleByRssState,
@@ -71,6 +74,7 @@ from gradxform.transforms.rms import (
     scale_by_rss,
     scale_by_stddev,
 )
+from gradxform.transforms.rprop import ScaleByRpropState, scale_by_rprop
 from gradxform.transforms.scaling import (
     ScaleByScheduleState,
     scale,
@@ -130,13 +134,16 @@ __all__ = [
     "MultiTransformState",
     "ParamsAverageState",
     "ReduceLROnPlateauState",
+    "ScaleByAdaDeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAmsgradState",
+    "ScaleByAsgdState",
     "ScaleByLionState",
     "ScaleByNadamState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
+    "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleByScheduleState",
     "ScaleBySparseAdamState",
@@ -145,6 +152,7 @@ __all__ = [
     "SplitRealAndImaginaryState",
     "TraceState",
     "ZeroNansState",
+    "adadelta",
     "adagrad",
     "adam",
     "adamax",
@@ -156,6 +164,8 @@ __all__ = [
     "amsgrad",
     "apply_if_finite",
     "apply_updates",
+    "asgd",
+    "asgd_averaged_params",
     "averaged_params",
     "chain",
     "chained_schedule",
@@ -197,16 +207,22 @@ __all__ = [
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
+    "radam",
     "reduce_on_plateau",
     "rmsprop",
+    "rprop",
     "save_state",
     "scale",
+    "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_asgd",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_nadam",
+    "scale_by_radam",
     "scale_by_rms",
+    "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
     "scale_by_sparse_adam",

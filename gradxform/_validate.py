@@ -196,6 +196,43 @@ def count(
         raise ValueError(f"{who}: `{name}` must be {requirement}, got {value!r}")
 
 
+def pair(
+    who: str,
+    name: str,
+    value: Any,
+    checks: tuple[Callable[[str, str, Any], None], Callable[[str, str, Any], None]],
+    labels: tuple[str, str],
+    *,
+    ordered: bool = False,
+) -> tuple[Any, Any]:
+    """Two numbers given together (a tuple or list of two, as torch's ``etas=(0.5, 1.2)``),
+    returned as a tuple.
+
+    ``checks[i](who, labels[i], value[i])`` checks each; its error is raised again naming
+    ``name`` and the whole pair, the kind kept (``TypeError`` or ``ValueError``). With
+    ``ordered`` the first may not exceed the second when both are static numbers.
+    """
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise TypeError(
+            f"{who}: `{name}` must be a pair ({labels[0]}, {labels[1]}) of numbers, got "
+            f"{_describe(value)}"
+        )
+    first, second = value
+    for check, label, element in zip(checks, labels, value, strict=True):
+        try:
+            check(who, label, element)
+        except (TypeError, ValueError) as error:
+            reason = str(error).removeprefix(f"{who}: ")
+            raise type(error)(f"{who}: `{name}` = {value!r}: {reason}") from None
+    both_static = is_static_number(first) and is_static_number(second)
+    if ordered and both_static and float(first) > float(second):
+        raise ValueError(
+            f"{who}: `{name}` must be a pair ({labels[0]}, {labels[1]}) with "
+            f"{labels[0]} <= {labels[1]}, got {value!r}"
+        )
+    return first, second
+
+
 # ----------------------------------------------------------------------------------------------
 # Other kinds.
 

@@ -194,6 +194,29 @@ OPTIMIZERS: tuple[Entry, ...] = (
     # Lion's step is exactly lr per coordinate (a sign), so it always hovers. Its default
     # weight decay (1e-3, decoupled) is on.
     Entry("lion", gx.lion, {}, 1e-3, 3e-4, hovers=True),
+    # RAdam is SGD with momentum on m_hat for its first steps (rho_t <= 5: t <= 5 for
+    # b2 = 0.999), then Adam with a factor r_t <= 1: Adam's learning rates, measured 6.8e-6 from
+    # the parabola's minimum and f = 2.9e-13 on Rosenbrock.
+    Entry("radam", gx.radam, {}, 3e-3, 1e-3),
+    # Adadelta's step is d = sqrt(E[d^2] + eps) / sqrt(E[g^2] + eps) * g, whose fixed point is
+    # d = g: once the average of squared steps has caught up it is gradient descent at rate lr
+    # (at least lr near a minimum, where E[g^2] << eps), so Rosenbrock needs lr < 2.0e-3 (see
+    # above), and gets lr = 1e-3 as SGD does. Until then |d| grows like sqrt(t * eps), which
+    # with torch's eps = 1e-6 is too slow to cross the valley in 2e4 steps (measured f = 3.5
+    # at lr = 1e-3); larger rates get there but are unstable at the minimum (e.g. rho = 0.8,
+    # eps = 1e-7, lr = 3e-2: f = 4.6e-5 at 1.5e4 steps, 2.6e-4 at 2.5e4). eps = 1e-3 starts
+    # 30x faster: f = 4.0e-7 at 2e4 steps, 1.5e-9 at 4e4. On the parabola lr = 0.1 contracts
+    # by 0.8 per step (measured 6.4e-7 from 1000 steps on); lr = 1 hovers (6.9e-3).
+    Entry("adadelta", gx.adadelta, {"eps": 1e-3}, 0.1, 1e-3),
+    # Rprop halves a coordinate's step at each sign flip, down to min_step_size = 1e-6, so it
+    # ends within a few 1e-6 of the minimum (measured 1.4e-6 on the parabola; f = 2.4e-8 on
+    # Rosenbrock) from torch's lr = 1e-2, which only sets the initial steps.
+    Entry("rprop", gx.rprop, {}, 1e-2, 1e-2),
+    # ASGD is SGD with a slowly decaying rate (eta = lr / (1 + lambd lr t)^0.75: 0.4% lower
+    # after 6000 steps at lr = 0.1) and a decay lambd = 1e-4 of the params, which moves the
+    # minimum as an L2 penalty of 1e-4 does (hence l2); SGD's rates, measured 6.2e-7 from the
+    # minimum and f = 8.5e-8.
+    Entry("asgd", gx.asgd, {}, 0.1, 1e-3, l2=1e-4),
     Entry("composed_chain", composed_chain, {}, 3e-3, 3e-3),
 )
 

@@ -175,6 +175,27 @@ VALID = {
         {"learning_rate": rate, "b1": unit, "b2": unit, "weight_decay": decay},
         optional={"mu_dtype": mu_dtype},
     ),
+    "radam": _adam_like(decoupled_weight_decay=st.booleans()),
+    "adadelta": st.fixed_dictionaries(
+        {"learning_rate": rate, "rho": _number(0.0, 1.0), "eps": eps, "weight_decay": decay}
+    ),
+    # Steps are at most max_step_size <= 100, which float16 params hold.
+    "rprop": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "etas": st.tuples(_number(0.01, 0.99), _number(1.01, 3.0)),
+            "step_sizes": st.tuples(_number(0.0, 1e-4), _number(1e-3, 100.0)),
+        }
+    ),
+    "asgd": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "lambd": _number(0.0, 0.1),
+            "alpha": _number(0.0, 1.0),
+            "t0": _number(0.0, 10.0),
+            "weight_decay": decay,
+        }
+    ),
 }
 
 
@@ -235,6 +256,17 @@ outside_unit = st.one_of(
     st.just(math.nan),
     st.floats(1.0, 10.0).map(np.float64),
 )
+# Adadelta's rho may be 1; Rprop's eta_minus may be neither 0 nor 1.
+outside_closed_unit = st.one_of(
+    st.floats(max_value=-1e-12, allow_nan=False),
+    st.floats(min_value=1.0, exclude_min=True, allow_nan=False),
+    st.just(math.nan),
+)
+outside_open_unit = st.one_of(
+    st.floats(max_value=0.0, allow_nan=False),
+    st.floats(min_value=1.0, allow_nan=False),
+    st.just(math.nan),
+)
 
 _ADAM_INVALID = {
     "learning_rate": negative,
@@ -268,6 +300,27 @@ INVALID = {
     }),
     "lion": ({}, {
         "learning_rate": negative, "b1": outside_unit, "b2": outside_unit,
+        "weight_decay": negative,
+    }),
+    "radam": ({}, _ADAM_INVALID),
+    "adadelta": ({}, {
+        "learning_rate": negative, "rho": outside_closed_unit, "eps": negative,
+        "weight_decay": negative,
+    }),
+    "rprop": ({}, {
+        "learning_rate": negative,
+        "etas": st.one_of(
+            st.tuples(outside_open_unit, st.just(1.2)),
+            st.tuples(st.just(0.5), st.one_of(st.floats(max_value=1.0), st.just(math.nan))),
+        ),
+        "step_sizes": st.one_of(
+            st.tuples(negative, st.just(50.0)),
+            st.tuples(st.just(1e-6), negative),
+            st.tuples(st.floats(1.0, 10.0), st.floats(0.0, 0.5)),  # min > max
+        ),
+    }),
+    "asgd": ({}, {
+        "learning_rate": negative, "lambd": negative, "alpha": negative, "t0": negative,
         "weight_decay": negative,
     }),
 }  # fmt: skip

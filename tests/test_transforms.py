@@ -806,6 +806,20 @@ TRANSFORM_CASES = [
     (gx.clip, {"max_delta": -1.0}, "max_delta"),
     (gx.clip_by_global_norm, {"max_norm": -1.0}, "max_norm"),
     (gx.clip_by_global_norm, {"max_norm": 0.0}, "max_norm"),
+    (gx.scale_by_radam, {"b2": 1.0}, "b2"),
+    (gx.scale_by_radam, {"threshold": 3.0}, "threshold"),
+    (gx.scale_by_radam, {"numerics": "jax"}, "numerics"),
+    (gx.scale_by_adadelta, {"rho": 1.5}, "rho"),
+    (gx.scale_by_adadelta, {"eps": -1e-6}, "eps"),
+    (gx.scale_by_rprop, {"learning_rate": -0.1}, "learning_rate"),
+    (gx.scale_by_rprop, {"learning_rate": 0.1, "eta_minus": 1.0}, "eta_minus"),
+    (gx.scale_by_rprop, {"learning_rate": 0.1, "eta_plus": 1.0}, "eta_plus"),
+    (gx.scale_by_rprop, {"learning_rate": 0.1, "min_step_size": -1e-6}, "min_step_size"),
+    (gx.scale_by_rprop, {"learning_rate": 0.1, "max_step_size": 1e-7}, "max_step_size"),
+    (gx.scale_by_rprop, {"learning_rate": 0.1, "numerics": "jax"}, "numerics"),
+    (gx.scale_by_asgd, {"lambd": -1e-4}, "lambd"),
+    (gx.scale_by_asgd, {"alpha": -0.75}, "alpha"),
+    (gx.scale_by_asgd, {"t0": -1.0}, "t0"),
 ]
 
 # Per optimizer of the table (tests/optimizer_table.py), by name: (arguments, the invalid one).
@@ -877,6 +891,33 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"b1": 1.0}, "b1"),
         ({"b2": -0.5}, "b2"),
         ({"weight_decay": -1e-3}, "weight_decay"),
+    ],
+    "radam": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"b1": 1.0}, "b1"),
+        ({"b2": -0.1}, "b2"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+    ],
+    "adadelta": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"rho": 1.5}, "rho"),
+        ({"eps": -1e-6}, "eps"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+    ],
+    "rprop": [
+        ({"learning_rate": -1e-2}, "learning_rate"),
+        ({"etas": (1.5, 1.2)}, "etas"),
+        ({"etas": (0.5, 1.0)}, "etas"),
+        ({"step_sizes": (-1e-6, 50.0)}, "step_sizes"),
+        ({"step_sizes": (1.0, 0.5)}, "step_sizes"),
+    ],
+    "asgd": [
+        ({"learning_rate": -1e-2}, "learning_rate"),
+        ({"lambd": -1e-4}, "lambd"),
+        ({"alpha": -0.75}, "alpha"),
+        ({"t0": -1.0}, "t0"),
+        ({"weight_decay": -0.1}, "weight_decay"),
     ],
 }
 OPTIMIZER_CASES = [

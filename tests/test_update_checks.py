@@ -42,6 +42,10 @@ TRANSFORMS = {
     "scale_by_stddev": (gx.scale_by_stddev, True),
     "scale_by_rss": (gx.scale_by_rss, True),
     "scale_by_lion": (gx.scale_by_lion, True),
+    "scale_by_radam": (gx.scale_by_radam, True),
+    "scale_by_adadelta": (gx.scale_by_adadelta, True),
+    "scale_by_rprop": (lambda: gx.scale_by_rprop(0.1), True),
+    "scale_by_asgd": (gx.scale_by_asgd, True),
     "add_decayed_weights": (lambda: gx.add_decayed_weights(0.1), False),
     "add_l2": (lambda: gx.add_l2(0.1), False),
     "clip": (lambda: gx.clip(1.0), False),
@@ -71,7 +75,10 @@ TRANSFORMS = {
     "dynamic_loss_scale": (lambda: gx.dynamic_loss_scale(gx.adam(0.1)), True),
     **{
         name: (lambda name=name: getattr(gx, name)(0.1), True)
-        for name in ("adam", "adamw", "amsgrad", "adamax", "nadam", "adagrad", "rmsprop")
+        for name in (
+            *("adam", "adamw", "amsgrad", "adamax", "nadam", "adagrad", "rmsprop"),
+            *("radam", "adadelta", "rprop", "asgd"),
+        )
     },
     "sparse_adam": (lambda: gx.sparse_adam(0.1), True),
     # Without momentum SGD keeps no state: -lr * g, computed in floating point.
@@ -91,6 +98,7 @@ NOT_TRANSFORMATIONS = {
     "lookahead_slow_params",
     "current_loss_scale",
     "decay_matrices_only",
+    "asgd_averaged_params",
 }
 
 
@@ -162,6 +170,9 @@ def test_integer_and_boolean_gradients(name, dtype):
         ("sparse_adam", "ScaleBySparseAdamState"),
         ("adagrad", "ScaleByRssState"),
         ("lion", "ScaleByLionState"),
+        ("radam", "ScaleByAdamState"),
+        ("adadelta", "ScaleByAdaDeltaState"),
+        ("rprop", "ScaleByRpropState"),
     ],
 )
 def test_another_optimizers_state_names_both(name, expected):

@@ -124,6 +124,7 @@ REQUIRED = {
     "gradient_accumulation": {"inner": _INNER, "k": 2},
     "join_transforms": {"transforms": [_INNER, _INNER], "boundaries": [2]},
     "DynamicLossScale": {"loss_scale": 1.0},
+    "scale_by_rprop": {"learning_rate": 0.1},
 }
 # Public callables that build no transformation, or take no validated arguments.
 NOT_FACTORIES = {
@@ -134,6 +135,7 @@ NOT_FACTORIES = {
     "CheckpointError",
     "apply_updates",
     "averaged_params",
+    "asgd_averaged_params",
     "lookahead_slow_params",
     "current_loss_scale",
     "decay_matrices_only",

@@ -1,4 +1,5 @@
-"""Adam's family: Adam, AMSGrad, AdamW, Adamax, NAdam, SparseAdam, as ``torch.optim``'s classes."""
+"""Adam's family: Adam, AMSGrad, AdamW, Adamax, NAdam, RAdam, SparseAdam, as ``torch.optim``'s
+classes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gradxform.transforms.adam import (
     scale_by_adamax,
     scale_by_nadam,
 )
+from gradxform.transforms.radam import scale_by_radam
 from gradxform.transforms.scaling import scale_by_learning_rate
 from gradxform.transforms.sparse import scale_by_sparse_adam
 
@@ -307,6 +309,58 @@ def sparse_adam(
     return torch_optimizer(
         who,
         scale_by_sparse_adam(b1, b2=b2, eps=eps),
+        scale_by_learning_rate(learning_rate),
+        maximize=maximize,
+    )
+
+
+def radam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """RAdam (Liu et al., 2020), as ``torch.optim.RAdam`` (``betas=(b1, b2)``).
+
+    With ``rho_t``, ``r_t`` the length of the approximated moving average and the
+    rectification factor of :func:`gradxform.scale_by_radam`::
+
+        g <- g + weight_decay * p                     (coupled L2, the default)
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t,   v_t = b2 * v_{t-1} + (1 - b2) * g_t^2
+        p <- p - lr * r_t * (m_t / (1 - b1^t)) * sqrt(1 - b2^t) / (sqrt(v_t) + eps)
+                                                      if rho_t > 5
+        p <- p - lr * m_t / (1 - b1^t)                otherwise
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule.
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: added to the root of the raw second moment (>= 0).
+      weight_decay: the weight decay factor (>= 0).
+      decoupled_weight_decay: decay as AdamW does, ``p <- p - lr * weight_decay * p`` (torch's
+        ``p *= 1 - lr * weight_decay`` before the step), instead of adding
+        ``weight_decay * p`` to the gradient.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
+
+    Returns:
+      ``chain(add_l2, scale_by_radam, scale_by_learning_rate)`` (the decay after
+      ``scale_by_radam`` when decoupled).
+    """
+    who = "radam"
+    check_common(who, learning_rate, weight_decay)
+    check_moments(who, b1, b2, eps)
+    _validate.boolean(who, "decoupled_weight_decay", decoupled_weight_decay)
+    decay = decay_link(who, weight_decay)
+    return torch_optimizer(
+        who,
+        *([] if decoupled_weight_decay else decay),
+        scale_by_radam(b1, b2, eps, numerics="torch"),
+        *(decay if decoupled_weight_decay else []),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
     )

@@ -1,4 +1,4 @@
-"""Root-mean-square optimizers: Adagrad and RMSprop, as ``torch.optim``'s classes."""
+"""Root-mean-square optimizers: Adagrad, RMSprop and Adadelta, as ``torch.optim``'s classes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from gradxform import _validate
 from gradxform._base import GradientTransformation
 from gradxform._types import ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link, optional, torch_optimizer
+from gradxform.transforms.adadelta import scale_by_adadelta
 from gradxform.transforms.momentum import trace
 from gradxform.transforms.rms import scale_by_rms, scale_by_rss
 from gradxform.transforms.scaling import scale_by_learning_rate
@@ -112,6 +113,49 @@ def rmsprop(
         *decay_link(who, weight_decay),
         scale_by_rms(decay, eps, centered=centered, eps_root=eps_root),
         *optional(not _validate.is_static_zero(momentum), trace(momentum)),
+        scale_by_learning_rate(learning_rate),
+        maximize=maximize,
+    )
+
+
+def adadelta(
+    learning_rate: ScalarOrSchedule = 1.0,
+    *,
+    rho: float = 0.9,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Adadelta (Zeiler, 2012), as ``torch.optim.Adadelta``.
+
+    ::
+
+        g <- g + weight_decay * p
+        e_g <- rho * e_g + (1 - rho) * g^2
+        d = sqrt(e_x + eps) / sqrt(e_g + eps) * g
+        e_x <- rho * e_x + (1 - rho) * d^2
+        p <- p - lr * d
+
+    Args:
+      learning_rate: ``lr``, which multiplies the step ``d`` (torch's default 1.0; Optax's
+        ``adadelta`` scales by nothing unless given one).
+      rho: the decay of both averages, in [0, 1].
+      eps: added inside both roots (>= 0).
+      weight_decay: coupled L2 penalty.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
+
+    Returns:
+      ``chain(add_l2, scale_by_adadelta, scale_by_learning_rate)``.
+    """
+    who = "adadelta"
+    check_common(who, learning_rate, weight_decay)
+    _validate.probability(who, "rho", rho, closed=True)
+    _validate.non_negative(who, "eps", eps)
+    return torch_optimizer(
+        who,
+        *decay_link(who, weight_decay),
+        scale_by_adadelta(rho, eps),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
     )

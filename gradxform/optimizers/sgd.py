@@ -1,4 +1,5 @@
-"""Stochastic gradient descent with momentum, as ``torch.optim.SGD``."""
+"""Stochastic gradient descent: with momentum, as ``torch.optim.SGD``, and averaged, as
+``torch.optim.ASGD``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from gradxform import _validate
 from gradxform._base import GradientTransformation
 from gradxform._types import ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link, optional, torch_optimizer
+from gradxform.transforms.asgd import check_asgd, scale_by_asgd
 from gradxform.transforms.momentum import trace
 from gradxform.transforms.scaling import scale_by_learning_rate
 
@@ -65,5 +67,49 @@ def sgd(
             trace(momentum, nesterov, accumulator_dtype, dampening=dampening),
         ),
         scale_by_learning_rate(learning_rate),
+        maximize=maximize,
+    )
+
+
+def asgd(
+    learning_rate: float = 1e-2,
+    *,
+    lambd: float = 1e-4,
+    alpha: float = 0.75,
+    t0: float = 1e6,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Averaged SGD (Polyak & Juditsky, 1992), as ``torch.optim.ASGD``.
+
+    With ``eta_1 = lr`` and ``mu_1 = 1``, the ``t``-th step::
+
+        g <- g + weight_decay * p
+        p <- p * (1 - lambd * eta_t) - eta_t * g
+        ax <- p if mu_t == 1 else ax + mu_t * (p - ax)
+        eta_{t+1} = lr / (1 + lambd * lr * t)^alpha,   mu_{t+1} = 1 / max(1, t - t0)
+
+    The averaged params ``ax`` (for evaluation) are read with
+    :func:`gradxform.asgd_averaged_params`.
+
+    Args:
+      learning_rate: ``lr``, the initial step size (a number: the schedule is ASGD's own).
+      lambd: the decay of the params and of the step size (>= 0).
+      alpha: the power of the step-size decay (>= 0).
+      t0: the step from which the params are averaged (>= 0).
+      weight_decay: coupled L2 penalty.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
+
+    Returns:
+      ``chain(add_l2, scale_by_asgd)``. Needs ``params``.
+    """
+    who = "asgd"
+    _validate.non_negative(who, "weight_decay", weight_decay)
+    check_asgd(who, learning_rate, lambd, alpha, t0)
+    return torch_optimizer(
+        who,
+        *decay_link(who, weight_decay),
+        scale_by_asgd(learning_rate, lambd=lambd, alpha=alpha, t0=t0),
         maximize=maximize,
     )

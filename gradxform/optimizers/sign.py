@@ -1,4 +1,4 @@
-"""Sign-based optimizers: Lion."""
+"""Sign-based optimizers: Lion, and Rprop as ``torch.optim.Rprop``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 from gradxform import _validate
 from gradxform._base import GradientTransformation, chain
 from gradxform._types import MaskOrFn, ScalarOrSchedule
-from gradxform.optimizers._links import check_common, decay_link
-from gradxform.transforms.scaling import scale_by_learning_rate
+from gradxform.optimizers._links import check_common, decay_link, torch_optimizer
+from gradxform.transforms.rprop import check_eta_minus, check_eta_plus, scale_by_rprop
+from gradxform.transforms.scaling import scale, scale_by_learning_rate
 from gradxform.transforms.sign import scale_by_lion
 
 
@@ -47,4 +48,53 @@ def lion(
         scale_by_lion(b1, b2, mu_dtype),
         *decay_link(who, weight_decay, mask),
         scale_by_learning_rate(learning_rate),
+    )
+
+
+def rprop(
+    learning_rate: float = 1e-2,
+    *,
+    etas: tuple[float, float] = (0.5, 1.2),
+    step_sizes: tuple[float, float] = (1e-6, 50.0),
+    maximize: bool = False,
+) -> GradientTransformation:
+    """Rprop (Riedmiller & Braun, 1993), as ``torch.optim.Rprop``.
+
+    Per coordinate, with ``s = sign(g_t * g_{t-1})`` and ``(eta_minus, eta_plus) = etas``::
+
+        d_t = clip(d_{t-1} * (eta_plus if s > 0, eta_minus if s < 0, 1 if s == 0), *step_sizes)
+        g_t <- 0 where s < 0                          (the step is skipped, and forgotten)
+        p <- p - sign(g_t) * d_t
+
+    Args:
+      learning_rate: the initial step size ``d_0`` (>= 0); it does nothing after (a number, not
+        a schedule).
+      etas: ``(eta_minus, eta_plus)``, with ``0 < eta_minus < 1 < eta_plus``.
+      step_sizes: ``(min_step_size, max_step_size)``, ``0 <= min <= max``.
+      maximize: ascend the objective instead (torch's ``maximize``: the gradient is negated
+        first).
+
+    Returns:
+      ``chain(scale_by_rprop, scale(-1))``.
+    """
+    who = "rprop"
+    _validate.non_negative(who, "learning_rate", learning_rate)
+    eta_minus, eta_plus = _validate.pair(
+        who, "etas", etas, (check_eta_minus, check_eta_plus), ("eta_minus", "eta_plus")
+    )
+    min_step_size, max_step_size = _validate.pair(
+        who,
+        "step_sizes",
+        step_sizes,
+        (_validate.non_negative, _validate.non_negative),
+        ("min_step_size", "max_step_size"),
+        ordered=True,
+    )
+    return torch_optimizer(
+        who,
+        scale_by_rprop(
+            learning_rate, eta_minus, eta_plus, min_step_size, max_step_size, numerics="torch"
+        ),
+        scale(-1.0),
+        maximize=maximize,
     )
