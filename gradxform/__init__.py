@@ -14,6 +14,7 @@ from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam
+from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.rms import adagrad, rmsprop
 from gradxform.optimizers.sgd import sgd
 from gradxform.optimizers.sign import lion
@@ -57,6 +58,13 @@ from gradxform.transforms.complex import (
 )
 from gradxform.transforms.constrain import ZeroNansState, zero_nans
 from gradxform.transforms.decay import add_decayed_weights, add_l2
+from gradxform.transforms.factored import (
+    FactoredState,
+    ScaleByAdafactorState,
+    scale_by_adafactor,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
 from gradxform.transforms.rms import (
@@ -113,6 +121,7 @@ __all__ = [
     "DynamicLossScaleState",
     "EmaState",
     "EmptyState",
+    "FactoredState",
     "FlatLayout",
     "GradientTransformation",
     "InjectHyperparamsState",
@@ -125,6 +134,7 @@ __all__ = [
     "MultiTransformState",
     "ParamsAverageState",
     "ReduceLROnPlateauState",
+    "ScaleByAdafactorState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAmsgradState",
@@ -139,6 +149,7 @@ __all__ = [
     "SplitRealAndImaginaryState",
     "TraceState",
     "ZeroNansState",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
@@ -192,11 +203,14 @@ __all__ = [
     "rmsprop",
     "save_state",
     "scale",
+    "scale_by_adafactor",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_nadam",
+    "scale_by_param_block_rms",
     "scale_by_rms",
     "scale_by_rss",
     "scale_by_schedule",
