@@ -14,6 +14,7 @@ from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
+from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
 from gradxform.optimizers.sgd import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
@@ -63,6 +64,13 @@ from gradxform.transforms.complex import (
 )
 from gradxform.transforms.constrain import ZeroNansState, zero_nans
 from gradxform.transforms.decay import add_decayed_weights, add_l2
+from gradxform.transforms.factored import (
+    FactoredState,
+    ScaleByAdafactorState,
+    scale_by_adafactor,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
 from gradxform.transforms.radam import scale_by_radam
@@ -122,6 +130,7 @@ __all__ = [
     "DynamicLossScaleState",
     "EmaState",
     "EmptyState",
+    "FactoredState",
     "FlatLayout",
     "GradientTransformation",
     "InjectHyperparamsState",
@@ -135,6 +144,7 @@ __all__ = [
     "ParamsAverageState",
     "ReduceLROnPlateauState",
     "ScaleByAdaDeltaState",
+    "ScaleByAdafactorState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAmsgradState",
@@ -153,6 +163,7 @@ __all__ = [
     "TraceState",
     "ZeroNansState",
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
@@ -214,12 +225,15 @@ __all__ = [
     "save_state",
     "scale",
     "scale_by_adadelta",
+    "scale_by_adafactor",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_asgd",
+    "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_nadam",
+    "scale_by_param_block_rms",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rprop",

@@ -4,9 +4,9 @@ Each ``Entry`` is one configuration of an optimizer: a factory (a public optimiz
 ``gradxform``, or a chain built the way the optimizers are), keyword arguments, and the learning
 rates that make it converge on the two problems of ``test_optimizers.py``. Between them the
 entries switch on momentum, Nesterov, dampening, coupled and decoupled weight decay, a decay
-mask, centering, AMSGrad, and Adagrad's ``lr_decay`` and initial accumulator; dtype options
-(``mu_dtype``) have their own tests, as the table's dtype test expects every moment in its
-param's dtype.
+mask, centering, AMSGrad, Adagrad's ``lr_decay`` and initial accumulator, and factored second
+moments (Adafactor); dtype options (``mu_dtype``) have their own tests, as the table's dtype
+test expects every moment in its param's dtype.
 
 Tests import it as a sibling module (``from optimizer_table import table``), as they do
 ``references``: ``@table`` runs a test once per entry. ``test_table_covers_every_optimizer_in_all``
@@ -217,6 +217,15 @@ OPTIMIZERS: tuple[Entry, ...] = (
     # minimum as an L2 penalty of 1e-4 does (hence l2); SGD's rates, measured 6.2e-7 from the
     # minimum and f = 8.5e-8.
     Entry("asgd", gx.asgd, {}, 0.1, 1e-3, l2=1e-4),
+    # Adafactor's step is relative to each param's RMS, floored at eps2 (torch's default 1e-3):
+    # Rosenbrock's valley runs through the origin, where the RMS of (x, y) vanishes and steps
+    # of lr * 1e-3 stall the iterate there (measured: f = 1.04, 1.00 and 0.72 after 20000
+    # steps at lr = 3e-4, 5e-4 and 1e-3; still 0.064 after 30000 at 3e-4 with eps2 = 0.1).
+    # eps2 = 1 floors the step at lr. Its update g / sqrt(v) is normalised, so near
+    # Rosenbrock's minimum the step stays ~lr, which costs ~500 lr^2 (see above): lr = 5e-4
+    # (measured f = 5.6e-5 from 15000 steps on). On the parabola the gradient does vanish:
+    # lr = 3e-3 reaches 1.7e-7 (lr = 1e-2 hovers at 5.6e-3).
+    Entry("adafactor", gx.adafactor, {"eps": (None, 1.0)}, 3e-3, 5e-4),
     Entry("composed_chain", composed_chain, {}, 3e-3, 3e-3),
 )
 

@@ -208,6 +208,14 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
 
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     param_shapes = {np.shape(p) for p in jax.tree.leaves(params)}
+    # torch's Adafactor keeps a matrix's second moment as a row and a column statistic: the
+    # param's shape with its last, or its second-to-last, axis reduced to 1.
+    factored_shapes = {
+        (*s[:-2], *reduced)
+        for s in param_shapes
+        if len(s) >= 2
+        for reduced in ((s[-2], 1), (1, s[-1]))
+    }
     for (path, before), after in zip(
         jax.tree_util.tree_leaves_with_path(state), jax.tree.leaves(new_state), strict=True
     ):
@@ -217,7 +225,7 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
         assert not weak, f"{where} is weakly typed in init"
         if jnp.issubdtype(leaf_dtype, jnp.integer):
             assert leaf_dtype == jnp.int32, f"{where}: counters are int32, got {leaf_dtype}"
-        elif shape in param_shapes:
+        elif shape in param_shapes or shape in factored_shapes:
             # Moments follow their param's dtype (bf16 params give bf16 moments).
             assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
         else:

@@ -196,6 +196,16 @@ VALID = {
             "weight_decay": decay,
         }
     ),
+    "adafactor": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "beta2_decay": _number(-2.0, 0.0),
+            "eps": st.tuples(st.one_of(st.none(), eps), st.one_of(st.just(0.0), _number(0.0, 1.0))),
+            "d": _number(1.0, 10.0),
+            "weight_decay": decay,
+            "maximize": st.booleans(),
+        }
+    ),
 }
 
 
@@ -210,7 +220,11 @@ def test_valid_and_invalid_hyperparameters_are_given_for_every_optimizer_of_the_
 def test_optimizer_runs_on_any_tree_with_finite_results(name, data):
     factory = FACTORIES[name]
     kwargs = data.draw(VALID[name], label="hyperparameters")
-    if "eps" in kwargs and float(kwargs["eps"]) == 0.0:
+    # A scalar eps bounds a preconditioned step (the assumptions below). Adafactor's pair
+    # (eps1, eps2) does not need them: its update is clipped to an RMS of d, and its state
+    # holds means of |g|^2 (<= 1e4 here, which float16 holds).
+    eps = None if isinstance(kwargs.get("eps"), tuple) else kwargs.get("eps")
+    if eps is not None and float(eps) == 0.0:
         # Without eps, Adam's step m_hat / sqrt(v_hat) (Adamax's m_hat / u) is bounded only when
         # the first moment forgets no slower than the second: b1 < sqrt(b2) (Kingma & Ba 2015,
         # section 2.1; b1 <= b2 for Adamax). Otherwise a zero gradient after a non-zero one
@@ -218,13 +232,13 @@ def test_optimizer_runs_on_any_tree_with_finite_results(name, data):
         # float16 param can hold. Condition b1 <= b2 implies both bounds.
         assume(float(kwargs.get("b1", 0.9)) <= float(kwargs.get("b2", 0.999)))
     spec = data.draw(tree_specs, label="tree")
-    if "eps" in kwargs and any(leaf.dtype == np.float16 for leaf in jax.tree.leaves(spec)):
+    if eps is not None and any(leaf.dtype == np.float16 for leaf in jax.tree.leaves(spec)):
         # float16 state holds at most 65504. A preconditioned step is bounded by |g| / eps
         # (centered RMSProp with no spread, or Adam's m / (sqrt(v) + eps)), and gradients here
         # reach 100, so a float16 buffer (state follows the params) can hold every exact value
         # only for eps >= 100 / 65504; eps >= 1e-2 leaves room for momentum over two steps.
         # Below that an inf state is float16's correct answer, as in torch.
-        assume(float(kwargs["eps"]) >= 1e-2)
+        assume(float(eps) >= 1e-2)
     params = _build(spec, "params")
     param_dtypes = _dtypes(params)
     opt = factory(**kwargs)
@@ -266,6 +280,17 @@ outside_open_unit = st.one_of(
     st.floats(max_value=0.0, allow_nan=False),
     st.floats(min_value=1.0, allow_nan=False),
     st.just(math.nan),
+)
+
+positive_or_nan = st.one_of(
+    st.floats(min_value=1e-12, allow_nan=False),  # includes +inf
+    st.just(math.nan),
+    st.floats(1e-3, 10.0).map(np.float32),
+)
+below_one = st.one_of(
+    st.floats(max_value=0.999, allow_nan=False),  # includes -inf
+    st.just(math.nan),
+    st.just(math.inf),
 )
 
 _ADAM_INVALID = {
@@ -322,6 +347,14 @@ INVALID = {
     "asgd": ({}, {
         "learning_rate": negative, "lambd": negative, "alpha": negative, "t0": negative,
         "weight_decay": negative,
+    }),
+    "adafactor": ({}, {
+        "learning_rate": negative, "beta2_decay": positive_or_nan, "d": below_one,
+        "weight_decay": negative,
+        "eps": st.one_of(
+            st.tuples(st.one_of(st.none(), st.just(1e-3)), negative),
+            st.tuples(negative, st.just(1e-3)),
+        ),
     }),
 }  # fmt: skip
 

@@ -513,6 +513,7 @@ OPTIMIZER_PRIMITIVES = {
     "gt": "elementwise",
     "is_finite": "elementwise",
     "jit": "call",
+    "le": "elementwise",
     "lt": "elementwise",
     "max": "elementwise",
     "min": "elementwise",

@@ -634,10 +634,19 @@ def test_complex_params(x64, make, reference):
     _check_leafwise(outputs, grads, reference)
 
 
+# Optimizers that refuse complex params, as their torch.optim class does: torch's Adafactor
+# raises "Adafactor does not support complex parameters" (tests/test_adafactor.py checks both).
+REFUSE_COMPLEX = {"adafactor"}
+
+
 @table
 def test_complex64_updates_are_finite_and_complex(entry):
     params = {"z": jnp.array([1 + 2j, -0.5j, 3.0], jnp.complex64)}
     opt = entry.make(entry.parabola_lr)
+    if entry.name in REFUSE_COMPLEX:
+        with pytest.raises(TypeError, match=rf"{entry.name}: parameter \['z'\] is complex"):
+            opt.init(params)
+        return
     state = opt.init(params)
     for _ in range(3):
         grads = {"z": jnp.conj(params["z"])}  # the gradient of |z|^2 / 2 (JAX's convention)
@@ -820,6 +829,13 @@ TRANSFORM_CASES = [
     (gx.scale_by_asgd, {"lambd": -1e-4}, "lambd"),
     (gx.scale_by_asgd, {"alpha": -0.75}, "alpha"),
     (gx.scale_by_asgd, {"t0": -1.0}, "t0"),
+    (gx.scale_by_adafactor, {"beta2_decay": 0.5}, "beta2_decay"),
+    (gx.scale_by_adafactor, {"eps1": -1e-30}, "eps1"),
+    (gx.scale_by_factored_rms, {"decay_rate": -0.8}, "decay_rate"),
+    (gx.scale_by_factored_rms, {"step_offset": -1}, "step_offset"),
+    (gx.scale_by_factored_rms, {"min_dim_size_to_factor": -1}, "min_dim_size_to_factor"),
+    (gx.scale_by_factored_rms, {"epsilon": -1e-30}, "epsilon"),
+    (gx.scale_by_param_block_rms, {"min_scale": -1e-3}, "min_scale"),
 ]
 
 # Per optimizer of the table (tests/optimizer_table.py), by name: (arguments, the invalid one).
@@ -918,6 +934,14 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"alpha": -0.75}, "alpha"),
         ({"t0": -1.0}, "t0"),
         ({"weight_decay": -0.1}, "weight_decay"),
+    ],
+    "adafactor": [
+        ({"learning_rate": -1e-2}, "learning_rate"),
+        ({"beta2_decay": 0.8}, "beta2_decay"),
+        ({"eps": (None, -1e-3)}, "eps"),
+        ({"eps": (-1e-30, 1e-3)}, "eps"),
+        ({"d": 0.5}, "d"),
+        ({"weight_decay": -1e-2}, "weight_decay"),
     ],
 }
 OPTIMIZER_CASES = [

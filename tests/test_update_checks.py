@@ -46,6 +46,10 @@ TRANSFORMS = {
     "scale_by_adadelta": (gx.scale_by_adadelta, True),
     "scale_by_rprop": (lambda: gx.scale_by_rprop(0.1), True),
     "scale_by_asgd": (gx.scale_by_asgd, True),
+    "scale_by_adafactor": (gx.scale_by_adafactor, True),
+    # Factors PARAMS["b"] (2, 2); "a" (3,) keeps a full moment.
+    "scale_by_factored_rms": (lambda: gx.scale_by_factored_rms(min_dim_size_to_factor=2), True),
+    "scale_by_param_block_rms": (gx.scale_by_param_block_rms, False),
     "add_decayed_weights": (lambda: gx.add_decayed_weights(0.1), False),
     "add_l2": (lambda: gx.add_l2(0.1), False),
     "clip": (lambda: gx.clip(1.0), False),
@@ -81,6 +85,7 @@ TRANSFORMS = {
         )
     },
     "sparse_adam": (lambda: gx.sparse_adam(0.1), True),
+    "adafactor": (lambda: gx.adafactor(0.1), True),
     # Without momentum SGD keeps no state: -lr * g, computed in floating point.
     "sgd": (lambda: gx.sgd(0.1), False),
     "sgd_momentum": (lambda: gx.sgd(0.1, momentum=0.9), True),
