@@ -13,6 +13,7 @@ from gradxform._base import (
 from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
+from gradxform.interop.torch_state import from_torch_state, to_torch_state
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
@@ -198,6 +199,7 @@ __all__ = [
     "exponential_decay",
     "flatten_params",
     "freeze",
+    "from_torch_state",
     "gradient_accumulation",
     "identity",
     "inject_hyperparams",
@@ -250,6 +252,7 @@ __all__ = [
     "stateless",
     "swa_params",
     "swalr_schedule",
+    "to_torch_state",
     "trace",
     "tree_utils",
     "warmup_cosine_decay_schedule",

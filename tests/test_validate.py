@@ -152,6 +152,8 @@ NOT_FACTORIES = {
     "inject_hyperparams",
     "cross_replica_mean",
     "shard_optimizer_state",
+    "from_torch_state",
+    "to_torch_state",
 }
 
 
@@ -262,6 +264,8 @@ def _positional(function):
 POSITIONAL_EXEMPT = {
     "save_state": "numpy.save's order: the file, then what is written to it",
     "load_state": "the file, then the template",
+    "from_torch_state": "the optimizer, then the params and torch's state_dict it converts",
+    "to_torch_state": "the optimizer, then the state it converts and the params it is for",
 }
 
 

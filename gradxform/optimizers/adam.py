@@ -8,7 +8,7 @@ from typing import Any
 from gradxform import _validate
 from gradxform._base import GradientTransformation
 from gradxform._types import MaskOrFn, ScalarOrSchedule
-from gradxform.optimizers._links import check_common, decay_link, torch_optimizer
+from gradxform.optimizers._links import adam_spec, check_common, decay_link, torch_optimizer
 from gradxform.transforms.adam import (
     check_moments,
     scale_by_adam,
@@ -84,6 +84,8 @@ def adam(
     _validate.boolean(who, "amsgrad", amsgrad)
     _validate.boolean(who, "decoupled_weight_decay", decoupled_weight_decay)
     decay = decay_link(who, weight_decay)
+    more = {"amsgrad": amsgrad, "decoupled_weight_decay": decoupled_weight_decay}
+    spec = adam_spec("Adam", learning_rate, b1, b2, eps, weight_decay, more)
     return torch_optimizer(
         who,
         *([] if decoupled_weight_decay else decay),
@@ -91,6 +93,8 @@ def adam(
         *(decay if decoupled_weight_decay else []),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        # torch has no eps_root: with one, no torch param group says what the optimizer does.
+        torch_spec=spec if _validate.is_static_zero(eps_root) else None,
     )
 
 
@@ -169,12 +173,16 @@ def adamw(
     _check_adam(who, learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     _validate.mask(who, "mask", mask)
     _validate.boolean(who, "amsgrad", amsgrad)
+    more = {"amsgrad": amsgrad, "decoupled_weight_decay": True}
+    spec = adam_spec("AdamW", learning_rate, b1, b2, eps, weight_decay, more)
     return torch_optimizer(
         who,
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
         *decay_link(who, weight_decay, mask),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        # A mask is two torch param groups, and torch has no eps_root: no one group to record.
+        torch_spec=spec if mask is None and _validate.is_static_zero(eps_root) else None,
     )
 
 
@@ -215,6 +223,7 @@ def adamax(
         scale_by_adamax(b1, b2, eps),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        torch_spec=adam_spec("Adamax", learning_rate, b1, b2, eps, weight_decay),
     )
 
 
@@ -259,6 +268,8 @@ def nadam(
     _validate.non_negative(who, "momentum_decay", momentum_decay)
     _validate.boolean(who, "decoupled_weight_decay", decoupled_weight_decay)
     coupled = decay_link(who, weight_decay)
+    more = {"momentum_decay": momentum_decay, "decoupled_weight_decay": decoupled_weight_decay}
+    spec = adam_spec("NAdam", learning_rate, b1, b2, eps, weight_decay, more)
     return torch_optimizer(
         who,
         *([] if decoupled_weight_decay else coupled),
@@ -266,6 +277,7 @@ def nadam(
         *(coupled if decoupled_weight_decay else []),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        torch_spec=spec if _validate.is_static_zero(eps_root) else None,  # torch has no eps_root
     )
 
 
@@ -311,6 +323,7 @@ def sparse_adam(
         scale_by_sparse_adam(b1, b2=b2, eps=eps),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        torch_spec=adam_spec("SparseAdam", learning_rate, b1, b2, eps),
     )
 
 
@@ -356,6 +369,7 @@ def radam(
     check_moments(who, b1, b2, eps)
     _validate.boolean(who, "decoupled_weight_decay", decoupled_weight_decay)
     decay = decay_link(who, weight_decay)
+    more = {"decoupled_weight_decay": decoupled_weight_decay}
     return torch_optimizer(
         who,
         *([] if decoupled_weight_decay else decay),
@@ -363,4 +377,5 @@ def radam(
         *(decay if decoupled_weight_decay else []),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        torch_spec=adam_spec("RAdam", learning_rate, b1, b2, eps, weight_decay, more),
     )

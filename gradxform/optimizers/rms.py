@@ -5,7 +5,13 @@ from __future__ import annotations
 from gradxform import _validate
 from gradxform._base import GradientTransformation
 from gradxform._types import ScalarOrSchedule
-from gradxform.optimizers._links import check_common, decay_link, optional, torch_optimizer
+from gradxform.optimizers._links import (
+    TorchSpec,
+    check_common,
+    decay_link,
+    optional,
+    torch_optimizer,
+)
 from gradxform.transforms.adadelta import scale_by_adadelta
 from gradxform.transforms.momentum import trace
 from gradxform.transforms.rms import scale_by_rms, scale_by_rss
@@ -56,12 +62,23 @@ def adagrad(
             base = learning_rate(count) if callable(learning_rate) else learning_rate
             return base / (1 + count * lr_decay)
 
+    spec = TorchSpec(
+        "Adagrad",
+        {
+            "lr": learning_rate,
+            "lr_decay": lr_decay,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+        },
+    )
     return torch_optimizer(
         who,
         *decay_link(who, weight_decay),
         scale_by_rss(initial_accumulator_value, eps, eps_root=eps_root),
         scale_by_learning_rate(rate),
         maximize=maximize,
+        torch_spec=spec if _validate.is_static_zero(eps_root) else None,  # torch has no eps_root
     )
 
 
@@ -108,6 +125,17 @@ def rmsprop(
     _validate.non_negative(who, "momentum", momentum)
     _validate.boolean(who, "centered", centered)
     _validate.non_negative(who, "eps_root", eps_root)
+    spec = TorchSpec(
+        "RMSprop",
+        {
+            "lr": learning_rate,
+            "momentum": momentum,
+            "alpha": decay,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+        },
+    )
     return torch_optimizer(
         who,
         *decay_link(who, weight_decay),
@@ -115,6 +143,7 @@ def rmsprop(
         *optional(not _validate.is_static_zero(momentum), trace(momentum)),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        torch_spec=spec if _validate.is_static_zero(eps_root) else None,  # torch has no eps_root
     )
 
 
@@ -158,4 +187,7 @@ def adadelta(
         scale_by_adadelta(rho, eps),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        torch_spec=TorchSpec(
+            "Adadelta", {"lr": learning_rate, "rho": rho, "eps": eps, "weight_decay": weight_decay}
+        ),
     )

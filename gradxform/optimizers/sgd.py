@@ -8,7 +8,13 @@ from typing import Any
 from gradxform import _validate
 from gradxform._base import GradientTransformation
 from gradxform._types import ScalarOrSchedule
-from gradxform.optimizers._links import check_common, decay_link, optional, torch_optimizer
+from gradxform.optimizers._links import (
+    TorchSpec,
+    check_common,
+    decay_link,
+    optional,
+    torch_optimizer,
+)
 from gradxform.transforms.asgd import check_asgd, scale_by_asgd
 from gradxform.transforms.momentum import trace
 from gradxform.transforms.scaling import scale_by_learning_rate
@@ -68,6 +74,16 @@ def sgd(
         ),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
+        torch_spec=TorchSpec(
+            "SGD",
+            {
+                "lr": learning_rate,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+            },
+        ),
     )
 
 
@@ -112,4 +128,14 @@ def asgd(
         *decay_link(who, weight_decay),
         scale_by_asgd(learning_rate, lambd=lambd, alpha=alpha, t0=t0),
         maximize=maximize,
+        torch_spec=TorchSpec(
+            "ASGD",
+            {
+                "lr": learning_rate,
+                "lambd": lambd,
+                "alpha": alpha,
+                "t0": t0,
+                "weight_decay": weight_decay,
+            },
+        ),
     )

@@ -7,7 +7,7 @@ from typing import Any
 from gradxform import _validate
 from gradxform._base import GradientTransformation, chain
 from gradxform._types import MaskOrFn, ScalarOrSchedule
-from gradxform.optimizers._links import check_common, decay_link, torch_optimizer
+from gradxform.optimizers._links import TorchSpec, check_common, decay_link, torch_optimizer
 from gradxform.transforms.rprop import check_eta_minus, check_eta_plus, scale_by_rprop
 from gradxform.transforms.scaling import scale, scale_by_learning_rate
 from gradxform.transforms.sign import scale_by_lion
@@ -97,4 +97,12 @@ def rprop(
         ),
         scale(-1.0),
         maximize=maximize,
+        torch_spec=TorchSpec(
+            "Rprop",
+            {
+                "lr": learning_rate,
+                "etas": (eta_minus, eta_plus),
+                "step_sizes": (min_step_size, max_step_size),
+            },
+        ),
     )
