@@ -14,6 +14,7 @@ from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam
+from gradxform.optimizers.muon import muon, muon_with_adamw
 from gradxform.optimizers.rms import adagrad, rmsprop
 from gradxform.optimizers.sgd import sgd
 from gradxform.optimizers.sign import lion
@@ -58,6 +59,7 @@ from gradxform.transforms.complex import (
 from gradxform.transforms.constrain import ZeroNansState, zero_nans
 from gradxform.transforms.decay import add_decayed_weights, add_l2
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
+from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
 from gradxform.transforms.rms import (
     ScaleByRmsState,
@@ -129,6 +131,7 @@ __all__ = [
     "ScaleByAdamaxState",
     "ScaleByAmsgradState",
     "ScaleByLionState",
+    "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
@@ -183,6 +186,9 @@ __all__ = [
     "lookahead_slow_params",
     "masked",
     "multi_transform",
+    "muon",
+    "muon_labels",
+    "muon_with_adamw",
     "nadam",
     "named_chain",
     "piecewise_constant_schedule",
@@ -196,6 +202,7 @@ __all__ = [
     "scale_by_adamax",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_muon",
     "scale_by_nadam",
     "scale_by_rms",
     "scale_by_rss",

@@ -273,7 +273,11 @@ def _global_norm_clip():
     return gx.chain(gx.clip_by_global_norm(0.5), gx.trace(0.9), gx.scale_by_learning_rate(0.1))
 
 
-TABLE_RUN = [*ENTRIES, *FLAT_EXTRAS]
+# Entries that are not element-wise, left out: Muon orthogonalises each matrix, and a flat
+# buffer is a vector (the recipe's default labels give every buffer to AdamW), so the flat path
+# would run another optimizer.
+MATRIX_ENTRIES = {"muon_with_adamw"}
+TABLE_RUN = [name for name in [*ENTRIES, *FLAT_EXTRAS] if name not in MATRIX_ENTRIES]
 # The entries whose update reduces over all leaves: compared to a few ulps further below.
 ACROSS_LEAVES = ["composed_chain"]
 
