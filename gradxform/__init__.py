@@ -16,6 +16,7 @@ from gradxform.flat import FlatLayout, flatten_params
 from gradxform.interop.torch_state import from_torch_state, to_torch_state
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.factored import adafactor
+from gradxform.optimizers.muon import muon, muon_with_adamw
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
 from gradxform.optimizers.sgd import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
@@ -73,6 +74,7 @@ from gradxform.transforms.factored import (
     scale_by_param_block_rms,
 )
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
+from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
 from gradxform.transforms.radam import scale_by_radam
 from gradxform.transforms.rms import (
@@ -151,6 +153,7 @@ __all__ = [
     "ScaleByAmsgradState",
     "ScaleByAsgdState",
     "ScaleByLionState",
+    "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
@@ -215,6 +218,9 @@ __all__ = [
     "masked",
     "multi_transform",
     "multiplicative_schedule",
+    "muon",
+    "muon_labels",
+    "muon_with_adamw",
     "nadam",
     "named_chain",
     "piecewise_constant_schedule",
@@ -234,6 +240,7 @@ __all__ = [
     "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_muon",
     "scale_by_nadam",
     "scale_by_param_block_rms",
     "scale_by_radam",

@@ -280,7 +280,15 @@ NEEDS_THE_TREE = {
     "adafactor": "factors each matrix's second moment into rows and columns, and scales and "
     "clips each leaf by its own RMS; a flat buffer is one long vector",
 }
-TABLE_RUN = [name for name in (*ENTRIES, *FLAT_EXTRAS) if name not in NEEDS_THE_TREE]
+# Entries that are not element-wise, left out: Muon orthogonalises each matrix, and a flat
+# buffer is a vector (the recipe's default labels give every buffer to AdamW), so the flat path
+# would run another optimizer.
+MATRIX_ENTRIES = {"muon_with_adamw"}
+TABLE_RUN = [
+    name
+    for name in (*ENTRIES, *FLAT_EXTRAS)
+    if name not in NEEDS_THE_TREE and name not in MATRIX_ENTRIES
+]
 # The entries whose update reduces over all leaves: compared to a few ulps further below.
 ACROSS_LEAVES = ["composed_chain"]
 

@@ -206,6 +206,25 @@ VALID = {
             "maximize": st.booleans(),
         }
     ),
+    # Muon on the matrices (2-D leaves, empty ones included), AdamW on the rest. AdamW's eps
+    # stays >= 1e-2: the float16 bound of the test below is keyed on `eps`, which is Muon's here.
+    "muon_with_adamw": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "weight_decay": decay,
+            "momentum": unit,
+            "nesterov": st.booleans(),
+            "eps": eps,
+            "ns_steps": st.integers(0, 6),
+            "adjust_lr_fn": st.sampled_from([None, "original", "match_rms_adamw"]),
+            "ns_dtype": st.sampled_from([jnp.dtype(jnp.bfloat16), None]),
+            "adamw_b1": unit,
+            "adamw_b2": unit,
+            "adamw_eps": _number(1e-2, 1e-1),
+            "adamw_weight_decay": decay,
+        },
+        optional={"adamw_learning_rate": rate},
+    ),
 }
 
 
@@ -355,6 +374,11 @@ INVALID = {
             st.tuples(st.one_of(st.none(), st.just(1e-3)), negative),
             st.tuples(negative, st.just(1e-3)),
         ),
+    }),
+    "muon_with_adamw": ({}, {
+        "learning_rate": negative, "weight_decay": negative, "momentum": outside_unit,
+        "eps": negative, "adamw_learning_rate": negative, "adamw_b1": outside_unit,
+        "adamw_b2": outside_unit, "adamw_eps": negative, "adamw_weight_decay": negative,
     }),
 }  # fmt: skip
 

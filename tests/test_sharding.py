@@ -507,6 +507,7 @@ OPTIMIZER_PRIMITIVES = {
     "broadcast_in_dim": "broadcast_in_dim",
     "convert_element_type": "elementwise",
     "div": "elementwise",
+    "dot_general": "dot_general",
     "eq": "elementwise",
     "exp": "elementwise",
     "expm1": "elementwise",
@@ -523,10 +524,12 @@ OPTIMIZER_PRIMITIVES = {
     "psum": "collective",
     "reduce_sum": "reduction",
     "rsqrt": "elementwise",
+    "scan": "scan",
     "select_n": "elementwise",
     "sign": "elementwise",
     "sqrt": "elementwise",
     "sub": "elementwise",
+    "transpose": "transpose",
 }
 
 

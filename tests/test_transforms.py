@@ -943,6 +943,20 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"d": 0.5}, "d"),
         ({"weight_decay": -1e-2}, "weight_decay"),
     ],
+    "muon_with_adamw": [
+        ({"learning_rate": -0.02}, "learning_rate"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"eps": -1e-7}, "eps"),
+        ({"ns_steps": 100}, "ns_steps"),
+        ({"ns_coefficients": (3.0, float("inf"), 1.0)}, "ns_coefficients"),
+        ({"adjust_lr_fn": "rms"}, "adjust_lr_fn"),
+        ({"adamw_learning_rate": -1e-3}, "adamw_learning_rate"),
+        ({"adamw_b1": 1.0}, "adamw_b1"),
+        ({"adamw_b2": -0.1}, "adamw_b2"),
+        ({"adamw_eps": -1e-8}, "adamw_eps"),
+        ({"adamw_weight_decay": -0.01}, "adamw_weight_decay"),
+    ],
 }
 OPTIMIZER_CASES = [
     (FACTORIES[name], kwargs, argument)

@@ -90,7 +90,16 @@ TRANSFORMS = {
     "sgd": (lambda: gx.sgd(0.1), False),
     "sgd_momentum": (lambda: gx.sgd(0.1, momentum=0.9), True),
     "lion": (lambda: gx.lion(0.1), True),
+    # Muon for the matrix "b", AdamW for the vector "a".
+    "muon_with_adamw": (lambda: gx.muon_with_adamw(0.1), True),
 }
+# Transformations of matrices only (Muon refuses the vector "a" of PARAMS): the same checks,
+# run below with MATRIX_PARAMS, whose "a" is a matrix.
+MATRIX_TRANSFORMS = {
+    "muon": lambda: gx.muon(0.1),
+    "scale_by_muon": gx.scale_by_muon,
+}
+MATRIX_PARAMS = {"a": jnp.ones((3, 2)), "b": jnp.ones((2, 2))}
 # Transformations that need a mapped axis to run; their checks are the inner ones'.
 NEEDS_AN_AXIS = {"cross_replica_mean", "shard_optimizer_state"}
 
@@ -104,6 +113,7 @@ NOT_TRANSFORMATIONS = {
     "current_loss_scale",
     "decay_matrices_only",
     "asgd_averaged_params",
+    "muon_labels",
 }
 
 
@@ -122,8 +132,9 @@ def test_the_table_covers_every_public_transformation():
         and (not isinstance(getattr(gx, name), type) or name == "MultiSteps")
     }
     assert "adam" in public and "masked" in public
-    assert public - NOT_TRANSFORMATIONS - NEEDS_AN_AXIS <= set(TRANSFORMS), sorted(
-        public - NOT_TRANSFORMATIONS - NEEDS_AN_AXIS - set(TRANSFORMS)
+    tables = set(TRANSFORMS) | set(MATRIX_TRANSFORMS)
+    assert public - NOT_TRANSFORMATIONS - NEEDS_AN_AXIS <= tables, sorted(
+        public - NOT_TRANSFORMATIONS - NEEDS_AN_AXIS - tables
     )
 
 
@@ -162,6 +173,30 @@ def test_integer_and_boolean_gradients(name, dtype):
         # A transformation without gradient state takes integer updates, as Optax's do.
         updates, _ = _update(name, grads)
         assert updates["a"].shape == (3,)
+
+
+def _matrix_update(name, a):
+    transform = MATRIX_TRANSFORMS[name]()
+    state = transform.init(MATRIX_PARAMS)
+    return transform.update({**MATRIX_PARAMS, "a": a}, state, MATRIX_PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX_TRANSFORMS))
+@pytest.mark.parametrize("shape", [(2, 3), (3,), (), (3, 2, 1)])
+def test_matrix_transformations_never_broadcast(name, shape):
+    with pytest.raises(ValueError) as info:
+        _matrix_update(name, jnp.ones(shape))
+    message = str(info.value)
+    assert "['a']" in message and str(shape) in message and "(3, 2)" in message, message
+    assert "broadcast" in message
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX_TRANSFORMS))
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.int32, jnp.bool_])
+def test_matrix_transformations_refuse_complex_integer_and_boolean_gradients(name, dtype):
+    expected = "is complex" if dtype == jnp.complex64 else f"has dtype {jnp.dtype(dtype)}"
+    with pytest.raises(TypeError, match=rf"\['a'\] {expected}"):
+        _matrix_update(name, jnp.ones((3, 2), dtype))
 
 
 @pytest.mark.parametrize(
