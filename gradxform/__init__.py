@@ -14,6 +14,7 @@ from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam
+from gradxform.optimizers.lbfgs import lbfgs
 from gradxform.optimizers.rms import adagrad, rmsprop
 from gradxform.optimizers.sgd import sgd
 from gradxform.optimizers.sign import lion
@@ -57,6 +58,15 @@ from gradxform.transforms.complex import (
 )
 from gradxform.transforms.constrain import ZeroNansState, zero_nans
 from gradxform.transforms.decay import add_decayed_weights, add_l2
+from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
+from gradxform.transforms.linesearch import (
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
 from gradxform.transforms.rms import (
@@ -75,6 +85,8 @@ from gradxform.transforms.scaling import (
     set_to_zero,
 )
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion
+from gradxform.transforms.torch_lbfgs import LbfgsState
+from gradxform.transforms.zoom import scale_by_zoom_linesearch
 from gradxform.wrappers.accumulation import MultiSteps, MultiStepsState, gradient_accumulation
 from gradxform.wrappers.averaging import (
     LookaheadState,
@@ -108,6 +120,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApplyIfFiniteState",
+    "BacktrackingLinesearchInfo",
     "CheckpointError",
     "DynamicLossScale",
     "DynamicLossScaleState",
@@ -117,6 +130,7 @@ __all__ = [
     "GradientTransformation",
     "InjectHyperparamsState",
     "JoinTransformsState",
+    "LbfgsState",
     "LookaheadState",
     "MaskedNode",
     "MaskedState",
@@ -128,17 +142,21 @@ __all__ = [
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAmsgradState",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByNadamState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
     "ScaleByRssState",
     "ScaleByScheduleState",
+    "ScaleByZoomLinesearchState",
     "ShardedState",
     "SplitRealAndImaginaryArrays",
     "SplitRealAndImaginaryState",
     "TraceState",
     "ZeroNansState",
+    "ZoomLinesearchInfo",
     "adagrad",
     "adam",
     "adamax",
@@ -175,6 +193,7 @@ __all__ = [
     "inverse_time_decay",
     "join_schedules",
     "join_transforms",
+    "lbfgs",
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
@@ -194,6 +213,8 @@ __all__ = [
     "scale",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_backtracking_linesearch",
+    "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_nadam",
@@ -201,6 +222,7 @@ __all__ = [
     "scale_by_rss",
     "scale_by_schedule",
     "scale_by_stddev",
+    "scale_by_zoom_linesearch",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
@@ -210,6 +232,7 @@ __all__ = [
     "swa_params",
     "trace",
     "tree_utils",
+    "value_and_grad_from_state",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
     "zero_nans",

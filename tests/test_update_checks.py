@@ -76,6 +76,25 @@ TRANSFORMS = {
     "sgd": (lambda: gx.sgd(0.1), False),
     "sgd_momentum": (lambda: gx.sgd(0.1, momentum=0.9), True),
     "lion": (lambda: gx.lion(0.1), True),
+    "lbfgs": (gx.lbfgs, True),
+    "scale_by_lbfgs": (gx.scale_by_lbfgs, True),
+    "scale_by_zoom_linesearch": (lambda: gx.scale_by_zoom_linesearch(5), True),
+    "scale_by_backtracking_linesearch": (lambda: gx.scale_by_backtracking_linesearch(5), True),
+}
+
+
+def _loss(params):
+    return sum(jnp.sum(x * x) for x in jax.tree.leaves(params))
+
+
+# What the updates of the transformations that need the loss take besides the gradients.
+EXTRA_ARGS = {
+    "reduce_on_plateau": {"value": 1.0},
+    "lbfgs": {"value": 1.0, "value_and_grad_fn": jax.value_and_grad(_loss)},
+    **{
+        name: {"value": 1.0, "grad": PARAMS, "value_fn": _loss}
+        for name in ("scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")
+    },
 }
 # Transformations that need a mapped axis to run; their checks are the inner ones'.
 NEEDS_AN_AXIS = {"cross_replica_mean", "shard_optimizer_state"}
@@ -89,6 +108,7 @@ NOT_TRANSFORMATIONS = {
     "lookahead_slow_params",
     "current_loss_scale",
     "decay_matrices_only",
+    "value_and_grad_from_state",
 }
 
 
@@ -115,8 +135,7 @@ def test_the_table_covers_every_public_transformation():
 def _update(name, updates, state=None, params=PARAMS):
     transform = TRANSFORMS[name][0]()
     state = transform.init(PARAMS) if state is None else state
-    kwargs = {"value": 1.0} if name == "reduce_on_plateau" else {}
-    return transform.update(updates, state, params, **kwargs)
+    return transform.update(updates, state, params, **EXTRA_ARGS.get(name, {}))
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
