@@ -186,8 +186,9 @@ VALID = {
 
 # L-BFGS's update evaluates the loss itself (``value_and_grad_fn``), and the gradients drawn
 # here belong to no loss: the two tests that run updates on them skip it (the first saying
-# so, the second, which draws the optimizer, by leaving it out of the draw);
-# tests/test_lbfgs.py runs it on trees and inside the guards, on a loss.
+# so, the second, which draws the optimizer, by leaving it out of the draw).
+# tests/test_lbfgs.py draws VALID["lbfgs"] on a loss, and runs L-BFGS on any tree and inside
+# apply_if_finite.
 GRADIENTS_ONLY = sorted(set(FACTORIES) - NEEDS_LOSS_BY_NAME)
 
 

@@ -94,6 +94,23 @@ def scale_by_lbfgs(
     Returns:
       A transformation whose state is :class:`ScaleByLBFGSState`.
 
+    Example:
+      Optax's ``optax.lbfgs``, in Optax's loop:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> def f(x):
+      ...     return jnp.sum((x - jnp.arange(3.0)) ** 2)
+      >>> opt = gx.chain(gx.scale_by_lbfgs(), gx.scale(-1.0),
+      ...                gx.scale_by_zoom_linesearch(20, initial_guess_strategy="one"))
+      >>> params, value_and_grad = jnp.zeros(3), gx.value_and_grad_from_state(f)
+      >>> state = opt.init(params)
+      >>> for _ in range(2):
+      ...     value, grad = value_and_grad(params, state=state)
+      ...     updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=f)
+      ...     params = gx.apply_updates(params, updates)
+      >>> [round(float(x), 5) for x in params]
+      [0.0, 1.0, 2.0]
+
     References:
       Nocedal & Wright, *Numerical Optimization*, 1999, Algorithms 7.4 and 7.5.
       Liu & Nocedal, *On the limited memory BFGS method for large scale optimization*, 1989.
