@@ -16,6 +16,7 @@ from gradxform.flat import FlatLayout, flatten_params
 from gradxform.interop.torch_state import from_torch_state, to_torch_state
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.factored import adafactor
+from gradxform.optimizers.lbfgs import lbfgs
 from gradxform.optimizers.muon import muon, muon_with_adamw
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
 from gradxform.optimizers.sgd import asgd, sgd
@@ -73,6 +74,15 @@ from gradxform.transforms.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
+from gradxform.transforms.linesearch import (
+    BacktrackingLinesearchInfo,
+    ScaleByBacktrackingLinesearchState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    value_and_grad_from_state,
+)
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
@@ -95,6 +105,8 @@ from gradxform.transforms.scaling import (
 )
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
+from gradxform.transforms.torch_lbfgs import LbfgsState
+from gradxform.transforms.zoom import scale_by_zoom_linesearch
 from gradxform.wrappers.accumulation import MultiSteps, MultiStepsState, gradient_accumulation
 from gradxform.wrappers.averaging import (
     LookaheadState,
@@ -128,6 +140,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApplyIfFiniteState",
+    "BacktrackingLinesearchInfo",
     "CheckpointError",
     "DynamicLossScale",
     "DynamicLossScaleState",
@@ -138,6 +151,7 @@ __all__ = [
     "GradientTransformation",
     "InjectHyperparamsState",
     "JoinTransformsState",
+    "LbfgsState",
     "LookaheadState",
     "MaskedNode",
     "MaskedState",
@@ -152,6 +166,8 @@ __all__ = [
     "ScaleByAdamaxState",
     "ScaleByAmsgradState",
     "ScaleByAsgdState",
+    "ScaleByBacktrackingLinesearchState",
+    "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByMuonState",
     "ScaleByNadamState",
@@ -161,11 +177,13 @@ __all__ = [
     "ScaleByRssState",
     "ScaleByScheduleState",
     "ScaleBySparseAdamState",
+    "ScaleByZoomLinesearchState",
     "ShardedState",
     "SplitRealAndImaginaryArrays",
     "SplitRealAndImaginaryState",
     "TraceState",
     "ZeroNansState",
+    "ZoomLinesearchInfo",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -209,6 +227,7 @@ __all__ = [
     "inverse_time_decay",
     "join_schedules",
     "join_transforms",
+    "lbfgs",
     "linear_onecycle_schedule",
     "linear_schedule",
     "lion",
@@ -237,7 +256,9 @@ __all__ = [
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_asgd",
+    "scale_by_backtracking_linesearch",
     "scale_by_factored_rms",
+    "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
@@ -250,6 +271,7 @@ __all__ = [
     "scale_by_schedule",
     "scale_by_sparse_adam",
     "scale_by_stddev",
+    "scale_by_zoom_linesearch",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
@@ -262,6 +284,7 @@ __all__ = [
     "to_torch_state",
     "trace",
     "tree_utils",
+    "value_and_grad_from_state",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
     "zero_nans",

@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jax
 import pytest
 
 import gradxform as gx
@@ -52,7 +53,11 @@ class Entry:
     the parabola, so they end within O(lr) of it rather than at the float32 floor (see
     ``test_converges_on_parabola``). ``l2`` is the coupled weight decay, which moves the
     parabola's minimum (see ``_parabola_minimum`` there). ``covers`` lists the public
-    optimizers this entry runs inside its factory, on the leaves they take.
+    optimizers this entry runs inside its factory, on the leaves they take. ``update_args``
+    names what ``update`` needs besides ``(grads, state, params)``, from :data:`UPDATE_ARGS` (L-BFGS
+    evaluates the loss itself): tests that have the loss pass them through :func:`loss_update`,
+    and tests that feed given gradients skip such an entry with
+    :func:`skip_if_update_needs_the_loss`, saying why.
     """
 
     id: str
@@ -65,6 +70,7 @@ class Entry:
     # Public optimizers that ``factory`` runs on some of the leaves and that cannot take the
     # table's problems themselves (see ``COVERED``).
     covers: tuple[Callable[..., gx.GradientTransformation], ...] = ()
+    update_args: tuple[str, ...] = ()
 
     def make(self, learning_rate: float) -> gx.GradientTransformation:
         return self.factory(learning_rate, **self.kwargs)
@@ -73,6 +79,35 @@ class Entry:
     def name(self) -> str:
         """The factory's name: the public optimizer's (``"sgd"``), or a chain's."""
         return self.factory.__name__
+
+
+# What an update may need besides (grads, state, params), each computed from the loss:
+# ``value``, the loss at the params, and ``value_and_grad_fn``, ``params -> (loss, grads)``.
+UPDATE_ARGS = ("value", "value_and_grad_fn")
+
+
+def loss_update(opt: gx.GradientTransformation, update_args: tuple[str, ...], loss: Callable):
+    """``update(grads, state, params, *loss_args)``: ``opt.update`` given, besides, the
+    arguments ``update_args`` names, computed from ``loss(params, *loss_args)``. Without
+    ``update_args`` it is ``opt.update`` itself."""
+    unknown = set(update_args) - set(UPDATE_ARGS)
+    assert not unknown, f"unknown update arguments {sorted(unknown)}; known: {UPDATE_ARGS}"
+
+    def update(grads, state, params, *loss_args):
+        extra = {}
+        if "value" in update_args:
+            extra["value"] = loss(params, *loss_args)
+        if "value_and_grad_fn" in update_args:
+            extra["value_and_grad_fn"] = lambda p: jax.value_and_grad(loss)(p, *loss_args)
+        return opt.update(grads, state, params, **extra)
+
+    return update
+
+
+def skip_if_update_needs_the_loss(entry: Entry, why: str) -> None:
+    """Skips the test for an entry whose update needs more than the gradients, saying why."""
+    if entry.update_args:
+        pytest.skip(f"{entry.id}: its update needs {', '.join(entry.update_args)}; {why}")
 
 
 def composed_chain(learning_rate: float) -> gx.GradientTransformation:
@@ -245,6 +280,17 @@ OPTIMIZERS: tuple[Entry, ...] = (
         covers=(gx.muon,),
     ),
     Entry("composed_chain", composed_chain, {}, 3e-3, 3e-3),
+    # L-BFGS takes torch's lr = 1: the step length of its quasi-Newton direction, which on the
+    # parabola (Hessian 2I) is exact from the second iteration on (H_diag = y.s / y.y = 1/2).
+    Entry("lbfgs", gx.lbfgs, {}, 1.0, 1.0, update_args=UPDATE_ARGS),
+    Entry(
+        "lbfgs_strong_wolfe",
+        gx.lbfgs,
+        {"line_search_fn": "strong_wolfe", "history_size": 5},
+        1.0,
+        1.0,
+        update_args=UPDATE_ARGS,
+    ),
 )
 
 ENTRIES: dict[str, Entry] = {entry.id: entry for entry in OPTIMIZERS}
@@ -253,6 +299,10 @@ assert len(ENTRIES) == len(OPTIMIZERS), "two entries share an id"
 # The public optimizers that the table's entries use, by name.
 FACTORIES: dict[str, Callable[..., gx.GradientTransformation]] = {
     entry.name: entry.factory for entry in OPTIMIZERS if is_optimizer(entry.factory)
+}
+# The names among them whose update needs the loss (see ``Entry.update_args``).
+NEEDS_LOSS_BY_NAME: set[str] = {
+    entry.name for entry in OPTIMIZERS if is_optimizer(entry.factory) and entry.update_args
 }
 
 # Public optimizers covered by an entry whose factory runs them on some leaves, by name. They do

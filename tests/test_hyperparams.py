@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from optimizer_table import table
+from optimizer_table import skip_if_update_needs_the_loss, table
 
 import gradxform as gx
 
@@ -61,6 +61,11 @@ def _numpy_adam(params, grads, lrs, b1s, b2=0.999, eps=1e-8):
 
 @table
 def test_injected_optimizer_equals_plain_one(x64, entry):
+    skip_if_update_needs_the_loss(
+        entry,
+        "these runs feed given gradients; tests/test_lbfgs.py compares the injected L-BFGS "
+        "(history_size static: it is a shape) with the plain one on a loss",
+    )
     # Bitwise: float64 hyperparameter arrays hold exactly the Python floats the plain optimizer
     # bakes in as constants, and both run the same IEEE operations in the same order (XLA on
     # CPU neither folds nor contracts them differently for a runtime operand).
@@ -75,6 +80,11 @@ def test_injected_optimizer_equals_plain_one(x64, entry):
 
 @table
 def test_init_and_update_build_the_same_structure_as_the_plain_optimizer(entry):
+    skip_if_update_needs_the_loss(
+        entry,
+        "the update here gets no loss, and injecting L-BFGS needs static_args='history_size' "
+        "(a shape): tests/test_lbfgs.py checks the injected L-BFGS",
+    )
     # Same arguments, same structure: init and update both call the factory with arrays, so
     # the state that update returns has init's structure, shapes and dtypes (checked without
     # compiling, by tracing), and the inner state is the plain optimizer's given the same

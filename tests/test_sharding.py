@@ -504,14 +504,21 @@ def test_sums_are_accepted_only_of_values_zero_at_the_padding(name):
 OPTIMIZER_PRIMITIVES = {
     "abs": "elementwise",
     "add": "elementwise",
+    "add_any": "elementwise",
+    "and": "elementwise",
     "broadcast_in_dim": "broadcast_in_dim",
+    "concatenate": "moves",
+    "cond": "cond",
     "convert_element_type": "elementwise",
     "div": "elementwise",
     "dot_general": "dot_general",
+    "dynamic_slice": "moves",
     "eq": "elementwise",
     "exp": "elementwise",
     "expm1": "elementwise",
+    "ge": "elementwise",
     "gt": "elementwise",
+    "integer_pow": "elementwise",
     "is_finite": "elementwise",
     "jit": "call",
     "le": "elementwise",
@@ -519,17 +526,28 @@ OPTIMIZER_PRIMITIVES = {
     "max": "elementwise",
     "min": "elementwise",
     "mul": "elementwise",
+    "ne": "elementwise",
     "neg": "elementwise",
+    "not": "elementwise",
+    "or": "elementwise",
     "pow": "elementwise",
     "psum": "collective",
+    "reduce_max": "reduction",
     "reduce_sum": "reduction",
+    "rem": "elementwise",
+    "reshape": "reshape",
     "rsqrt": "elementwise",
     "scan": "scan",
+    "scatter": "moves",
     "select_n": "elementwise",
     "sign": "elementwise",
+    "slice": "moves",
     "sqrt": "elementwise",
+    "squeeze": "reshape",
+    "stack": "moves",
     "sub": "elementwise",
     "transpose": "transpose",
+    "while": "while",
 }
 
 
@@ -542,15 +560,21 @@ def _primitive_names(jaxpr):
     return names
 
 
+def _probe_loss(params):
+    """A loss for the optimizers whose update evaluates one (L-BFGS): half the squared norm."""
+    return sum(jnp.sum(x * x) for x in jax.tree.leaves(params)) / 2
+
+
 def test_the_allow_list_decides_every_primitive_of_the_optimizers():
-    from optimizer_table import OPTIMIZERS
+    from optimizer_table import OPTIMIZERS, loss_update
 
     params = _params(np.random.default_rng(12))
-    transforms = {entry.id: entry.make(0.01) for entry in OPTIMIZERS}
-    transforms["clip_with_axis"] = SUPPORTED_INNER["clip_with_axis"](AXIS)
+    transforms = {entry.id: (entry.make(0.01), entry.update_args) for entry in OPTIMIZERS}
+    transforms["clip_with_axis"] = (SUPPORTED_INNER["clip_with_axis"](AXIS), ())
     first_seen = {}
-    for name, opt in transforms.items():
-        probe = lambda u, p, opt=opt: opt.update(u, opt.init(p), p)  # noqa: E731
+    for name, (opt, update_args) in transforms.items():
+        update = loss_update(opt, update_args, _probe_loss)
+        probe = lambda u, p, opt=opt, update=update: update(u, opt.init(p), p)  # noqa: E731
         jaxpr = jax.make_jaxpr(probe, axis_env=[(AXIS, N)])(params, params).jaxpr
         for primitive in _primitive_names(jaxpr):
             first_seen.setdefault(primitive, name)

@@ -17,7 +17,12 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from optimizer_table import FACTORIES, assert_covers_every_optimizer, table
+from optimizer_table import (
+    FACTORIES,
+    assert_covers_every_optimizer,
+    skip_if_update_needs_the_loss,
+    table,
+)
 
 import gradxform as gx
 
@@ -641,6 +646,11 @@ REFUSE_COMPLEX = {"adafactor"}
 
 @table
 def test_complex64_updates_are_finite_and_complex(entry):
+    skip_if_update_needs_the_loss(
+        entry,
+        "these gradients are given (in JAX's convention, which is not a descent direction "
+        "for a complex L-BFGS); tests/test_lbfgs.py compares complex params with torch",
+    )
     params = {"z": jnp.array([1 + 2j, -0.5j, 3.0], jnp.complex64)}
     opt = entry.make(entry.parabola_lr)
     if entry.name in REFUSE_COMPLEX:
@@ -956,6 +966,15 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"adamw_b2": -0.1}, "adamw_b2"),
         ({"adamw_eps": -1e-8}, "adamw_eps"),
         ({"adamw_weight_decay": -0.01}, "adamw_weight_decay"),
+    ],
+    "lbfgs": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"max_eval": 0}, "max_eval"),
+        ({"tolerance_grad": -1e-7}, "tolerance_grad"),
+        ({"tolerance_change": -1e-9}, "tolerance_change"),
+        ({"history_size": 0}, "history_size"),
+        ({"line_search_fn": "wolfe"}, "line_search_fn"),
     ],
 }
 OPTIMIZER_CASES = [

@@ -92,6 +92,25 @@ TRANSFORMS = {
     "lion": (lambda: gx.lion(0.1), True),
     # Muon for the matrix "b", AdamW for the vector "a".
     "muon_with_adamw": (lambda: gx.muon_with_adamw(0.1), True),
+    "lbfgs": (gx.lbfgs, True),
+    "scale_by_lbfgs": (gx.scale_by_lbfgs, True),
+    "scale_by_zoom_linesearch": (lambda: gx.scale_by_zoom_linesearch(5), True),
+    "scale_by_backtracking_linesearch": (lambda: gx.scale_by_backtracking_linesearch(5), True),
+}
+
+
+def _loss(params):
+    return sum(jnp.sum(x * x) for x in jax.tree.leaves(params))
+
+
+# What the updates of the transformations that need the loss take besides the gradients.
+EXTRA_ARGS = {
+    "reduce_on_plateau": {"value": 1.0},
+    "lbfgs": {"value": 1.0, "value_and_grad_fn": jax.value_and_grad(_loss)},
+    **{
+        name: {"value": 1.0, "grad": PARAMS, "value_fn": _loss}
+        for name in ("scale_by_zoom_linesearch", "scale_by_backtracking_linesearch")
+    },
 }
 # Transformations of matrices only (Muon refuses the vector "a" of PARAMS): the same checks,
 # run below with MATRIX_PARAMS, whose "a" is a matrix.
@@ -114,6 +133,7 @@ NOT_TRANSFORMATIONS = {
     "decay_matrices_only",
     "asgd_averaged_params",
     "muon_labels",
+    "value_and_grad_from_state",
 }
 
 
@@ -141,8 +161,7 @@ def test_the_table_covers_every_public_transformation():
 def _update(name, updates, state=None, params=PARAMS):
     transform = TRANSFORMS[name][0]()
     state = transform.init(PARAMS) if state is None else state
-    kwargs = {"value": 1.0} if name == "reduce_on_plateau" else {}
-    return transform.update(updates, state, params, **kwargs)
+    return transform.update(updates, state, params, **EXTRA_ARGS.get(name, {}))
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))

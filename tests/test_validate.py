@@ -125,6 +125,8 @@ REQUIRED = {
     "join_transforms": {"transforms": [_INNER, _INNER], "boundaries": [2]},
     "DynamicLossScale": {"loss_scale": 1.0},
     "scale_by_rprop": {"learning_rate": 0.1},
+    "scale_by_zoom_linesearch": {"max_linesearch_steps": 10},
+    "scale_by_backtracking_linesearch": {"max_backtracking_steps": 10},
 }
 # Public callables that build no transformation, or take no validated arguments.
 NOT_FACTORIES = {
@@ -204,16 +206,27 @@ BAD_VALUES = {
 }
 
 
-# Values that are bad for most arguments of their kind but valid for these.
-VALID_EXCEPTIONS = {("clip_by_global_norm", "norm_type"): [math.inf]}
+# Values that are bad for most arguments of their kind but valid for these (as in Optax: an
+# infinite curv_rtol switches the curvature criterion off, an infinite increase_factor starts
+# each search at max_learning_rate, and approx_dec_rtol=None keeps Armijo's criterion only).
+VALID_EXCEPTIONS = {
+    ("clip_by_global_norm", "norm_type"): [math.inf],
+    ("scale_by_zoom_linesearch", "curv_rtol"): [math.inf],
+    ("scale_by_zoom_linesearch", "approx_dec_rtol"): [None],
+    ("scale_by_backtracking_linesearch", "increase_factor"): [math.inf],
+}
+
+
+def _is_valid_exception(name, argument, value) -> bool:
+    valid = VALID_EXCEPTIONS.get((name, argument), [])
+    return any(value is v for v in valid) or (isinstance(value, float) and value in valid)
 
 
 def _cases():
     for name in _factories():
         for argument, kind in _kinds(getattr(gx, name)).items():
             for value, error in BAD_VALUES[kind]:
-                valid = VALID_EXCEPTIONS.get((name, argument), [])
-                if isinstance(value, float) and value in valid:
+                if _is_valid_exception(name, argument, value):
                     continue
                 yield pytest.param(name, argument, value, error, id=f"{name}-{argument}-{value!r}")
 
