@@ -42,6 +42,26 @@ def torch64(x64):
 
 
 @pytest.fixture(autouse=True)
+def _no_leaked_precision():
+    """A test that leaves float64 on (JAX's x64 or torch's default dtype) for the tests after it
+    fails here, naming itself, instead of making an unrelated later test fail."""
+    import sys
+
+    jax_before = jax.config.jax_enable_x64
+    torch = sys.modules.get("torch")
+    torch_before = torch.get_default_dtype() if torch is not None else None
+    yield
+    assert jax.config.jax_enable_x64 == jax_before, (
+        f"the test left jax_enable_x64={jax.config.jax_enable_x64} (was {jax_before})"
+    )
+    torch = sys.modules.get("torch")
+    if torch is not None and torch_before is not None:
+        assert torch.get_default_dtype() == torch_before, (
+            f"the test left torch's default dtype {torch.get_default_dtype()} (was {torch_before})"
+        )
+
+
+@pytest.fixture(autouse=True)
 def _fresh_trace_counter():
     """``chex.assert_max_traces`` counts traces per function across the whole session; each
     test starts from zero, so that a parametrized test does not count its other cases."""

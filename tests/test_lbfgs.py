@@ -39,16 +39,20 @@ STEPS = 12
 
 
 @pytest.fixture
-def float64_callbacks(torch64):
+def float64_callbacks():
     """float64 on both sides, also in the thread where ``jax.pure_callback`` runs the NumPy
     objective: ``jax.enable_x64`` (the ``x64`` fixture) holds for this thread only, and the
-    callback's float64 results would be canonicalised to float32 there."""
-    previous = jax.config.jax_enable_x64
+    callback's float64 results would be canonicalised to float32 there. The global flag is read
+    before anything enables x64 for this thread, so that the value restored is the global one."""
+    previous_jax = jax.config.jax_enable_x64
+    previous_torch = torch.get_default_dtype()
     jax.config.update("jax_enable_x64", True)
+    torch.set_default_dtype(torch.float64)
     try:
         yield
     finally:
-        jax.config.update("jax_enable_x64", previous)
+        jax.config.update("jax_enable_x64", previous_jax)
+        torch.set_default_dtype(previous_torch)
 
 
 # ----------------------------------------------------------------------------------------------
