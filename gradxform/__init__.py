@@ -18,6 +18,7 @@ from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.lbfgs import lbfgs
 from gradxform.optimizers.muon import muon, muon_with_adamw
+from gradxform.optimizers.optax_adam import adamaxw, nadamw
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
 from gradxform.optimizers.sgd import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
@@ -51,6 +52,7 @@ from gradxform.transforms.adam import (
     ScaleByNadamState,
     scale_by_adam,
     scale_by_adamax,
+    scale_by_amsgrad,
     scale_by_nadam,
 )
 from gradxform.transforms.asgd import ScaleByAsgdState, asgd_averaged_params, scale_by_asgd
@@ -89,8 +91,10 @@ from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plate
 from gradxform.transforms.radam import scale_by_radam
 from gradxform.transforms.rms import (
     ScaleByRmsState,
+    ScaleByRmsWithCountState,
     ScaleByRssState,
     ScaleByRStdDevState,
+    ScaleByRStdDevWithCountState,
     scale_by_rms,
     scale_by_rss,
     scale_by_stddev,
@@ -98,12 +102,14 @@ from gradxform.transforms.rms import (
 from gradxform.transforms.rprop import ScaleByRpropState, scale_by_rprop
 from gradxform.transforms.scaling import (
     ScaleByScheduleState,
+    normalize_by_update_norm,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
+    scale_gradient,
     set_to_zero,
 )
-from gradxform.transforms.sign import ScaleByLionState, scale_by_lion
+from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from gradxform.transforms.torch_lbfgs import LbfgsState
 from gradxform.transforms.zoom import scale_by_zoom_linesearch
@@ -172,7 +178,9 @@ __all__ = [
     "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByRStdDevState",
+    "ScaleByRStdDevWithCountState",
     "ScaleByRmsState",
+    "ScaleByRmsWithCountState",
     "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleByScheduleState",
@@ -189,6 +197,7 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
     "adaptive_grad_clip",
     "add_decayed_weights",
@@ -241,7 +250,9 @@ __all__ = [
     "muon_labels",
     "muon_with_adamw",
     "nadam",
+    "nadamw",
     "named_chain",
+    "normalize_by_update_norm",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
@@ -255,6 +266,7 @@ __all__ = [
     "scale_by_adafactor",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_amsgrad",
     "scale_by_asgd",
     "scale_by_backtracking_linesearch",
     "scale_by_factored_rms",
@@ -269,9 +281,11 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_sign",
     "scale_by_sparse_adam",
     "scale_by_stddev",
     "scale_by_zoom_linesearch",
+    "scale_gradient",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
