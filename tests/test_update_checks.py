@@ -42,6 +42,9 @@ TRANSFORMS = {
     "scale_by_stddev": (gx.scale_by_stddev, True),
     "scale_by_rss": (gx.scale_by_rss, True),
     "scale_by_lion": (gx.scale_by_lion, True),
+    "scale_by_amsgrad": (gx.scale_by_amsgrad, True),
+    "scale_by_sign": (gx.scale_by_sign, False),
+    "normalize_by_update_norm": (gx.normalize_by_update_norm, False),
     "scale_by_radam": (gx.scale_by_radam, True),
     "scale_by_adadelta": (gx.scale_by_adadelta, True),
     "scale_by_rprop": (lambda: gx.scale_by_rprop(0.1), True),
@@ -81,7 +84,7 @@ TRANSFORMS = {
         name: (lambda name=name: getattr(gx, name)(0.1), True)
         for name in (
             *("adam", "adamw", "amsgrad", "adamax", "nadam", "adagrad", "rmsprop"),
-            *("radam", "adadelta", "rprop", "asgd"),
+            *("radam", "adadelta", "rprop", "asgd", "nadamw", "adamaxw"),
         )
     },
     "sparse_adam": (lambda: gx.sparse_adam(0.1), True),
@@ -134,6 +137,7 @@ NOT_TRANSFORMATIONS = {
     "asgd_averaged_params",
     "muon_labels",
     "value_and_grad_from_state",
+    "scale_gradient",  # an identity with a scaled backward pass, used inside a loss
 }
 
 
