@@ -260,12 +260,8 @@ def scale_by_amsgrad(
                 root = root + _tree.cast_scalar(eps_root, real)
             denominator = jnp.sqrt(root) + _tree.cast_scalar(eps, real)
             u = _tree.safe_divide(m_hat, denominator, may_be_zero)
-            return (
-                u.astype(out_dtype),
-                new_m.astype(m.dtype),
-                new_v.astype(v.dtype),
-                new_max.astype(v_max.dtype),
-            )
+            outputs = (u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype))
+            return (*outputs, new_max.astype(v_max.dtype))
 
         u, mu, nu, nu_max = _tree.tree_map_multi(leaf, 4, updates, state.mu, state.nu, state.nu_max)
         return u, ScaleByAmsgradState(count, mu, nu, nu_max)
