@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
+
 from gradxform import _validate
 from gradxform._base import (
     GradientTransformation,
@@ -90,7 +93,14 @@ def monitor(measures: Mapping[str, Any]) -> GradientTransformation:
     filters = {name: extra_args_filter(t.update) for name, t in transforms.items()}
 
     def init_fn(params):
-        return MonitorState({}, tuple(transforms[name].init(params) for name in names))
+        states = tuple(transforms[name].init(params) for name in names)
+        measurements = {}
+        for name, measure_state in zip(names, states, strict=True):
+            shapes = jax.eval_shape(
+                lambda s, t=transforms[name]: t.update(params, s, params)[0], measure_state
+            )
+            measurements[name] = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        return MonitorState(measurements, states)
 
     def update_fn(updates, state, params=None, **extra_args):
         expect_state(who, state, MonitorState)
