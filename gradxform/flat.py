@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform import _tree
+from gradxform import _checks, _tree
 from gradxform._base import GradientTransformation, as_transformation, extra_args_filter
 from gradxform._masks import broadcast_prefix, is_mask_function
 
@@ -233,6 +233,8 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
         return inner.init(ravel(params))
 
     def update_fn(updates, state, params=None, **extra_args):
+        if params is not None:
+            _checks.check_updates("flatten", updates, params, "param")
         flat_params = None if params is None else ravel(params)
         flat, state = inner.update(ravel(updates), state, flat_params, **keep_extra(extra_args))
         return unravel(updates, flat), state

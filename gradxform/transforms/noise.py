@@ -70,7 +70,8 @@ def add_noise(eta: float, gamma: float, key: Any = None, *, seed: int | None = N
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         expect_state(who, state, AddNoiseState)
-        _checks.check_against_params(who, updates, params)
+        if params is not None:  # the noise is drawn in each update's (floating) dtype
+            _checks.check_updates(who, updates, params, "param")
         count = _tree.safe_increment(state.count)
         next_key, sample_key = jax.random.split(state.rng_key)
         leaves, treedef = jax.tree.flatten(updates)

@@ -69,6 +69,8 @@ def microbatch(
     _validate.count(who, "microbatch_size", microbatch_size)
     kind = _accumulator_name(who, accumulator)
     argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if not isinstance(in_axes, tuple | list):
+        _validate.count(who, "in_axes", in_axes, minimum=0)
     axes = (in_axes,) * len(argnums) if isinstance(in_axes, int) else tuple(in_axes)
     if len(axes) != len(argnums):
         raise TypeError(f"{who}: `in_axes` must give one axis per batch argument, got {in_axes!r}")

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _validate
+from gradxform import _checks, _validate
 from gradxform._base import (
     GradientTransformation,
     as_transformation,
@@ -60,8 +60,9 @@ def snapshot(measure_name: str, measure: Callable[[Any], Any]) -> GradientTransf
         return SnapshotState({measure_name: measure(params)})
 
     def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
+        del extra_args
         expect_state(who, state, SnapshotState)
+        _checks.check_against_params(who, updates, params)
         return updates, SnapshotState({measure_name: measure(updates)})
 
     return GradientTransformation(init_fn, update_fn)
@@ -143,6 +144,9 @@ def measure_with_ema(
     """
     who = "measure_with_ema"
     _validate.function(who, "measure", measure)
+    _validate.boolean(who, "debias", debias)
+    _validate.probability(who, "decay", decay, closed=not debias)
+    _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
     smooth = ema(decay, debias=debias, accumulator_dtype=accumulator_dtype)
     measured = stateless(lambda u, p: measure(u))
     inner = chain(measured, smooth)
