@@ -99,6 +99,26 @@ TRANSFORMS = {
     "scale_by_lbfgs": (gx.scale_by_lbfgs, True),
     "scale_by_zoom_linesearch": (lambda: gx.scale_by_zoom_linesearch(5), True),
     "scale_by_backtracking_linesearch": (lambda: gx.scale_by_backtracking_linesearch(5), True),
+    # Issue 11: Optax's remaining transformations and wrappers.
+    "apply_every": (lambda: gx.apply_every(2), False),
+    "centralize": (gx.centralize, False),
+    "keep_params_nonnegative": (gx.keep_params_nonnegative, False),
+    # Gaussian noise is drawn in the updates' dtype: floating updates only.
+    "add_noise": (lambda: gx.add_noise(0.01, 0.55, 0), True),
+    "conditionally_mask": (lambda: gx.conditionally_mask(gx.adam(0.1), lambda s: s > 0), True),
+    "conditionally_transform": (
+        lambda: gx.conditionally_transform(gx.adam(0.1), lambda s: s > 0),
+        True,
+    ),
+    "partition": (lambda: gx.partition({"x": gx.adam(0.1)}, {"a": "x", "b": "x"}), True),
+    "selective_transform": (
+        lambda: gx.selective_transform(gx.adam(0.1), freeze_mask={"a": False, "b": True}),
+        True,
+    ),
+    "flatten": (lambda: gx.flatten(gx.adam(0.1)), True),
+    "monitor": (lambda: gx.monitor({"m": lambda u: u}), False),
+    "snapshot": (lambda: gx.snapshot("m", lambda u: u), False),
+    "measure_with_ema": (lambda: gx.measure_with_ema(lambda u: u, 0.9), True),
 }
 
 
@@ -129,6 +149,20 @@ NEEDS_AN_AXIS = {"cross_replica_mean", "shard_optimizer_state"}
 # Public functions of those modules that read or build something else than a transformation.
 NOT_TRANSFORMATIONS = {
     "apply_updates",
+    # Functions of trees (Optax's utilities) and the DP-SGD transformations of per-example
+    # gradients (a leading batch axis, so another shape than the params by design; their checks
+    # are in tests/test_optax_wrappers.py).
+    "skip_not_finite",
+    "skip_large_updates",
+    "incremental_update",
+    "periodic_update",
+    "unitwise_norm",
+    "unitwise_clip",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "differentially_private_aggregate",
+    "dpsgd",
+    "microbatch",
     "all_finite",
     "averaged_params",
     "lookahead_slow_params",
