@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from gradxform import _checks, _tree, _validate
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -276,7 +277,7 @@ def lookahead(
         out, slow = _tree.tree_map_multi(leaf, 2, params, fast_updates, state.slow)
         return out, LookaheadState(count=count, slow=slow, inner_state=inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def lookahead_slow_params(state: Any) -> Any:

@@ -21,6 +21,7 @@ import numpy as np
 from gradxform import _tree
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -28,7 +29,7 @@ from gradxform._base import (
 
 # Arguments that are functions of params, never schedules of the step count: a callable passed
 # for one of these is handed to the factory as it is.
-_NEVER_SCHEDULES = frozenset({"mask"})
+NEVER_SCHEDULES = frozenset({"mask"})
 
 
 class InjectHyperparamsState(NamedTuple):
@@ -44,7 +45,7 @@ class InjectHyperparamsState(NamedTuple):
     inner_state: Any
 
 
-def _is_numeric(value: Any) -> bool:
+def is_numeric(value: Any) -> bool:
     """Python and NumPy numbers and numeric (not boolean) arrays, concrete or traced."""
     if isinstance(value, bool | np.bool_):
         return False
@@ -55,12 +56,12 @@ def _is_numeric(value: Any) -> bool:
     return False
 
 
-def _abstract_dtype(x: Any) -> np.dtype:
+def abstract_dtype(x: Any) -> np.dtype:
     dtype = jnp.result_type(x)
     return dtype if jnp.issubdtype(dtype, jnp.inexact) else _tree.default_float_dtype()
 
 
-def _float_dtype(hyperparam_dtype: Any | None) -> np.dtype:
+def hyperparam_float_dtype(hyperparam_dtype: Any | None) -> np.dtype:
     if hyperparam_dtype is None:
         return _tree.default_float_dtype()
     return jnp.dtype(hyperparam_dtype)
@@ -165,14 +166,14 @@ def inject_hyperparams(
 
         numeric, schedules = [], []
         for arg_name, value in arguments.items():
-            if arg_name in static_names or arg_name in _NEVER_SCHEDULES:
+            if arg_name in static_names or arg_name in NEVER_SCHEDULES:
                 continue
             kind = parameters[arg_name].kind
             if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
                 continue
             if callable(value):
                 schedules.append(arg_name)
-            elif _is_numeric(value):
+            elif is_numeric(value):
                 numeric.append(arg_name)
         injected = numeric + schedules
 
@@ -181,7 +182,7 @@ def inject_hyperparams(
             return as_transformation(inner_factory(*call.args, **call.kwargs), who)
 
         def current_hyperparams(count: jax.Array, stored: dict[str, Any]) -> dict[str, jax.Array]:
-            dtype = _float_dtype(hyperparam_dtype)
+            dtype = hyperparam_float_dtype(hyperparam_dtype)
             values = {}
             for n in sorted(injected):  # the order jax gives dicts, so printed states agree
                 value = arguments[n](count) if n in schedules else stored[n]
@@ -229,7 +230,7 @@ def inject_hyperparams(
             # updates stand in for the params when none are given; `init` wants floating
             # leaves, and the structure it builds does not depend on the dtype.
             shapes = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(jnp.shape(x), _abstract_dtype(x)), params
+                lambda x: jax.ShapeDtypeStruct(jnp.shape(x), abstract_dtype(x)), params
             )
             expected = jax.tree.structure(jax.eval_shape(inner.init, shapes))
             got = jax.tree.structure(inner_state)
@@ -240,6 +241,6 @@ def inject_hyperparams(
                     "by the state of a different optimizer?"
                 )
 
-        return GradientTransformation(init_fn, update_fn)
+        return GradientTransformationExtraArgs(init_fn, update_fn)
 
     return wrapped

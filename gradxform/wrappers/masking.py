@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from gradxform import _masks, _validate
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -113,7 +114,7 @@ def masked(inner: GradientTransformation, mask: Mask | Callable[[Any], Mask]):
         merged = _masks.merge(treedef, flags, new_leaves, treedef.flatten_up_to(updates))
         return merged, MaskedState(inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def freeze(
@@ -180,7 +181,7 @@ def freeze(
         )
         return merged, MaskedState(inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def multi_transform(
@@ -296,7 +297,7 @@ def multi_transform(
             merged = treedef.flatten_up_to(_masks.merge(treedef, flags, new_leaves, merged))
         return treedef.unflatten(merged), MultiTransformState(new_states)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def decay_matrices_only(params: Any) -> Any:
