@@ -68,6 +68,9 @@ TRANSFORMS = {
     "MultiSteps": (lambda: gx.MultiSteps(gx.adam(0.1), every_k_schedule=2), True),
     "gradient_accumulation": (lambda: gx.gradient_accumulation(gx.adam(0.1), k=2), True),
     "inject_hyperparams": (lambda: gx.inject_hyperparams(gx.adam)(0.1), True),
+    "inject_stateful_hyperparams": (lambda: gx.inject_stateful_hyperparams(gx.adam)(0.1), True),
+    "stateless_with_tree_map": (lambda: gx.stateless_with_tree_map(lambda u, p: u), False),
+    "with_extra_args_support": (lambda: gx.with_extra_args_support(gx.adam(0.1)), True),
     "join_transforms": (
         lambda: gx.join_transforms([gx.adam(0.1), gx.sgd(0.1)], boundaries=[2]),
         True,
@@ -126,6 +129,7 @@ NEEDS_AN_AXIS = {"cross_replica_mean", "shard_optimizer_state"}
 # Public functions of those modules that read or build something else than a transformation.
 NOT_TRANSFORMATIONS = {
     "apply_updates",
+    "init_empty_state",
     "all_finite",
     "averaged_params",
     "lookahead_slow_params",
