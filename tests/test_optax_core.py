@@ -9,6 +9,8 @@ so only a reassociation by the compiler could separate them.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,8 +68,9 @@ KEYS = [
     "nu",
     "learning_rate",
     "hyperparams",
+    "hyperparams_states",
     "ScaleByAdamState",
-    "InjectHyperparamsState",
+    "InjectStatefulHyperparamsState",
     "WrappedScheduleState",
     "inner_state",
     "opt",
@@ -293,20 +296,27 @@ def _floored_norms(lib, x):
 
 
 def test_safe_norm_and_rms_match_optax_with_their_gradients(x64):
-    # One compiled program per library for the values and one for the Jacobians (eagerly, the
-    # Jacobians of every case took most of this module's time).
+    # The values and Jacobians of both libraries in one compiled program, reused for the three
+    # inputs (eagerly, or one program each, the Jacobians took most of this module's time).
     rng = np.random.default_rng(0)
-    run = {
-        lib: (jax.jit(lambda x, lib=lib: _floored_norms(lib, x)),
-              jax.jit(jax.jacobian(lambda x, lib=lib: _floored_norms(lib, x))))
-        for lib in (gx, optax)
-    }  # fmt: skip
-    for x in (jnp.zeros((3, 4)), jnp.asarray(rng.normal(size=(3, 4))), jnp.full((3, 4), 1e-4)):
+
+    def both(lib, x):
+        return _floored_norms(lib, x), jax.jacobian(functools.partial(_floored_norms, lib))(x)
+
+    run = jax.jit(lambda x: {lib.__name__: both(lib, x) for lib in (gx, optax)})
+
+    for x in (
+        jnp.zeros((3, 4)),
+        jnp.asarray(rng.normal(size=(3, 4))),
+        jnp.full((3, 4), 1e-4, jnp.float64),
+    ):
+        out = run(x)
         for which in (0, 1):  # the values, then the Jacobians
-            ours, theirs = run[gx][which](x), run[optax][which](x)
+            ours, theirs = out["gradxform"][which], out["optax"][which]
             for a, b in zip(ours, theirs, strict=True):
                 np.testing.assert_allclose(a, b, rtol=RTOL, atol=0)
                 assert np.all(np.isfinite(a))  # no NaN gradient at a floored norm
+    assert run._cache_size() == 1
     z = jnp.asarray([1 + 2j, 3 - 1j])
     np.testing.assert_allclose(
         gx.safe_root_mean_squares(z, 0.1), optax.safe_root_mean_squares(z, 0.1), rtol=RTOL
@@ -318,15 +328,23 @@ def test_global_norm_and_increments_match_optax():
     with pytest.warns(DeprecationWarning):
         theirs = optax.global_norm(tree)
     chex_equal(gx.global_norm(tree), theirs)
-    for count in (
+    counts = (
         jnp.asarray(5, jnp.int32),
         jnp.asarray(2**31 - 1, jnp.int32),
         jnp.asarray(255, jnp.uint8),
         jnp.asarray(3.0, jnp.float32),
         jnp.asarray(jnp.finfo(jnp.float16).max, jnp.float16),
-    ):
-        for ours in (gx.safe_increment(count), gx.safe_int32_increment(count)):
-            chex_equal(ours, optax.safe_increment(count))
+    )
+    # Every count, both libraries, one compiled program.
+    increments = jax.jit(
+        lambda cs: [
+            (gx.safe_increment(c), gx.safe_int32_increment(c), optax.safe_increment(c)) for c in cs
+        ]
+    )(counts)
+    for ours, ours_int32, theirs in increments:
+        chex_equal(ours, theirs)
+        chex_equal(ours_int32, theirs)
+        assert ours.dtype == theirs.dtype
     with pytest.raises(ValueError, match="safe_increment"):
         gx.safe_increment(jnp.asarray(True))
 
@@ -335,17 +353,30 @@ def test_global_norm_and_increments_match_optax():
 # Stateful schedules.
 
 
+WARMUPS = [(0.0, 0.1, 30), (1e-3, 2.0, 1), (0.5, -0.5, 99), (0.3, 1.0, 0), (-2.0, 5.0, 0.0)]
+
+
 def test_warmup_constant_schedule_matches_optax(x64):
+    # warmup_steps=0 (an int or the float 0.0) disables the warmup in Optax: init_value at
+    # every step, never peak_value.
     counts = jnp.arange(STEPS)
-    for args in [(0.0, 0.1, 30), (1e-3, 2.0, 1), (0.5, -0.5, 99)]:
-        np.testing.assert_allclose(
-            gx.warmup_constant_schedule(*args)(counts),
-            optax.warmup_constant_schedule(*args)(counts),
-            rtol=RTOL,
-            atol=0,
+    both = jax.jit(
+        lambda k: [
+            (gx.warmup_constant_schedule(*args)(k), optax.warmup_constant_schedule(*args)(k))
+            for args in WARMUPS
+        ]
+    )(counts)
+    for args, (ours, theirs) in zip(WARMUPS, both, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=0, err_msg=str(args))
+        assert ours.shape == (STEPS,)
+    np.testing.assert_array_equal(both[3][0], np.full(STEPS, 0.3))
+    # Eagerly, at a Python int count: Optax's constant is the Python value itself.
+    for args in WARMUPS[3:]:
+        assert float(gx.warmup_constant_schedule(*args)(7)) == float(
+            optax.warmup_constant_schedule(*args)(7)
         )
     with pytest.raises(ValueError, match="warmup_constant_schedule: `warmup_steps`"):
-        gx.warmup_constant_schedule(0.0, 1.0, 0)
+        gx.warmup_constant_schedule(0.0, 1.0, -1)
 
 
 class LossScaled:
@@ -365,7 +396,9 @@ class LossScaled:
         return self.base / (1.0 + state["mean"])
 
 
-def _run(opt, params, grads, losses):
+def _trajectory(opt, params, grads, losses):
+    """Params and learning rate after each of the updates, in one scan (for use under jit)."""
+
     def step(carry, inputs):
         params, state = carry
         g, loss = inputs
@@ -373,31 +406,97 @@ def _run(opt, params, grads, losses):
         params = optax.apply_updates(params, updates)
         return (params, state), (params, state.hyperparams["learning_rate"])
 
-    run = jax.jit(lambda p, gs, ls: jax.lax.scan(step, (p, opt.init(p)), (gs, ls))[1])
-    return run(params, grads, losses)
+    return jax.lax.scan(step, (params, opt.init(params)), (grads, losses))[1]
 
 
-@pytest.mark.parametrize("schedule", ["plain", "stateful"])
-def test_inject_stateful_hyperparams_matches_optax_over_100_steps(schedule, x64):
+INJECTORS = {
+    "inject_hyperparams": gx.inject_hyperparams,
+    "inject_stateful_hyperparams": gx.inject_stateful_hyperparams,
+    "optax": optax.inject_hyperparams,  # Optax 0.2.8's, which takes stateful schedules too
+}
+
+
+def test_inject_hyperparams_matches_optax_over_100_steps(x64):
+    # A plain schedule of the count and a stateful one driven by the loss; gradxform's two
+    # injectors and Optax's, all six runs in one compiled program.
     rng = np.random.default_rng(1)
     params = {"w": jnp.asarray(rng.normal(size=(3, 2))), "b": jnp.asarray(rng.normal(size=2))}
     grads = jax.tree.map(
         lambda p: jnp.asarray(rng.normal(size=(STEPS, *p.shape))), params
     )  # fmt: skip
     losses = jnp.asarray(rng.uniform(size=STEPS))
-    lr = LossScaled(0.1) if schedule == "stateful" else gx.linear_schedule(0.1, 0.01, 60)
-    ours = gx.inject_stateful_hyperparams(gx.sgd)(learning_rate=lr, momentum=0.9)
-    with pytest.warns(DeprecationWarning):
-        factory = optax.inject_stateful_hyperparams(optax.sgd)
-    theirs = factory(learning_rate=lr, momentum=0.9)
-    (p_ours, lr_ours), (p_theirs, lr_theirs) = (
-        _run(ours, params, grads, losses),
-        _run(theirs, params, grads, losses),
-    )
-    np.testing.assert_allclose(lr_ours, lr_theirs, rtol=RTOL, atol=0)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-14), p_ours,
-                 p_theirs)  # fmt: skip
-    assert len(set(np.asarray(lr_ours).round(12).tolist())) > 10  # the schedule moved
+    schedules = {"plain": gx.linear_schedule(0.1, 0.01, 60), "stateful": LossScaled(0.1)}
+    sgd = {"optax": optax.sgd}
+
+    def run_all(params, grads, losses):
+        return {
+            (name, injector): _trajectory(
+                INJECTORS[injector](sgd.get(injector, gx.sgd))(learning_rate=lr, momentum=0.9),
+                params,
+                grads,
+                losses,
+            )
+            for name, lr in schedules.items()
+            for injector in INJECTORS
+        }
+
+    runs = jax.jit(run_all)(params, grads, losses)
+    for name in schedules:
+        p_theirs, lr_theirs = runs[name, "optax"]
+        for injector in ("inject_hyperparams", "inject_stateful_hyperparams"):
+            p_ours, lr_ours = runs[name, injector]
+            np.testing.assert_allclose(lr_ours, lr_theirs, rtol=RTOL, atol=0)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=RTOL, atol=1e-14),
+                         p_ours, p_theirs)  # fmt: skip
+            assert len(set(np.asarray(lr_ours).round(12).tolist())) > 10  # the schedule moved
+
+
+def _layout(state):
+    """Every leaf's path (field and dict-key names) and abstract value (shape, dtype)."""
+    return [
+        (jax.tree_util.keystr(path), jax.typeof(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+    ]
+
+
+INJECT_CALLS = {
+    "numeric": (gx.adam, (), dict(learning_rate=1e-3, b1=0.8)),
+    "schedule": (gx.sgd, (), dict(learning_rate=gx.linear_schedule(0.1, 0.0, 10), momentum=0.9)),
+    "stateful": (gx.sgd, (), dict(learning_rate=LossScaled(0.1))),
+    "static": (gx.adam, ("b1",), dict(learning_rate=0.1, b1=0.5)),
+}
+
+
+@pytest.mark.parametrize("injector", ["inject_hyperparams", "inject_stateful_hyperparams"])
+def test_inject_hyperparams_state_is_optaxs(injector, x64):
+    # The same call (the same inner factory, so that the inner states agree) through Optax's
+    # inject_hyperparams gives a state with the same class name, fields in the same order, and
+    # the same leaves under the same paths, at init and after an update (traced, not compiled).
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), PARAMS)
+    grads = jax.tree.map(jnp.ones_like, params)
+    for case, (factory, static, kwargs) in INJECT_CALLS.items():
+        ours = INJECTORS[injector](factory, static_args=static)(**kwargs)
+        theirs = optax.inject_hyperparams(factory, static_args=static)(**kwargs)
+        states = []
+        for opt in (ours, theirs):
+            state = opt.init(params)
+            _, new = jax.eval_shape(
+                lambda s, opt=opt: opt.update(grads, s, params, value=0.5), state
+            )
+            states.append((state, new))
+        for s, t in zip(states[0], states[1], strict=True):
+            assert type(s).__name__ == type(t).__name__ == "InjectStatefulHyperparamsState"
+            assert s._fields == t._fields == optax.InjectStatefulHyperparamsState._fields
+            assert _layout(s) == _layout(t), case
+        state = states[0][0]
+        assert sorted(state.hyperparams_states) == sorted(
+            name for name, value in kwargs.items() if callable(value)
+        ), case
+        # Optax's own state surgery reads the schedule states of ours.
+        chex_equal(
+            otu.tree_get(state, "hyperparams_states"), gtu.tree_get(state, "hyperparams_states")
+        )
+    assert gx.InjectHyperparamsState is gx.InjectStatefulHyperparamsState
 
 
 def test_inject_stateful_hyperparams_state_and_validation():

@@ -253,7 +253,7 @@ def test_wrappers_name_the_state_they_expect():
         (gx.MultiSteps(gx.adam(0.1), every_k_schedule=2), "MultiStepsState"),
         (gx.lookahead(gx.adam(0.1)), "LookaheadState"),
         (gx.apply_if_finite(gx.adam(0.1), 2), "ApplyIfFiniteState"),
-        (gx.inject_hyperparams(gx.adam)(0.1), "InjectHyperparamsState"),
+        (gx.inject_hyperparams(gx.adam)(0.1), "InjectStatefulHyperparamsState"),
     ]:
         with pytest.raises(TypeError, match=rf"expected its state, a {expected}, got a tuple"):
             opt.update(PARAMS, adam_state, PARAMS)

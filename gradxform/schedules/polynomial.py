@@ -174,14 +174,16 @@ def warmup_constant_schedule(
     ::
 
         s(k) = init_value + (peak_value - init_value) * min(k, warmup_steps) / warmup_steps
+        s(k) = init_value                                  for warmup_steps = 0
 
-    Optax's ``warmup_constant_schedule``: :func:`linear_schedule` over ``warmup_steps``.
-    Optax gives ``init_value`` forever for ``warmup_steps=0``; here that raises.
+    Optax's ``warmup_constant_schedule``: :func:`linear_schedule` over ``warmup_steps``; as
+    in Optax, ``warmup_steps=0`` disables the warmup and holds ``init_value`` at every step
+    (not ``peak_value``). A negative ``warmup_steps`` raises (Optax treats it as 0).
 
     Args:
       init_value: the value at step 0.
       peak_value: the value from ``warmup_steps`` on.
-      warmup_steps: the length of the warmup (a whole number in [1, 2**53]).
+      warmup_steps: the length of the warmup (a whole number in [0, 2**53]).
 
     Returns:
       The schedule.
@@ -190,11 +192,16 @@ def warmup_constant_schedule(
       >>> import gradxform as gx
       >>> [float(gx.warmup_constant_schedule(0.0, 1.0, 2)(k)) for k in range(4)]
       [0.0, 0.5, 1.0, 1.0]
+      >>> [float(gx.warmup_constant_schedule(0.5, 1.0, 0)(k)) for k in range(2)]
+      [0.5, 0.5]
     """
     who = "warmup_constant_schedule"
     _validate.finite(who, "init_value", init_value)
     _validate.finite(who, "peak_value", peak_value)
-    return build_polynomial(init_value, peak_value, 1, steps(who, "warmup_steps", warmup_steps), 0)
+    length = steps(who, "warmup_steps", warmup_steps, minimum=0)
+    if length == 0:
+        return constant_schedule(init_value)
+    return build_polynomial(init_value, peak_value, 1, length, 0)
 
 
 def piecewise_constant_schedule(

@@ -2,7 +2,7 @@
 states, and mapping a function over the copies of the params that a state holds.
 
 Paths name a ``NamedTuple``'s field with :class:`NamedTupleKey` (the tuple's class and the
-field), so that ``count`` of an ``InjectHyperparamsState`` and ``count`` of the
+field), so that ``count`` of an ``InjectStatefulHyperparamsState`` and ``count`` of the
 ``ScaleByAdamState`` inside it can be told apart; dict keys, sequence indices and other nodes
 keep JAX's key entries. The semantics are Optax's (``optax.tree_utils``).
 """
