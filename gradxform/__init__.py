@@ -4,16 +4,39 @@ from gradxform import tree_utils
 from gradxform._base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
     apply_updates,
     chain,
     identity,
+    init_empty_state,
     named_chain,
     stateless,
+    stateless_with_tree_map,
+    with_extra_args_support,
 )
 from gradxform._masks import MaskedNode
+from gradxform._types import (
+    MaskOrFn,
+    OptState,
+    Params,
+    ScalarOrSchedule,
+    Schedule,
+    StatefulSchedule,
+    Updates,
+)
 from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten, flatten_params
 from gradxform.interop.torch_state import from_torch_state, to_torch_state
+from gradxform.numerics import (
+    global_norm,
+    safe_increment,
+    safe_int32_increment,
+    safe_norm,
+    safe_root_mean_squares,
+)
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.lbfgs import lbfgs
@@ -41,6 +64,7 @@ from gradxform.schedules import (
     polynomial_schedule,
     sgdr_schedule,
     swalr_schedule,
+    warmup_constant_schedule,
     warmup_cosine_decay_schedule,
     warmup_exponential_decay_schedule,
 )
@@ -121,6 +145,11 @@ from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from gradxform.transforms.torch_lbfgs import LbfgsState
 from gradxform.transforms.zoom import scale_by_zoom_linesearch
+from gradxform.tree_utils import tree_bias_correction as bias_correction
+from gradxform.tree_utils import tree_map_params
+from gradxform.tree_utils import tree_update_infinity_moment as update_infinity_moment
+from gradxform.tree_utils import tree_update_moment as update_moment
+from gradxform.tree_utils import tree_update_moment_per_elem_norm as update_moment_per_elem_norm
 from gradxform.wrappers.accumulation import (
     ApplyEvery,
     MultiSteps,
@@ -185,6 +214,12 @@ from gradxform.wrappers.privacy import (
     per_example_layer_norm_clip,
 )
 from gradxform.wrappers.sharding import ShardedState, cross_replica_mean, shard_optimizer_state
+from gradxform.wrappers.stateful_hyperparams import (
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    WrappedScheduleState,
+    inject_stateful_hyperparams,
+)
 
 __version__ = "0.1.0"
 
@@ -204,20 +239,26 @@ __all__ = [
     "FactoredState",
     "FlatLayout",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
     "InjectHyperparamsState",
+    "InjectStatefulHyperparamsState",
     "JoinTransformsState",
     "LbfgsState",
     "LookaheadParams",
     "LookaheadState",
+    "MaskOrFn",
     "MaskedNode",
     "MaskedState",
     "MonitorState",
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
+    "OptState",
+    "Params",
     "ParamsAverageState",
     "PartitionState",
     "ReduceLROnPlateauState",
+    "ScalarOrSchedule",
     "ScaleByAdaDeltaState",
     "ScaleByAdafactorState",
     "ScaleByAdamState",
@@ -238,12 +279,20 @@ __all__ = [
     "ScaleByScheduleState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
+    "Schedule",
     "ShardedState",
     "ShouldSkipUpdateFunction",
     "SnapshotState",
     "SplitRealAndImaginaryArrays",
     "SplitRealAndImaginaryState",
+    "StatefulSchedule",
     "TraceState",
+    "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
+    "TransformUpdateFn",
+    "Updates",
+    "WrappedSchedule",
+    "WrappedScheduleState",
     "ZeroNansState",
     "ZoomLinesearchInfo",
     "adadelta",
@@ -265,6 +314,7 @@ __all__ = [
     "asgd",
     "asgd_averaged_params",
     "averaged_params",
+    "bias_correction",
     "centralize",
     "chain",
     "chained_schedule",
@@ -292,10 +342,13 @@ __all__ = [
     "flatten_params",
     "freeze",
     "from_torch_state",
+    "global_norm",
     "gradient_accumulation",
     "identity",
     "incremental_update",
+    "init_empty_state",
     "inject_hyperparams",
+    "inject_stateful_hyperparams",
     "inverse_time_decay",
     "join_schedules",
     "join_transforms",
@@ -331,6 +384,10 @@ __all__ = [
     "reduce_on_plateau",
     "rmsprop",
     "rprop",
+    "safe_increment",
+    "safe_int32_increment",
+    "safe_norm",
+    "safe_root_mean_squares",
     "save_state",
     "scale",
     "scale_by_adadelta",
@@ -368,15 +425,22 @@ __all__ = [
     "sparse_adam",
     "split_real_and_imaginary",
     "stateless",
+    "stateless_with_tree_map",
     "swa_params",
     "swalr_schedule",
     "to_torch_state",
     "trace",
+    "tree_map_params",
     "tree_utils",
     "unitwise_clip",
     "unitwise_norm",
+    "update_infinity_moment",
+    "update_moment",
+    "update_moment_per_elem_norm",
     "value_and_grad_from_state",
+    "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
+    "with_extra_args_support",
     "zero_nans",
 ]

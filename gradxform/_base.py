@@ -20,11 +20,23 @@ from gradxform import _checks, _tree, _validate
 from gradxform._types import OptState, Params, Updates
 
 
-class InitFn(Protocol):
+class TransformInitFn(Protocol):
+    """``init(params) -> state``."""
+
     def __call__(self, params: Params) -> OptState: ...
 
 
-class UpdateFn(Protocol):
+class TransformUpdateFn(Protocol):
+    """``update(updates, state, params=None) -> (updates, state)``."""
+
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, OptState]: ...
+
+
+class TransformUpdateExtraArgsFn(Protocol):
+    """``update(updates, state, params=None, **extra_args) -> (updates, state)``."""
+
     def __call__(
         self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, OptState]: ...
@@ -38,12 +50,28 @@ class GradientTransformation(NamedTuple):
     transformations whose ``update`` declares them and left out for the rest.
     """
 
-    init: InitFn
-    update: UpdateFn
+    init: TransformInitFn
+    update: TransformUpdateExtraArgsFn
+
+
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A :class:`GradientTransformation` whose ``update`` takes extra keyword arguments.
+
+    The same two fields; the type says that ``update(updates, state, params=None,
+    **extra_args)`` may be called with any extra arguments (Optax's
+    ``GradientTransformationExtraArgs``). :func:`chain`, :func:`named_chain` and the wrappers
+    that pass extra arguments on return one.
+    """
 
 
 class EmptyState(NamedTuple):
     """The state of a transformation that keeps none."""
+
+
+def init_empty_state(params: Params) -> EmptyState:
+    """The ``init`` of a transformation without state: ``EmptyState()`` for any params."""
+    del params
+    return EmptyState()
 
 
 def identity() -> GradientTransformation:
@@ -53,16 +81,12 @@ def identity() -> GradientTransformation:
       A stateless transformation.
     """
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _checks.check_against_params("identity", updates, params)
         return updates, state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
 
 
 def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
@@ -82,16 +106,64 @@ def stateless(f: Callable[[Updates, Params | None], Updates]) -> GradientTransfo
     """
     _validate.function("stateless", "f", f)
 
-    def init_fn(params: Params) -> EmptyState:
-        del params
-        return EmptyState()
-
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         _checks.check_against_params("stateless", updates, params)
         return f(updates, params), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformation(init_empty_state, update_fn)
+
+
+def stateless_with_tree_map(
+    f: Callable[[jax.Array, jax.Array | None], jax.Array],
+) -> GradientTransformation:
+    """A transformation without state from a function of one leaf: ``u_i <- f(u_i, p_i)``.
+
+    Args:
+      f: ``f(update_leaf, param_leaf) -> update_leaf``; ``param_leaf`` is ``None`` when
+        ``update`` is called without params.
+
+    Returns:
+      A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> halve = gx.stateless_with_tree_map(lambda u, p: u / 2)
+      >>> halve.update({"w": jnp.ones(2)}, halve.init(None))[0]["w"].tolist()
+      [0.5, 0.5]
+    """
+    _validate.function("stateless_with_tree_map", "f", f)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _checks.check_against_params("stateless_with_tree_map", updates, params)
+        if params is None:
+            return jax.tree.map(lambda u: f(u, None), updates), state
+        return jax.tree.map(f, updates, params), state
+
+    return GradientTransformation(init_empty_state, update_fn)
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
+    """``tx`` as a :class:`GradientTransformationExtraArgs`: its ``update`` accepts any extra
+    keyword arguments and passes on those it declares (none, for an ``update(updates, state,
+    params=None)``, as Optax's wrapper does; those it names, as :func:`chain` does).
+
+    Args:
+      tx: a transformation (gradxform's or Optax's).
+
+    Returns:
+      ``tx`` itself when it already is one, else ``tx`` wrapped.
+    """
+    tx = as_transformation(tx, "with_extra_args_support")
+    if isinstance(tx, GradientTransformationExtraArgs):
+        return tx
+    keep = extra_args_filter(tx.update)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        return tx.update(updates, state, params, **keep(extra_args))
+
+    return GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 def extra_args_filter(update: Callable) -> Callable[[dict], dict]:
@@ -136,13 +208,14 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """Applies transformations one after the other: ``u <- t_n(... t_2(t_1(u)))``.
 
     The state is a tuple of the transformations' states, in order. Optax transformations are
-    accepted as they are.
+    accepted as they are. Extra keyword arguments reach the transformations whose ``update``
+    declares them.
 
     Args:
       *transforms: the transformations, first applied first.
 
     Returns:
-      One transformation.
+      One :class:`GradientTransformationExtraArgs`.
 
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
@@ -167,7 +240,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         updates, new_states = _chain_update(transforms, filters, updates, state, params, extra_args)
         return updates, tuple(new_states)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
@@ -210,7 +283,7 @@ def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
         )
         return updates, dict(zip(names, new_states, strict=True))
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

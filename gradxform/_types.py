@@ -1,12 +1,13 @@
 """The types every module shares: trees, schedules, masks.
 
-They are aliases for readers and type checkers; nothing here is checked at run time.
+They are aliases for readers and type checkers, with Optax's names; nothing here is checked at
+run time except :class:`StatefulSchedule`, a protocol that ``isinstance`` recognises.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import jax
 
@@ -20,6 +21,30 @@ OptState: TypeAlias = ArrayTree
 Schedule: TypeAlias = Callable[[jax.Array], Any]
 """A function of the update count ``k`` (an int32 scalar, 0 for the first update) returning a
 scalar: the value a hyperparameter takes at update ``k + 1``."""
+
+ScheduleState: TypeAlias = Any
+"""The state of a :class:`StatefulSchedule`."""
+
+
+@runtime_checkable
+class StatefulSchedule(Protocol):
+    """A schedule that keeps a state, which ``update`` may advance with the extra arguments.
+
+    ``init() -> state``; ``update(state, **extra_args) -> state``;
+    ``schedule(state, **extra_args) -> value``, the value for the update made with ``state``.
+    A plain :data:`Schedule` is one with the update count as its state
+    (:class:`gradxform.WrappedSchedule`).
+    """
+
+    def init(self) -> ScheduleState:
+        """The state before the first update."""
+
+    def update(self, state: ScheduleState, **extra_args: Any) -> ScheduleState:
+        """The state after one more update."""
+
+    def __call__(self, state: ScheduleState, **extra_args: Any) -> Any:
+        """The value for the update made with ``state``."""
+
 
 ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
 """A hyperparameter given as a number, a scalar array, or a :data:`Schedule`."""

@@ -393,3 +393,9 @@ def test_state_of_another_optimizer_or_missing_keys_raise_naming_both():
         ValueError, match=r"\['dampening', 'learning_rate', 'momentum', 'weight_decay'\]"
     ):
         opt.update(params, state._replace(hyperparams={"learning_rate": 0.1}), params)
+    # The schedule states are Optax's `hyperparams_states`: their keys are fixed too.
+    scheduled = gx.inject_hyperparams(gx.sgd)(learning_rate=lambda k: 0.1)
+    state = scheduled.init(params)
+    assert list(state.hyperparams_states) == ["learning_rate"]
+    with pytest.raises(ValueError, match=r"hyperparams_states.*\['learning_rate'\], got \[\]"):
+        scheduled.update(params, state._replace(hyperparams_states={}), params)

@@ -432,6 +432,7 @@ OPTAX_CASES = [
     ("piecewise_interpolate_schedule", ("linear", 0.1, {0: 0.5, 40: 3.0, 150: 0.01}), {}),
     ("piecewise_interpolate_schedule", ("cosine", 0.1, {40: 3.0, 41: 0.5, 150: 0.01}), {}),
     ("cosine_decay_schedule", (0.1, 200), dict(alpha=0.05, exponent=2.0)),
+    ("warmup_constant_schedule", (0.0, 0.1, 30), {}),
     ("warmup_cosine_decay_schedule", (0.0, 0.1, 30, 250), dict(end_value=1e-3, exponent=0.5)),
     ("warmup_exponential_decay_schedule", (0.0, 0.1, 30, 10, 0.9), dict(end_value=1e-2)),
 ]
@@ -503,6 +504,7 @@ ALL_SCHEDULES = {
         v, decay_rate=0.5, decay_steps=10, staircase=True
     ),
     "cosine_decay_schedule": lambda v: gx.cosine_decay_schedule(v, 90, alpha=0.1),
+    "warmup_constant_schedule": lambda v: gx.warmup_constant_schedule(0.1 * v, v, 20),
     "warmup_cosine_decay_schedule": lambda v: gx.warmup_cosine_decay_schedule(0.0, v, 10, 90),
     "warmup_exponential_decay_schedule": lambda v: gx.warmup_exponential_decay_schedule(
         0.0, v, 10, 5, 0.8

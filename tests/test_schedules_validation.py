@@ -387,6 +387,11 @@ SPECS = {
         alpha=(0.1, "finite"),
         exponent=(2.0, "positive"),
     ),
+    "warmup_constant_schedule": dict(
+        init_value=(0.0, "finite"),
+        peak_value=(1.0, "finite"),
+        warmup_steps=(4, "steps from 0"),
+    ),
     "warmup_cosine_decay_schedule": dict(
         init_value=(0.0, "finite"),
         peak_value=(1.0, "finite"),

@@ -71,6 +71,9 @@ TRANSFORMS = {
     "MultiSteps": (lambda: gx.MultiSteps(gx.adam(0.1), every_k_schedule=2), True),
     "gradient_accumulation": (lambda: gx.gradient_accumulation(gx.adam(0.1), k=2), True),
     "inject_hyperparams": (lambda: gx.inject_hyperparams(gx.adam)(0.1), True),
+    "inject_stateful_hyperparams": (lambda: gx.inject_stateful_hyperparams(gx.adam)(0.1), True),
+    "stateless_with_tree_map": (lambda: gx.stateless_with_tree_map(lambda u, p: u), False),
+    "with_extra_args_support": (lambda: gx.with_extra_args_support(gx.adam(0.1)), True),
     "join_transforms": (
         lambda: gx.join_transforms([gx.adam(0.1), gx.sgd(0.1)], boundaries=[2]),
         True,
@@ -163,6 +166,7 @@ NOT_TRANSFORMATIONS = {
     "differentially_private_aggregate",
     "dpsgd",
     "microbatch",
+    "init_empty_state",
     "all_finite",
     "averaged_params",
     "lookahead_slow_params",
@@ -287,7 +291,7 @@ def test_wrappers_name_the_state_they_expect():
         (gx.MultiSteps(gx.adam(0.1), every_k_schedule=2), "MultiStepsState"),
         (gx.lookahead(gx.adam(0.1)), "LookaheadState"),
         (gx.apply_if_finite(gx.adam(0.1), 2), "ApplyIfFiniteState"),
-        (gx.inject_hyperparams(gx.adam)(0.1), "InjectHyperparamsState"),
+        (gx.inject_hyperparams(gx.adam)(0.1), "InjectStatefulHyperparamsState"),
     ]:
         with pytest.raises(TypeError, match=rf"expected its state, a {expected}, got a tuple"):
             opt.update(PARAMS, adam_state, PARAMS)

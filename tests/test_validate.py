@@ -135,6 +135,7 @@ REQUIRED = {
     "microbatch": {"fun": lambda x: x, "argnums": 0, "microbatch_size": 2},
     "per_example_layer_norm_clip": {"grads": {"w": jnp.ones((2, 3))}, "global_l2_norm_clip": 1.0},
     "unitwise_clip": {"g_norm": 1.0, "max_norm": 1.0, "grad": 1.0},
+    "inject_stateful_hyperparams": {"inner_factory": gx.sgd},
 }
 # Public callables that build no transformation, or take no validated arguments.
 NOT_FACTORIES = {
@@ -161,6 +162,22 @@ NOT_FACTORIES = {
     "stateless",
     "inject_hyperparams",
     "cross_replica_mean",
+    # Optax's protocol helpers and numerics: functions of data, not factories.
+    "GradientTransformationExtraArgs",
+    "init_empty_state",
+    "stateless_with_tree_map",
+    "with_extra_args_support",
+    "global_norm",
+    "safe_norm",
+    "safe_root_mean_squares",
+    "safe_increment",
+    "safe_int32_increment",
+    "bias_correction",
+    "update_moment",
+    "update_infinity_moment",
+    "update_moment_per_elem_norm",
+    "tree_map_params",
+    "WrappedSchedule",
     "shard_optimizer_state",
     "from_torch_state",
     "to_torch_state",
@@ -171,11 +188,26 @@ NOT_FACTORIES = {
 }
 
 
+# Optax's type names: aliases and protocols for type checkers, not functions.
+TYPES = {
+    "MaskOrFn",
+    "OptState",
+    "Params",
+    "ScalarOrSchedule",
+    "Schedule",
+    "StatefulSchedule",
+    "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
+    "TransformUpdateFn",
+    "Updates",
+}
+
+
 def _factories():
     names = []
     for name in gx.__all__:
         obj = getattr(gx, name)
-        if name in NOT_FACTORIES or not callable(obj) or name.endswith("State"):
+        if name in NOT_FACTORIES | TYPES or not callable(obj) or name.endswith("State"):
             continue
         if obj.__module__.startswith("gradxform.schedules"):
             continue  # schedules have their own sweep in the schedule tests
@@ -297,7 +329,7 @@ POSITIONAL_EXEMPT = {
 def _public_callables():
     for name in gx.__all__:
         obj = getattr(gx, name)
-        if not callable(obj) or name in POSITIONAL_EXEMPT:
+        if not callable(obj) or name in POSITIONAL_EXEMPT or name in TYPES:
             continue
         if isinstance(obj, type) and (issubclass(obj, tuple) or issubclass(obj, Exception)):
             continue  # NamedTuple states and exceptions

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from gradxform import _masks, _validate
-from gradxform._base import GradientTransformation
+from gradxform._base import GradientTransformation, GradientTransformationExtraArgs
 from gradxform._types import ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link, torch_optimizer
 from gradxform.optimizers.adam import adamw
@@ -273,4 +273,4 @@ def muon_with_adamw(
             return updates, state
         return build(tree).update(updates, state, params, **extra_args)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)

@@ -56,6 +56,7 @@ from gradxform.schedules.polynomial import (
     piecewise_constant_schedule,
     piecewise_interpolate_schedule,
     polynomial_schedule,
+    warmup_constant_schedule,
 )
 from gradxform.schedules.restarts import cosine_annealing_warm_restarts, sgdr_schedule
 from gradxform.schedules.swa import swalr_schedule
@@ -79,6 +80,7 @@ __all__ = [
     "polynomial_schedule",
     "sgdr_schedule",
     "swalr_schedule",
+    "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
 ]

@@ -1,5 +1,6 @@
 """Constant, polynomial and piecewise schedules: ``constant_schedule``, ``polynomial_schedule``,
-``linear_schedule``, ``piecewise_constant_schedule``, ``piecewise_interpolate_schedule``."""
+``linear_schedule``, ``piecewise_constant_schedule``, ``piecewise_interpolate_schedule``,
+``warmup_constant_schedule``."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ __all__ = [
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
+    "warmup_constant_schedule",
 ]
 
 
@@ -162,6 +164,44 @@ def linear_schedule(
         steps(who, "transition_steps", transition_steps),
         steps(who, "transition_begin", transition_begin, minimum=0),
     )
+
+
+def warmup_constant_schedule(
+    init_value: ArrayLike, peak_value: ArrayLike, warmup_steps: int
+) -> Schedule:
+    """A linear warmup from ``init_value`` to ``peak_value``, then ``peak_value`` for good.
+
+    ::
+
+        s(k) = init_value + (peak_value - init_value) * min(k, warmup_steps) / warmup_steps
+        s(k) = init_value                                  for warmup_steps = 0
+
+    Optax's ``warmup_constant_schedule``: :func:`linear_schedule` over ``warmup_steps``; as
+    in Optax, ``warmup_steps=0`` disables the warmup and holds ``init_value`` at every step
+    (not ``peak_value``). A negative ``warmup_steps`` raises (Optax treats it as 0).
+
+    Args:
+      init_value: the value at step 0.
+      peak_value: the value from ``warmup_steps`` on.
+      warmup_steps: the length of the warmup (a whole number in [0, 2**53]).
+
+    Returns:
+      The schedule.
+
+    Example:
+      >>> import gradxform as gx
+      >>> [float(gx.warmup_constant_schedule(0.0, 1.0, 2)(k)) for k in range(4)]
+      [0.0, 0.5, 1.0, 1.0]
+      >>> [float(gx.warmup_constant_schedule(0.5, 1.0, 0)(k)) for k in range(2)]
+      [0.5, 0.5]
+    """
+    who = "warmup_constant_schedule"
+    _validate.finite(who, "init_value", init_value)
+    _validate.finite(who, "peak_value", peak_value)
+    length = steps(who, "warmup_steps", warmup_steps, minimum=0)
+    if length == 0:
+        return constant_schedule(init_value)
+    return build_polynomial(init_value, peak_value, 1, length, 0)
 
 
 def piecewise_constant_schedule(

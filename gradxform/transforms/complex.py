@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from gradxform import _checks
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -95,7 +96,7 @@ def real_pairs(inner: GradientTransformation) -> GradientTransformation:
         )
         return merge(new_updates), state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransformation:
@@ -136,4 +137,4 @@ def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransform
         updates, inner_state = paired.update(updates, state.inner_state, params, **extra_args)
         return updates, SplitRealAndImaginaryState(inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)

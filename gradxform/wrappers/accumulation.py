@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from gradxform import _checks, _tree, _validate
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -266,7 +267,7 @@ class MultiSteps:
 
     def gradient_transformation(self) -> GradientTransformation:
         """This wrapper as a :class:`gradxform.GradientTransformation`."""
-        return GradientTransformation(self.init, self.update)
+        return GradientTransformationExtraArgs(self.init, self.update)
 
 
 def gradient_accumulation(

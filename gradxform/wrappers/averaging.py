@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from gradxform import _checks, _tree, _validate
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -344,7 +345,7 @@ def lookahead(
         inner_state = maybe_reset(sync, inner_state, params)
         return out, LookaheadState(count=count, slow=slow, inner_state=inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def lookahead_slow_params(state: Any) -> Any:

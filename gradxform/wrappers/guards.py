@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from gradxform import _tree, _validate
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -170,4 +171,4 @@ def apply_if_finite(
             inner_state=keep_if(apply, new_inner, state.inner_state),
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)

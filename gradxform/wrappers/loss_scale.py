@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from gradxform import _tree, _validate
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -265,7 +266,7 @@ def dynamic_loss_scale(
             inner_state=keep_if(apply, new_inner, state.inner_state),
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def current_loss_scale(state: Any) -> jax.Array:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from gradxform import _masks, _validate
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -117,7 +118,7 @@ def masked(inner: GradientTransformation, mask: Mask | Callable[[Any], Mask]):
         merged = _masks.merge(treedef, flags, new_leaves, treedef.flatten_up_to(updates))
         return merged, MaskedState(inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def freeze(
@@ -184,7 +185,7 @@ def freeze(
         )
         return merged, MaskedState(inner_state)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _multi_transform(who, transforms, param_labels, *, allow_unused):
@@ -262,7 +263,7 @@ def _multi_transform(who, transforms, param_labels, *, allow_unused):
             merged = treedef.flatten_up_to(_masks.merge(treedef, flags, new_leaves, merged))
         return treedef.unflatten(merged), MultiTransformState(new_states)
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def multi_transform(

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from gradxform import _tree, _validate
 from gradxform._base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -148,4 +149,4 @@ def join_transforms(
             selected = _tree.tree_where(phase == i, candidates[i], selected)
         return selected, JoinTransformsState(_tree.safe_increment(state.count), tuple(new_states))
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)

@@ -23,6 +23,7 @@ from gradxform import _checks, _validate
 from gradxform._base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     as_transformation,
     expect_state,
     extra_args_filter,
@@ -231,7 +232,7 @@ def shard_optimizer_state(
         new_state = ShardedState(jax.tree.map(lambda s: jnp.asarray(s)[None], inner_state))
         return gather(new_slices, updates), new_state
 
-    return GradientTransformation(init_fn, update_fn)
+    return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 _APPLY_OUTSIDE = "apply it outside the wrapper, on the whole averaged gradient"
