@@ -2,9 +2,15 @@
 
 from gradxform import tree_utils
 from gradxform._base import (
+    AdaptiveGradClipState,
+    AddDecayedWeightsState,
+    ClipByGlobalNormState,
+    ClipState,
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
+    NonNegativeParamsState,
+    ScaleState,
     TransformInitFn,
     TransformUpdateExtraArgsFn,
     TransformUpdateFn,
@@ -173,6 +179,7 @@ from gradxform.wrappers.averaging import (
 from gradxform.wrappers.conditional import (
     ConditionallyMaskState,
     ConditionallyTransformState,
+    ConditionFn,
     conditionally_mask,
     conditionally_transform,
     incremental_update,
@@ -224,11 +231,16 @@ from gradxform.wrappers.stateful_hyperparams import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveGradClipState",
+    "AddDecayedWeightsState",
     "AddNoiseState",
     "ApplyEvery",
     "ApplyIfFiniteState",
     "BacktrackingLinesearchInfo",
     "CheckpointError",
+    "ClipByGlobalNormState",
+    "ClipState",
+    "ConditionFn",
     "ConditionallyMaskState",
     "ConditionallyTransformState",
     "DifferentiallyPrivateAggregateState",
@@ -253,6 +265,7 @@ __all__ = [
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
+    "NonNegativeParamsState",
     "OptState",
     "Params",
     "ParamsAverageState",
@@ -279,6 +292,7 @@ __all__ = [
     "ScaleByScheduleState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
+    "ScaleState",
     "Schedule",
     "ShardedState",
     "ShouldSkipUpdateFunction",

@@ -68,6 +68,15 @@ class EmptyState(NamedTuple):
     """The state of a transformation that keeps none."""
 
 
+# Optax's names for the state of its stateless transformations: all are ``EmptyState``.
+AdaptiveGradClipState = EmptyState
+AddDecayedWeightsState = EmptyState
+ClipByGlobalNormState = EmptyState
+ClipState = EmptyState
+NonNegativeParamsState = EmptyState
+ScaleState = EmptyState
+
+
 def init_empty_state(params: Params) -> EmptyState:
     """The ``init`` of a transformation without state: ``EmptyState()`` for any params."""
     del params

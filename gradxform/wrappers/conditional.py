@@ -8,7 +8,7 @@ condition holds (``jnp.where``), for the reasons :class:`gradxform.MultiSteps` g
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,13 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
+
+
+class ConditionFn(Protocol):
+    """Optax's condition of ``conditionally_transform``/``conditionally_mask``: the number of
+    calls so far (an int32 array) and the update's extra arguments to a scalar bool array."""
+
+    def __call__(self, step: jax.Array, **extra_args: Any) -> jax.Array: ...
 
 
 class ConditionallyTransformState(NamedTuple):
@@ -64,7 +71,7 @@ def _conditional(who, inner, should_transform_fn, forward_extra_args, on_reject)
 
 def conditionally_transform(
     inner: GradientTransformation,
-    should_transform_fn: Callable[..., Any],
+    should_transform_fn: ConditionFn | Callable[..., Any],
     forward_extra_args: bool = False,
 ) -> GradientTransformation:
     """Applies ``inner`` on the steps ``should_transform_fn`` selects; passes updates through
@@ -100,7 +107,7 @@ def conditionally_transform(
 
 def conditionally_mask(
     inner: GradientTransformation,
-    should_transform_fn: Callable[..., Any],
+    should_transform_fn: ConditionFn | Callable[..., Any],
     forward_extra_args: bool = False,
 ) -> GradientTransformation:
     """Applies ``inner`` on the steps ``should_transform_fn`` selects; returns zero updates on
