@@ -15,9 +15,12 @@ from gradxform.checkpoint import CheckpointError, load_state, save_state
 from gradxform.flat import FlatLayout, flatten_params
 from gradxform.interop.torch_state import from_torch_state, to_torch_state
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
+from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.lbfgs import lbfgs
+from gradxform.optimizers.momo import MomoAdamState, MomoState, momo, momo_adam
 from gradxform.optimizers.muon import muon, muon_with_adamw
+from gradxform.optimizers.parameter_free import cocob, dog, dowg
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
 from gradxform.optimizers.sgd import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
@@ -53,6 +56,13 @@ from gradxform.transforms.adam import (
     scale_by_adamax,
     scale_by_nadam,
 )
+from gradxform.transforms.adam_variants import scale_by_acprop, scale_by_adopt
+from gradxform.transforms.ademamix import (
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdEMAMixState,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+)
 from gradxform.transforms.asgd import ScaleByAsgdState, asgd_averaged_params, scale_by_asgd
 from gradxform.transforms.clipping import (
     adaptive_grad_clip,
@@ -60,6 +70,7 @@ from gradxform.transforms.clipping import (
     clip_by_block_rms,
     clip_by_global_norm,
 )
+from gradxform.transforms.coin import COCOBState, scale_by_cocob
 from gradxform.transforms.complex import (
     SplitRealAndImaginaryArrays,
     SplitRealAndImaginaryState,
@@ -67,6 +78,14 @@ from gradxform.transforms.complex import (
 )
 from gradxform.transforms.constrain import ZeroNansState, zero_nans
 from gradxform.transforms.decay import add_decayed_weights, add_l2
+from gradxform.transforms.dog import (
+    DoGState,
+    DoWGState,
+    ScaleByDistanceOverGradientsState,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+)
 from gradxform.transforms.factored import (
     FactoredState,
     ScaleByAdafactorState,
@@ -74,6 +93,7 @@ from gradxform.transforms.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradxform.transforms.hutchinson import HutchinsonState, hutchinson_estimator_diag_hessian
 from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
 from gradxform.transforms.linesearch import (
     BacktrackingLinesearchInfo,
@@ -83,6 +103,7 @@ from gradxform.transforms.linesearch import (
     scale_by_backtracking_linesearch,
     value_and_grad_from_state,
 )
+from gradxform.transforms.madgrad import MadgradState, scale_by_madgrad
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
@@ -133,7 +154,9 @@ from gradxform.wrappers.masking import (
     masked,
     multi_transform,
 )
+from gradxform.wrappers.mechanize import MechanicState, mechanize
 from gradxform.wrappers.phases import JoinTransformsState, join_transforms
+from gradxform.wrappers.sam import NormalizeState, SAMState, normalize, sam
 from gradxform.wrappers.sharding import ShardedState, cross_replica_mean, shard_optimizer_state
 
 __version__ = "0.1.0"
@@ -141,7 +164,10 @@ __version__ = "0.1.0"
 __all__ = [
     "ApplyIfFiniteState",
     "BacktrackingLinesearchInfo",
+    "COCOBState",
     "CheckpointError",
+    "DoGState",
+    "DoWGState",
     "DynamicLossScale",
     "DynamicLossScaleState",
     "EmaState",
@@ -149,24 +175,33 @@ __all__ = [
     "FactoredState",
     "FlatLayout",
     "GradientTransformation",
+    "HutchinsonState",
     "InjectHyperparamsState",
     "JoinTransformsState",
     "LbfgsState",
     "LookaheadState",
+    "MadgradState",
     "MaskedNode",
     "MaskedState",
+    "MechanicState",
+    "MomoAdamState",
+    "MomoState",
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
+    "NormalizeState",
     "ParamsAverageState",
     "ReduceLROnPlateauState",
+    "SAMState",
     "ScaleByAdaDeltaState",
     "ScaleByAdafactorState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "ScaleByAdemamixState",
     "ScaleByAmsgradState",
     "ScaleByAsgdState",
     "ScaleByBacktrackingLinesearchState",
+    "ScaleByDistanceOverGradientsState",
     "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByMuonState",
@@ -176,6 +211,7 @@ __all__ = [
     "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleByScheduleState",
+    "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
     "ShardedState",
@@ -184,6 +220,7 @@ __all__ = [
     "TraceState",
     "ZeroNansState",
     "ZoomLinesearchInfo",
+    "acprop",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -193,6 +230,8 @@ __all__ = [
     "adaptive_grad_clip",
     "add_decayed_weights",
     "add_l2",
+    "ademamix",
+    "adopt",
     "all_finite",
     "amsgrad",
     "apply_if_finite",
@@ -205,6 +244,7 @@ __all__ = [
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "cocob",
     "constant_schedule",
     "cosine_annealing_schedule",
     "cosine_annealing_warm_restarts",
@@ -214,6 +254,8 @@ __all__ = [
     "current_loss_scale",
     "cyclic_schedule",
     "decay_matrices_only",
+    "dog",
+    "dowg",
     "dynamic_loss_scale",
     "ema",
     "ema_params",
@@ -222,6 +264,7 @@ __all__ = [
     "freeze",
     "from_torch_state",
     "gradient_accumulation",
+    "hutchinson_estimator_diag_hessian",
     "identity",
     "inject_hyperparams",
     "inverse_time_decay",
@@ -234,7 +277,11 @@ __all__ = [
     "load_state",
     "lookahead",
     "lookahead_slow_params",
+    "madgrad",
     "masked",
+    "mechanize",
+    "momo",
+    "momo_adam",
     "multi_transform",
     "multiplicative_schedule",
     "muon",
@@ -242,6 +289,7 @@ __all__ = [
     "muon_with_adamw",
     "nadam",
     "named_chain",
+    "normalize",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
@@ -249,18 +297,27 @@ __all__ = [
     "reduce_on_plateau",
     "rmsprop",
     "rprop",
+    "sam",
     "save_state",
     "scale",
+    "scale_by_acprop",
     "scale_by_adadelta",
     "scale_by_adafactor",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_ademamix",
+    "scale_by_adopt",
     "scale_by_asgd",
     "scale_by_backtracking_linesearch",
+    "scale_by_cocob",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
     "scale_by_factored_rms",
     "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_madgrad",
     "scale_by_muon",
     "scale_by_nadam",
     "scale_by_param_block_rms",
@@ -269,6 +326,7 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_simplified_ademamix",
     "scale_by_sparse_adam",
     "scale_by_stddev",
     "scale_by_zoom_linesearch",
@@ -276,6 +334,7 @@ __all__ = [
     "sgd",
     "sgdr_schedule",
     "shard_optimizer_state",
+    "simplified_ademamix",
     "sparse_adam",
     "split_real_and_imaginary",
     "stateless",
