@@ -32,7 +32,8 @@ def scale_by_madgrad(
 ) -> GradientTransformation:
     """MADGRAD (Defazio & Jelassi, 2021), as ``optax.contrib.scale_by_madgrad``.
 
-    With ``lambda_k = (lr_k + eps) * sqrt(k + 1)`` at the ``k``-th update (``k = 0, 1, ...``)::
+    With ``lambda_k = (lr_k + eps) * sqrt(k + 1)`` at the ``k``-th update (``k = 0, 1, ...``;
+    as in Optax, ``sqrt(k + 1)`` is rounded to float32)::
 
         S_k = S_{k-1} + lambda_k * g_k^2
         s_k = s_{k-1} + lambda_k * g_k
@@ -73,9 +74,10 @@ def scale_by_madgrad(
         require_params(who, params, "MADGRAD's update is the move from them to the new params")
         _checks.check_updates(who, updates, state.s, "sum of gradients")
         rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        float_dtype = _tree.default_float_dtype()
-        steps = state.count.astype(float_dtype) + 1
-        weight = (jnp.asarray(rate, float_dtype) + eps) * jnp.sqrt(steps)
+        # As Optax: the root of the int32 count is taken in float32 (JAX's result dtype for an
+        # integer argument) and the learning rate keeps its own dtype.
+        root = jnp.sqrt((state.count + 1).astype(jnp.float32))
+        weight = (rate + eps) * root
 
         def leaf(g, x, x0, total_sq, total):
             dtype = _tree.compute_dtype(g.dtype, x.dtype, total.dtype)

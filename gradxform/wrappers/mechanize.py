@@ -115,12 +115,12 @@ def mechanize(
             updates,
             params,
         )
-        per_scale = 1 / (s_sum + eps)
+        spent = s_sum + eps
 
         def delta_prev_leaf(x, x_start):
             leaf_dtype = _tree.compute_dtype(x.dtype, x_start.dtype)
             difference = x_start.astype(leaf_dtype) - x.astype(leaf_dtype)
-            return difference * _tree.cast_scalar(per_scale, leaf_dtype)
+            return difference / _tree.cast_scalar(spent, leaf_dtype)
 
         delta_prev = jax.tree.map(delta_prev_leaf, params, x0)
         h = _tree.tree_vdot(decayed, delta_prev).astype(dtype)
