@@ -127,6 +127,15 @@ REQUIRED = {
     "scale_by_rprop": {"learning_rate": 0.1},
     "scale_by_zoom_linesearch": {"max_linesearch_steps": 10},
     "scale_by_backtracking_linesearch": {"max_backtracking_steps": 10},
+    "scale_by_dog": {"init_step": ("heuristic", 1e-6)},
+    "scale_by_madgrad": {"learning_rate": 0.1},
+    "ademamix": {"learning_rate": 0.1},
+    "simplified_ademamix": {"learning_rate": 0.1},
+    "adopt": {"learning_rate": 0.1},
+    "acprop": {"learning_rate": 0.1},
+    "madgrad": {"learning_rate": 0.1},
+    "mechanize": {"base_optimizer": _INNER},
+    "sam": {"optimizer": _INNER, "adv_optimizer": _INNER},
 }
 # Public callables that build no transformation, or take no validated arguments.
 NOT_FACTORIES = {
