@@ -111,7 +111,9 @@ TRANSFORMS = {
     "scale_by_acprop": (gx.scale_by_acprop, True),
     "acprop": (lambda: gx.acprop(0.1), True),
     "scale_by_cocob": (gx.scale_by_cocob, True),
-    "cocob": (gx.cocob, True),
+    # Its first link scales the gradients by the learning rate, which turns integer gradients
+    # into floating-point ones before COCOB's state sees them (Optax's chain does the same).
+    "cocob": (gx.cocob, False),
     "scale_by_madgrad": (lambda: gx.scale_by_madgrad(0.1), True),
     "madgrad": (lambda: gx.madgrad(0.1), True),
     "momo": (gx.momo, True),

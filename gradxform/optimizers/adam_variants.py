@@ -1,5 +1,9 @@
 """Adam's relatives from ``optax.contrib``, with Optax's numbers: AdEMAMix and its simplified
-form, ADOPT, ACProp and MADGRAD, each a ``chain`` as Optax builds it."""
+form, ADOPT, ACProp and MADGRAD, each a ``chain`` as Optax builds it.
+
+Complex params are updated as (real, imaginary) pairs
+(:func:`gradxform.transforms.complex.real_pairs`); Optax gives them no rule of their own.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from gradxform._types import MaskOrFn, ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link
 from gradxform.transforms.adam_variants import scale_by_acprop, scale_by_adopt
 from gradxform.transforms.ademamix import scale_by_ademamix, scale_by_simplified_ademamix
+from gradxform.transforms.complex import real_pairs
 from gradxform.transforms.madgrad import scale_by_madgrad
 from gradxform.transforms.scaling import scale_by_learning_rate
 
@@ -54,10 +59,12 @@ def ademamix(
     who = "ademamix"
     check_common(who, learning_rate, weight_decay)
     _validate.mask(who, "mask", mask)
-    return chain(
-        scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype),
-        *decay_link(who, weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+    return real_pairs(
+        chain(
+            scale_by_ademamix(b1, b2, b3, alpha, eps, eps_root, mu_dtype),
+            *decay_link(who, weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
     )
 
 
@@ -93,10 +100,12 @@ def simplified_ademamix(
     who = "simplified_ademamix"
     check_common(who, learning_rate, weight_decay)
     _validate.mask(who, "mask", mask)
-    return chain(
-        scale_by_simplified_ademamix(b1, b2, alpha, eps, eps_root),
-        *decay_link(who, weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+    return real_pairs(
+        chain(
+            scale_by_simplified_ademamix(b1, b2, alpha, eps, eps_root),
+            *decay_link(who, weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
     )
 
 
@@ -134,11 +143,13 @@ def adopt(
     who = "adopt"
     _validate.learning_rate(who, learning_rate)
     options = {} if clip_value_fn is None else {"clip_value_fn": clip_value_fn}
-    return chain(
-        scale_by_adopt(
-            b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping, **options
-        ),
-        scale_by_learning_rate(learning_rate),
+    return real_pairs(
+        chain(
+            scale_by_adopt(
+                b1, b2, eps, mu_dtype, nesterov=nesterov, use_clipping=use_clipping, **options
+            ),
+            scale_by_learning_rate(learning_rate),
+        )
     )
 
 
@@ -174,10 +185,12 @@ def acprop(
     who = "acprop"
     check_common(who, learning_rate, weight_decay)
     _validate.mask(who, "mask", mask)
-    return chain(
-        scale_by_acprop(b1, b2, eps, eps_root),
-        *decay_link(who, weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+    return real_pairs(
+        chain(
+            scale_by_acprop(b1, b2, eps, eps_root),
+            *decay_link(who, weight_decay, mask),
+            scale_by_learning_rate(learning_rate),
+        )
     )
 
 
@@ -207,7 +220,9 @@ def madgrad(
     """
     who = "madgrad"
     check_common(who, learning_rate, weight_decay)
-    return chain(
-        *decay_link(who, weight_decay),
-        scale_by_madgrad(learning_rate, momentum, eps),
+    return real_pairs(
+        chain(
+            *decay_link(who, weight_decay),
+            scale_by_madgrad(learning_rate, momentum, eps),
+        )
     )

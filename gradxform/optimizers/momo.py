@@ -4,7 +4,7 @@ with Optax's numbers.
 Each is a whole optimizer, as in Optax: the learning rate caps the adaptive step inside the
 rule, so there is no preconditioner to chain it after. Scalars (the averaged loss, ``gamma`` and
 the lower bound) are kept in the widest param dtype (at least float32), the moments in each
-param's dtype.
+param's dtype. Complex params are updated as (real, imaginary) pairs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
 from gradxform._types import ScalarOrSchedule
+from gradxform.transforms.complex import real_pairs
 from gradxform.transforms.dog import scalar_dtype
 
 # Optax compares the squared norm of the momentum with float64's machine epsilon (its
@@ -156,7 +157,7 @@ def momo(
         count = _tree.safe_increment(state.count)
         return new_updates, MomoState(exp_avg, barf, gamma, lb, count)
 
-    return GradientTransformation(init_fn, update_fn)
+    return real_pairs(GradientTransformation(init_fn, update_fn))
 
 
 def momo_adam(
@@ -258,4 +259,4 @@ def momo_adam(
             lb = state.lb
         return new_updates, MomoAdamState(exp_avg, exp_avg_sq, barf, gamma, lb, count)
 
-    return GradientTransformation(init_fn, update_fn)
+    return real_pairs(GradientTransformation(init_fn, update_fn))

@@ -1,5 +1,9 @@
 """Optimizers that set their own step size, with Optax's numbers: DoG and DoWG (distance over
-gradients) and COCOB (coin betting), each a ``chain`` as ``optax.contrib`` builds it."""
+gradients) and COCOB (coin betting), each a ``chain`` as ``optax.contrib`` builds it.
+
+Complex params are updated as (real, imaginary) pairs
+(:func:`gradxform.transforms.complex.real_pairs`); Optax gives them no rule of their own.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from gradxform._base import GradientTransformation, chain
 from gradxform._types import MaskOrFn, ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link
 from gradxform.transforms.coin import scale_by_cocob
+from gradxform.transforms.complex import real_pairs
 from gradxform.transforms.dog import scale_by_dog, scale_by_dowg
 from gradxform.transforms.scaling import scale_by_learning_rate
 
@@ -55,10 +60,12 @@ def dog(
     _validate.learning_rate(who, learning_rate)
     decay = _optional_decay(who, weight_decay, mask)
     _validate.non_negative(who, "eps", eps)
-    return chain(
-        *decay,
-        scale_by_dog(init_step, eps=eps),
-        scale_by_learning_rate(learning_rate),
+    return real_pairs(
+        chain(
+            *decay,
+            scale_by_dog(init_step, eps=eps),
+            scale_by_learning_rate(learning_rate),
+        )
     )
 
 
@@ -91,10 +98,12 @@ def dowg(
     who = "dowg"
     _validate.learning_rate(who, learning_rate)
     decay = _optional_decay(who, weight_decay, mask)
-    return chain(
-        *decay,
-        scale_by_dowg(init_estim_sq_dist, eps=eps),
-        scale_by_learning_rate(learning_rate),
+    return real_pairs(
+        chain(
+            *decay,
+            scale_by_dowg(init_estim_sq_dist, eps=eps),
+            scale_by_learning_rate(learning_rate),
+        )
     )
 
 
@@ -129,8 +138,10 @@ def cocob(
     who = "cocob"
     check_common(who, learning_rate, weight_decay)
     _validate.mask(who, "mask", mask)
-    return chain(
-        *decay_link(who, weight_decay, mask),
-        scale_by_learning_rate(learning_rate, flip_sign=False),
-        scale_by_cocob(alpha, eps),
+    return real_pairs(
+        chain(
+            *decay_link(who, weight_decay, mask),
+            scale_by_learning_rate(learning_rate, flip_sign=False),
+            scale_by_cocob(alpha, eps),
+        )
     )

@@ -153,7 +153,11 @@ def check_init_step(who: str, init_step: Any) -> None:
             f"{who}: `init_step` must be a pair (kind, value) with kind one of "
             f"{INIT_STEP_KINDS}, got {init_step!r}"
         )
-    _validate.choice(who, "init_step", init_step[0], INIT_STEP_KINDS)
+    if not isinstance(init_step[0], str) or init_step[0] not in INIT_STEP_KINDS:
+        raise ValueError(
+            f"{who}: `init_step` must be a pair (kind, value) with kind one of "
+            f"{INIT_STEP_KINDS}, got {tuple(init_step)!r}"
+        )
     try:
         _validate.non_negative(who, "value", init_step[1])
     except (TypeError, ValueError) as error:
