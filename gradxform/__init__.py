@@ -18,7 +18,7 @@ from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.lbfgs import lbfgs
-from gradxform.optimizers.momo import MomoAdamState, MomoState, momo, momo_adam
+from gradxform.optimizers.momo import momo, momo_adam
 from gradxform.optimizers.muon import muon, muon_with_adamw
 from gradxform.optimizers.parameter_free import cocob, dog, dowg
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
@@ -105,6 +105,7 @@ from gradxform.transforms.linesearch import (
 )
 from gradxform.transforms.madgrad import MadgradState, scale_by_madgrad
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
+from gradxform.transforms.momo import MomoAdamState, MomoState
 from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
 from gradxform.transforms.radam import scale_by_radam

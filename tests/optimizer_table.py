@@ -294,10 +294,13 @@ OPTIMIZERS: tuple[Entry, ...] = (
     # optax.contrib's optimizers, with Optax's numbers (tests/test_optax_contrib.py). Measured
     # (distance from the parabola's minimum after 6000 steps; Rosenbrock's loss after 20000,
     # bar 2.4e-4) at the rates given.
-    # DoG and DoWG set their own step (lr is a factor of it): DoG at its lr = 1 reaches 1.3e-6
-    # and 5.3e-10; DoWG at lr = 1 overshoots Rosenbrock's valley (7.5e-4) and at 0.5 reaches 0
-    # and 9.3e-10.
-    Entry("dog", gx.dog, {}, 1.0, 1.0),
+    # DoG and DoWG set their own step (lr is a factor of it). DoG's default first step,
+    # 1e-6 (1 + ||x_0||) along g / ||g||, is below float32's spacing for the parabola's small
+    # coordinates (test_apply_updates_keeps_param_dtype checks that the first step moves them);
+    # the authors' other suggestion, 1e-4, moves them: 9.6e-7 and 1.5e-4 at lr = 1 (the default
+    # reaches 1.3e-6 and 5.3e-10). DoWG at lr = 1 overshoots Rosenbrock's valley (7.5e-4) and
+    # at 0.5 reaches 0 and 9.3e-10.
+    Entry("dog", gx.dog, {"init_step": ("heuristic", 1e-4)}, 1.0, 1.0),
     Entry("dowg", gx.dowg, {}, 0.5, 0.5),
     # COCOB's lr scales the gradients, which its bets are invariant to (Rosenbrock 6.8e-4 at lr
     # 0.1, 1 and 10 with alpha = 100). alpha bounds the first bets relative to the largest

@@ -9,7 +9,7 @@ param's dtype. Complex params are updated as (real, imaginary) pairs.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,32 +20,11 @@ from gradxform._base import GradientTransformation, expect_state, require_params
 from gradxform._types import ScalarOrSchedule
 from gradxform.transforms.complex import real_pairs
 from gradxform.transforms.dog import scalar_dtype
+from gradxform.transforms.momo import MomoAdamState, MomoState
 
 # Optax compares the squared norm of the momentum with float64's machine epsilon (its
 # `jnp.finfo(float).eps`), whatever the params' dtype.
 _TINY_NORM = float(np.finfo(np.float64).eps)
-
-
-class MomoState(NamedTuple):
-    """``exp_avg`` (the momentum), the scalars ``barf`` (averaged loss), ``gamma`` (averaged
-    ``<g, x>``) and ``lb`` (the loss's lower bound), and ``count`` (int32)."""
-
-    exp_avg: Any
-    barf: jax.Array
-    gamma: jax.Array
-    lb: jax.Array
-    count: jax.Array
-
-
-class MomoAdamState(NamedTuple):
-    """:class:`MomoState` with ``exp_avg_sq``, Adam's second moment."""
-
-    exp_avg: Any
-    exp_avg_sq: Any
-    barf: jax.Array
-    gamma: jax.Array
-    lb: jax.Array
-    count: jax.Array
 
 
 def _check_value(who: str, value: Any) -> None:

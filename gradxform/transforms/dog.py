@@ -29,8 +29,9 @@ class ScaleByDistanceOverGradientsState(NamedTuple):
 
 
 class DoGState(NamedTuple):
-    """``is_init_step`` (bool), ``init_params``, and the scalars ``max_dist`` and
-    ``sum_sq_norm_grads`` over the whole tree."""
+    """``is_init_step`` (int32: 1 until the first update, then 0; Optax's is a bool, and
+    gradxform's scalar state is int32 or floating point), ``init_params``, and the scalars
+    ``max_dist`` and ``sum_sq_norm_grads`` over the whole tree."""
 
     is_init_step: jax.Array
     init_params: Any
@@ -201,7 +202,7 @@ def scale_by_dog(init_step: tuple[str, Any], *, eps: float = 1e-8) -> GradientTr
         else:
             r = jnp.zeros([], dtype)
         return DoGState(
-            is_init_step=jnp.asarray(True),
+            is_init_step=jnp.ones([], jnp.int32),
             init_params=copy_params(params),
             max_dist=r.astype(dtype),
             sum_sq_norm_grads=jnp.zeros([], dtype),
@@ -219,12 +220,12 @@ def scale_by_dog(init_step: tuple[str, Any], *, eps: float = 1e-8) -> GradientTr
         sum_sq = state.sum_sq_norm_grads + _tree.tree_squared_norm(updates).astype(dtype)
         rate = max_dist / jnp.sqrt(sum_sq + _tree.cast_scalar(eps, dtype))
         if kind == "learning_rate":
-            rate = jnp.where(state.is_init_step, _tree.cast_scalar(value, dtype), rate)
+            rate = jnp.where(state.is_init_step != 0, _tree.cast_scalar(value, dtype), rate)
         new_updates = jax.tree.map(
             lambda g: (rate * g.astype(_tree.update_dtype(g))).astype(_tree.update_dtype(g)),
             updates,
         )
-        return new_updates, DoGState(jnp.asarray(False), state.init_params, max_dist, sum_sq)
+        return new_updates, DoGState(jnp.zeros([], jnp.int32), state.init_params, max_dist, sum_sq)
 
     return GradientTransformation(init_fn, update_fn)
 
