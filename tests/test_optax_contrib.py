@@ -1,7 +1,8 @@
 """The optimizers of ``optax.contrib`` against Optax 0.2.8 itself, in float64.
 
-Both libraries take 100 steps on the same problem, each run as one compiled ``lax.scan``, and
-the updates and params are compared at every step with ``rtol=1e-12, atol=1e-14``. The problem
+Both libraries take 100 steps on the same problem, each a ``lax.scan``, the two in one compiled
+program per case, and the updates and params are compared at every step with ``rtol=1e-12,
+atol=1e-14``. The problem
 is a quadratic with per-step noise, ``f_t(x) = sum(a x^2 / 2 + (b + n_t) x)``, so that the
 gradient depends on the params (DoG, COCOB, MADGRAD, MoMo, Mechanic and SAM read the params or
 the loss) and changes every step. The formulas are written in another order in places
@@ -50,23 +51,30 @@ def _loss(params, a, b, n):
     return sum(jax.tree.leaves(terms))
 
 
-def _run(opt, apply_updates, extra):
-    """``(updates, params)`` after each of the 100 steps, stacked; one jit, one scan."""
-    params, a, b, noise = _problem()
+def _history(opt, apply_updates, extra, params, a, b, noise):
+    """``(updates, params)`` after each of the 100 steps, stacked: one ``lax.scan``."""
 
-    @jax.jit
-    def run(params):
-        def body(carry, n):
-            params, state = carry
-            value, grads = jax.value_and_grad(_loss)(params, a, b, n)
-            kwargs = extra(value, lambda p: jax.grad(_loss)(p, a, b, n))
-            updates, state = opt.update(grads, state, params, **kwargs)
-            params = apply_updates(params, updates)
-            return (params, state), (updates, params)
+    def body(carry, n):
+        params, state = carry
+        value, grads = jax.value_and_grad(_loss)(params, a, b, n)
+        kwargs = extra(value, lambda p: jax.grad(_loss)(p, a, b, n))
+        updates, state = opt.update(grads, state, params, **kwargs)
+        params = apply_updates(params, updates)
+        return (params, state), (updates, params)
 
-        return jax.lax.scan(body, (params, opt.init(params)), noise)[1]
+    return jax.lax.scan(body, (params, opt.init(params)), noise)[1]
 
-    return jax.tree.map(np.asarray, run(params))
+
+def _run_both(ours, theirs, extra):
+    """Both libraries' histories from one compiled program (one compile per case, not two);
+    the two scans share nothing but the problem's arrays."""
+    run = jax.jit(
+        lambda *problem: (
+            _history(ours, gx.apply_updates, extra, *problem),
+            _history(theirs, optax.apply_updates, extra, *problem),
+        )
+    )
+    return jax.tree.map(np.asarray, run(*_problem()))
 
 
 def _none(value, grad):
@@ -211,15 +219,19 @@ CASE_ATOL = {"mechanize": 1e-11}
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_optax_contrib_float64(x64, case):
     ours, theirs, extra = CASES[case]
-    expected = _run(theirs(), optax.apply_updates, extra)
-    got = _run(ours(), gx.apply_updates, extra)
-    for step in range(STEPS):
-        for i, what in enumerate(("updates", "params")):
-            for key in SHAPES:
+    got, expected = _run_both(ours(), theirs(), extra)
+    atol = CASE_ATOL.get(case, ATOL)
+    for i, what in enumerate(("updates", "params")):
+        for key in SHAPES:
+            g, e = got[i][key], expected[i][key]
+            assert g.shape == e.shape == (STEPS, *SHAPES[key]), (what, key, g.shape, e.shape)
+            # assert_allclose's own test (|g - e| <= atol + rtol |e|, NaNs equal where both
+            # are), on every step at once; the first step that fails is reported by it.
+            close = np.isclose(g, e, rtol=RTOL, atol=atol, equal_nan=True)
+            if not close.all():
+                step = int(np.argwhere(~close)[0][0])
                 np.testing.assert_allclose(
-                    got[i][key][step],
-                    expected[i][key][step],
-                    rtol=RTOL,
-                    atol=CASE_ATOL.get(case, ATOL),
+                    g[step], e[step], rtol=RTOL, atol=atol,
                     err_msg=f"{case}: {what}[{key!r}] at step {step + 1}",
-                )
+                )  # fmt: skip
+                raise AssertionError(f"{case}: {what}[{key!r}] at step {step + 1}")

@@ -33,7 +33,9 @@ def scale_by_madgrad(
     """MADGRAD (Defazio & Jelassi, 2021), as ``optax.contrib.scale_by_madgrad``.
 
     With ``lambda_k = (lr_k + eps) * sqrt(k + 1)`` at the ``k``-th update (``k = 0, 1, ...``;
-    as in Optax, ``sqrt(k + 1)`` is rounded to float32)::
+    as in Optax, ``sqrt(k + 1)`` is rounded to float32 and ``lambda_k`` has the learning rate's
+    dtype; a Python ``lr`` counts as the default float dtype, where Optax rounds ``lambda_k`` to
+    float32)::
 
         S_k = S_{k-1} + lambda_k * g_k^2
         s_k = s_{k-1} + lambda_k * g_k
@@ -75,7 +77,12 @@ def scale_by_madgrad(
         _checks.check_updates(who, updates, state.s, "sum of gradients")
         rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
         # As Optax: the root of the int32 count is taken in float32 (JAX's result dtype for an
-        # integer argument) and the learning rate keeps its own dtype.
+        # integer argument), and the product with lr + eps in the learning rate's dtype. A Python
+        # number counts as the array that inject_hyperparams would hold (the default float
+        # dtype), so that both give the same step; Optax's product with a Python lr is float32
+        # (weak typing), also under x64.
+        if isinstance(rate, int | float):
+            rate = jnp.asarray(rate, _tree.default_float_dtype())
         root = jnp.sqrt((state.count + 1).astype(jnp.float32))
         weight = (rate + eps) * root
 
