@@ -44,10 +44,13 @@ from gradxform.numerics import (
     safe_root_mean_squares,
 )
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
+from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.lbfgs import lbfgs
+from gradxform.optimizers.momo import momo, momo_adam
 from gradxform.optimizers.muon import muon, muon_with_adamw
 from gradxform.optimizers.optax_adam import adamaxw, nadamw
+from gradxform.optimizers.parameter_free import cocob, dog, dowg
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
 from gradxform.optimizers.sgd import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
@@ -85,6 +88,13 @@ from gradxform.transforms.adam import (
     scale_by_amsgrad,
     scale_by_nadam,
 )
+from gradxform.transforms.adam_variants import scale_by_acprop, scale_by_adopt
+from gradxform.transforms.ademamix import (
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdEMAMixState,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+)
 from gradxform.transforms.asgd import ScaleByAsgdState, asgd_averaged_params, scale_by_asgd
 from gradxform.transforms.clipping import (
     adaptive_grad_clip,
@@ -94,6 +104,7 @@ from gradxform.transforms.clipping import (
     unitwise_clip,
     unitwise_norm,
 )
+from gradxform.transforms.coin import COCOBState, scale_by_cocob
 from gradxform.transforms.complex import (
     SplitRealAndImaginaryArrays,
     SplitRealAndImaginaryState,
@@ -106,6 +117,14 @@ from gradxform.transforms.constrain import (
     zero_nans,
 )
 from gradxform.transforms.decay import add_decayed_weights, add_l2
+from gradxform.transforms.dog import (
+    DoGState,
+    DoWGState,
+    ScaleByDistanceOverGradientsState,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+)
 from gradxform.transforms.factored import (
     FactoredState,
     ScaleByAdafactorState,
@@ -113,6 +132,7 @@ from gradxform.transforms.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradxform.transforms.hutchinson import HutchinsonState, hutchinson_estimator_diag_hessian
 from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
 from gradxform.transforms.linesearch import (
     BacktrackingLinesearchInfo,
@@ -122,7 +142,9 @@ from gradxform.transforms.linesearch import (
     scale_by_backtracking_linesearch,
     value_and_grad_from_state,
 )
+from gradxform.transforms.madgrad import MadgradState, scale_by_madgrad
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
+from gradxform.transforms.momo import MomoAdamState, MomoState
 from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
 from gradxform.transforms.noise import AddNoiseState, add_noise
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
@@ -204,6 +226,7 @@ from gradxform.wrappers.masking import (
     partition,
     selective_transform,
 )
+from gradxform.wrappers.mechanize import MechanicState, mechanize
 from gradxform.wrappers.microbatch import microbatch
 from gradxform.wrappers.monitoring import (
     MonitorState,
@@ -220,6 +243,7 @@ from gradxform.wrappers.privacy import (
     per_example_global_norm_clip,
     per_example_layer_norm_clip,
 )
+from gradxform.wrappers.sam import NormalizeState, SAMState, normalize, sam
 from gradxform.wrappers.sharding import ShardedState, cross_replica_mean, shard_optimizer_state
 from gradxform.wrappers.stateful_hyperparams import (
     InjectStatefulHyperparamsState,
@@ -237,6 +261,7 @@ __all__ = [
     "ApplyEvery",
     "ApplyIfFiniteState",
     "BacktrackingLinesearchInfo",
+    "COCOBState",
     "CheckpointError",
     "ClipByGlobalNormState",
     "ClipState",
@@ -244,6 +269,8 @@ __all__ = [
     "ConditionallyMaskState",
     "ConditionallyTransformState",
     "DifferentiallyPrivateAggregateState",
+    "DoGState",
+    "DoWGState",
     "DynamicLossScale",
     "DynamicLossScaleState",
     "EmaState",
@@ -252,33 +279,42 @@ __all__ = [
     "FlatLayout",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "HutchinsonState",
     "InjectHyperparamsState",
     "InjectStatefulHyperparamsState",
     "JoinTransformsState",
     "LbfgsState",
     "LookaheadParams",
     "LookaheadState",
+    "MadgradState",
     "MaskOrFn",
     "MaskedNode",
     "MaskedState",
+    "MechanicState",
+    "MomoAdamState",
+    "MomoState",
     "MonitorState",
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
     "NonNegativeParamsState",
+    "NormalizeState",
     "OptState",
     "Params",
     "ParamsAverageState",
     "PartitionState",
     "ReduceLROnPlateauState",
+    "SAMState",
     "ScalarOrSchedule",
     "ScaleByAdaDeltaState",
     "ScaleByAdafactorState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "ScaleByAdemamixState",
     "ScaleByAmsgradState",
     "ScaleByAsgdState",
     "ScaleByBacktrackingLinesearchState",
+    "ScaleByDistanceOverGradientsState",
     "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByMuonState",
@@ -290,6 +326,7 @@ __all__ = [
     "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleByScheduleState",
+    "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
     "ScaleState",
@@ -309,6 +346,7 @@ __all__ = [
     "WrappedScheduleState",
     "ZeroNansState",
     "ZoomLinesearchInfo",
+    "acprop",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -320,6 +358,8 @@ __all__ = [
     "add_decayed_weights",
     "add_l2",
     "add_noise",
+    "ademamix",
+    "adopt",
     "all_finite",
     "amsgrad",
     "apply_every",
@@ -335,6 +375,7 @@ __all__ = [
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "cocob",
     "conditionally_mask",
     "conditionally_transform",
     "constant_schedule",
@@ -347,6 +388,8 @@ __all__ = [
     "cyclic_schedule",
     "decay_matrices_only",
     "differentially_private_aggregate",
+    "dog",
+    "dowg",
     "dpsgd",
     "dynamic_loss_scale",
     "ema",
@@ -358,6 +401,7 @@ __all__ = [
     "from_torch_state",
     "global_norm",
     "gradient_accumulation",
+    "hutchinson_estimator_diag_hessian",
     "identity",
     "incremental_update",
     "init_empty_state",
@@ -374,9 +418,13 @@ __all__ = [
     "load_state",
     "lookahead",
     "lookahead_slow_params",
+    "madgrad",
     "masked",
     "measure_with_ema",
+    "mechanize",
     "microbatch",
+    "momo",
+    "momo_adam",
     "monitor",
     "multi_transform",
     "multiplicative_schedule",
@@ -386,6 +434,7 @@ __all__ = [
     "nadam",
     "nadamw",
     "named_chain",
+    "normalize",
     "normalize_by_update_norm",
     "partition",
     "per_example_global_norm_clip",
@@ -402,19 +451,28 @@ __all__ = [
     "safe_int32_increment",
     "safe_norm",
     "safe_root_mean_squares",
+    "sam",
     "save_state",
     "scale",
+    "scale_by_acprop",
     "scale_by_adadelta",
     "scale_by_adafactor",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_ademamix",
+    "scale_by_adopt",
     "scale_by_amsgrad",
     "scale_by_asgd",
     "scale_by_backtracking_linesearch",
+    "scale_by_cocob",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
     "scale_by_factored_rms",
     "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_madgrad",
     "scale_by_muon",
     "scale_by_nadam",
     "scale_by_param_block_rms",
@@ -424,6 +482,7 @@ __all__ = [
     "scale_by_rss",
     "scale_by_schedule",
     "scale_by_sign",
+    "scale_by_simplified_ademamix",
     "scale_by_sparse_adam",
     "scale_by_stddev",
     "scale_by_zoom_linesearch",
@@ -433,6 +492,7 @@ __all__ = [
     "sgd",
     "sgdr_schedule",
     "shard_optimizer_state",
+    "simplified_ademamix",
     "skip_large_updates",
     "skip_not_finite",
     "snapshot",

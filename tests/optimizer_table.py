@@ -298,6 +298,41 @@ OPTIMIZERS: tuple[Entry, ...] = (
         1.0,
         update_args=UPDATE_ARGS,
     ),
+    # optax.contrib's optimizers, with Optax's numbers (tests/test_optax_contrib.py). Measured
+    # (distance from the parabola's minimum after 6000 steps; Rosenbrock's loss after 20000,
+    # bar 2.4e-4) at the rates given.
+    # DoG and DoWG set their own step (lr is a factor of it). DoG's default first step,
+    # 1e-6 (1 + ||x_0||) along g / ||g||, is below float32's spacing for the parabola's small
+    # coordinates (test_apply_updates_keeps_param_dtype checks that the first step moves them);
+    # the authors' other suggestion, 1e-4, moves them: 9.6e-7 and 1.5e-4 at lr = 1 (the default
+    # reaches 1.3e-6 and 5.3e-10). DoWG at lr = 1 overshoots Rosenbrock's valley (7.5e-4) and
+    # at 0.5 reaches 0 and 9.3e-10.
+    Entry("dog", gx.dog, {"init_step": ("heuristic", 1e-4)}, 1.0, 1.0),
+    Entry("dowg", gx.dowg, {}, 0.5, 0.5),
+    # COCOB's lr scales the gradients, which its bets are invariant to (Rosenbrock 6.8e-4 at lr
+    # 0.1, 1 and 10 with alpha = 100). alpha bounds the first bets relative to the largest
+    # gradient seen; alpha = 10 lets them grow sooner: 2.9e-7 and 1.1e-4.
+    Entry("cocob", gx.cocob, {"alpha": 10.0}, 1.0, 1.0),
+    # AdEMAMix's slow moment (b3 = 0.9999 by default) keeps an alpha-weighted memory of ~1e4
+    # steps, which overshoots the parabola's minimum for longer than the test's 6000 steps
+    # (measured 0.07 at lr = 3e-3); b3 = 0.99 shortens it to ~100: 1.7e-7 and 0.
+    Entry("ademamix", gx.ademamix, {"b3": 0.99}, 3e-3, 3e-3),
+    # Simplified AdEMAMix sums gradients (m = b1 m + g, b1 = 0.99): its step is ~lr / (1 - b1)
+    # = 100 lr and does not shrink near a minimum (m / sqrt(n) tends to a sign), so it hovers:
+    # 2.7e-4 and 7.3e-6 at lr = 1e-4 (0.00213 and 8.3e-4 at 1e-3).
+    Entry("simplified_ademamix", gx.simplified_ademamix, {}, 1e-4, 1e-4, hovers=True),
+    # ADOPT clips its normalised gradient to (t - 1)^(1/4) and normalises by the previous,
+    # slow (b2 = 0.9999) second moment, so its first steps are short: Rosenbrock needs lr = 0.1
+    # (3.3, 1.3, 0.055, 2.6e-4 at 1e-3, 3e-3, 1e-2, 3e-2); 1.5e-6 and 1.6e-10.
+    Entry("adopt", gx.adopt, {}, 0.1, 0.1),
+    Entry("acprop", gx.acprop, {}, 1e-3, 1e-3),  # 1.1e-6 and 1.5e-8
+    # MADGRAD's lr enters its dual averaging: 3.6e-7 and 3.2e-14 at lr = 1e-2.
+    Entry("madgrad", gx.madgrad, {}, 1e-2, 1e-2),
+    # MoMo's Polyak step (capped at lr) uses the loss, whose minimum is 0 = the default
+    # lower bound on both problems: both land on the minimum exactly at lr = 1 (MoMo) and
+    # within 8.9e-7 and 4.1e-13 at lr = 1e-2 (MoMo-Adam).
+    Entry("momo", gx.momo, {}, 1.0, 1.0, update_args=("value",)),
+    Entry("momo_adam", gx.momo_adam, {}, 1e-2, 1e-2, update_args=("value",)),
 )
 
 ENTRIES: dict[str, Entry] = {entry.id: entry for entry in OPTIMIZERS}

@@ -238,6 +238,106 @@ VALID = {
         },
         optional={"max_eval": st.integers(1, 30)},
     ),
+    # optax.contrib's optimizers (tests/test_optax_contrib.py). Their eps stays positive: with
+    # eps = 0 and a zero gradient DoG's and DoWG's rate is r / 0 (NaN on a zero gradient, as in
+    # Optax), and an eps of 0 leaves AdEMAMix's slow moment, ADOPT's unclipped ratio and
+    # ACProp's centred moment unbounded. A positive eps >= 1e-8 bounds every step by
+    # |g| / eps <= 1e10, which float32 and bfloat16 hold (float16 needs eps >= 1e-2, see below).
+    "dog": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "init_step": st.tuples(
+                st.sampled_from(["heuristic", "distance", "learning_rate"]), _number(0.0, 1e-2)
+            ),
+            "eps": _number(1e-8, 1e-2),
+        },
+        optional={"weight_decay": st.one_of(st.none(), decay)},
+    ),
+    "dowg": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "init_estim_sq_dist": st.one_of(st.none(), _number(0.0, 1.0)),
+            "eps": _number(1e-8, 1e-2),
+        },
+        optional={"weight_decay": st.one_of(st.none(), decay)},
+    ),
+    "cocob": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "alpha": _number(1.0, 1000.0),
+            "eps": _number(1e-8, 1e-2),
+            "weight_decay": decay,
+        }
+    ),
+    "ademamix": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "b3": unit,
+            "alpha": _number(0.0, 10.0),
+            "eps": _number(1e-8, 1e-2),
+            "eps_root": eps,
+            "weight_decay": decay,
+        },
+        optional={"mu_dtype": mu_dtype},
+    ),
+    "simplified_ademamix": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "alpha": _number(0.0, 10.0),
+            "eps": _number(1e-8, 1e-2),
+            "eps_root": eps,
+            "weight_decay": decay,
+        }
+    ),
+    "adopt": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "eps": _number(1e-8, 1e-2),
+            "nesterov": st.booleans(),
+            "use_clipping": st.booleans(),
+        },
+        optional={"mu_dtype": mu_dtype},
+    ),
+    "acprop": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "eps": _number(1e-8, 1e-2),
+            "eps_root": eps,
+            "weight_decay": decay,
+        }
+    ),
+    "madgrad": st.fixed_dictionaries(
+        {"learning_rate": rate, "momentum": _number(0.0, 1.0), "weight_decay": decay, "eps": eps}
+    ),
+    # MoMo's update needs the loss (skipped by the runs below, which have none).
+    "momo": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "beta": unit,
+            "lower_bound": _number(-10.0, 0.0),
+            "weight_decay": decay,
+            "adapt_lower_bound": st.booleans(),
+        }
+    ),
+    "momo_adam": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "eps": _number(1e-8, 1e-2),
+            "lower_bound": _number(-10.0, 0.0),
+            "weight_decay": decay,
+            "adapt_lower_bound": st.booleans(),
+        }
+    ),
 }
 
 # L-BFGS's update evaluates the loss itself (``value_and_grad_fn``), and the gradients drawn
@@ -408,6 +508,37 @@ INVALID = {
         "learning_rate": negative, "tolerance_grad": negative, "tolerance_change": negative,
         "max_iter": st.integers(max_value=0), "max_eval": st.integers(max_value=0),
         "history_size": st.integers(max_value=0),
+    }),
+    "dog": ({}, {"learning_rate": negative, "eps": negative, "weight_decay": negative}),
+    "dowg": ({}, {
+        "learning_rate": negative, "eps": negative, "weight_decay": negative,
+        "init_estim_sq_dist": negative,
+    }),
+    "cocob": ({}, {
+        "learning_rate": negative, "alpha": st.one_of(negative, st.just(0.0)), "eps": negative,
+        "weight_decay": negative,
+    }),
+    "ademamix": ({"learning_rate": 1e-3}, {
+        **_ADAM_INVALID, "b3": outside_unit, "eps_root": negative, "alpha": st.just(math.nan),
+    }),
+    "simplified_ademamix": ({"learning_rate": 1e-3}, {
+        **_ADAM_INVALID, "eps_root": negative, "alpha": st.just(math.inf),
+    }),
+    "adopt": ({"learning_rate": 1e-3}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+    }),
+    "acprop": ({"learning_rate": 1e-3}, {**_ADAM_INVALID, "eps_root": negative}),
+    "madgrad": ({"learning_rate": 1e-3}, {
+        "learning_rate": negative, "momentum": outside_closed_unit, "weight_decay": negative,
+        "eps": negative,
+    }),
+    "momo": ({}, {
+        "learning_rate": negative, "beta": outside_unit, "weight_decay": negative,
+        "lower_bound": st.just(math.nan),
+    }),
+    "momo_adam": ({}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+        "weight_decay": negative, "lower_bound": st.just(math.nan),
     }),
 }  # fmt: skip
 

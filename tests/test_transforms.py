@@ -20,6 +20,7 @@ import pytest
 from optimizer_table import (
     FACTORIES,
     assert_covers_every_optimizer,
+    loss_update,
     skip_if_update_needs_the_loss,
     table,
 )
@@ -646,13 +647,16 @@ REFUSE_COMPLEX = {"adafactor"}
 
 @table
 def test_complex64_updates_are_finite_and_complex(entry):
-    skip_if_update_needs_the_loss(
-        entry,
-        "these gradients are given (in JAX's convention, which is not a descent direction "
-        "for a complex L-BFGS); tests/test_lbfgs.py compares complex params with torch",
-    )
+    if "value_and_grad_fn" in entry.update_args:
+        skip_if_update_needs_the_loss(
+            entry,
+            "these gradients are given (in JAX's convention, which is not a descent direction "
+            "for a complex L-BFGS); tests/test_lbfgs.py compares complex params with torch",
+        )
     params = {"z": jnp.array([1 + 2j, -0.5j, 3.0], jnp.complex64)}
     opt = entry.make(entry.parabola_lr)
+    # MoMo needs only the loss value: that of |z|^2 / 2, whose gradients are given below.
+    update = loss_update(opt, entry.update_args, lambda p: jnp.sum(jnp.abs(p["z"]) ** 2) / 2)
     if entry.name in REFUSE_COMPLEX:
         with pytest.raises(TypeError, match=rf"{entry.name}: parameter \['z'\] is complex"):
             opt.init(params)
@@ -660,7 +664,7 @@ def test_complex64_updates_are_finite_and_complex(entry):
     state = opt.init(params)
     for _ in range(3):
         grads = {"z": jnp.conj(params["z"])}  # the gradient of |z|^2 / 2 (JAX's convention)
-        updates, state = opt.update(grads, state, params)
+        updates, state = update(grads, state, params)
         assert updates["z"].dtype == jnp.complex64
         assert np.all(np.isfinite(np.asarray(updates["z"])))
         params = gx.apply_updates(params, updates)
@@ -990,6 +994,77 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"tolerance_change": -1e-9}, "tolerance_change"),
         ({"history_size": 0}, "history_size"),
         ({"line_search_fn": "wolfe"}, "line_search_fn"),
+    ],
+    "dog": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -1e-2}, "weight_decay"),
+        ({"init_step": ("radius", 1e-6)}, "init_step"),
+        ({"init_step": ("heuristic", -1e-6)}, "init_step"),
+    ],
+    "dowg": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"init_estim_sq_dist": -1.0}, "init_estim_sq_dist"),
+        ({"eps": -1e-4}, "eps"),
+        ({"weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "cocob": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "ademamix": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "b1": 1.0}, "b1"),
+        ({"learning_rate": 1e-3, "b2": -0.1}, "b2"),
+        ({"learning_rate": 1e-3, "b3": 1.5}, "b3"),
+        ({"learning_rate": 1e-3, "alpha": float("nan")}, "alpha"),
+        ({"learning_rate": 1e-3, "eps": -1e-8}, "eps"),
+        ({"learning_rate": 1e-3, "eps_root": -1e-8}, "eps_root"),
+        ({"learning_rate": 1e-3, "weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "simplified_ademamix": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "b1": 1.0}, "b1"),
+        ({"learning_rate": 1e-3, "b2": 1.0}, "b2"),
+        ({"learning_rate": 1e-3, "alpha": float("inf")}, "alpha"),
+        ({"learning_rate": 1e-3, "eps": -1e-8}, "eps"),
+        ({"learning_rate": 1e-3, "weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "adopt": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "b1": 1.0}, "b1"),
+        ({"learning_rate": 1e-3, "b2": -0.5}, "b2"),
+        ({"learning_rate": 1e-3, "eps": -1e-6}, "eps"),
+    ],
+    "acprop": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "b1": 1.0}, "b1"),
+        ({"learning_rate": 1e-3, "b2": 1.0}, "b2"),
+        ({"learning_rate": 1e-3, "eps": -1e-16}, "eps"),
+        ({"learning_rate": 1e-3, "eps_root": -1e-16}, "eps_root"),
+        ({"learning_rate": 1e-3, "weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "madgrad": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "momentum": 1.5}, "momentum"),
+        ({"learning_rate": 1e-3, "weight_decay": -1e-2}, "weight_decay"),
+        ({"learning_rate": 1e-3, "eps": -1e-6}, "eps"),
+    ],
+    "momo": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"beta": 1.0}, "beta"),
+        ({"lower_bound": float("nan")}, "lower_bound"),
+        ({"weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "momo_adam": [
+        ({"learning_rate": -1e-2}, "learning_rate"),
+        ({"b1": 1.0}, "b1"),
+        ({"b2": -0.1}, "b2"),
+        ({"eps": -1e-8}, "eps"),
+        ({"lower_bound": float("inf")}, "lower_bound"),
+        ({"weight_decay": -1e-2}, "weight_decay"),
     ],
 }
 OPTIMIZER_CASES = [

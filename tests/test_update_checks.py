@@ -122,6 +122,35 @@ TRANSFORMS = {
     "monitor": (lambda: gx.monitor({"m": lambda u: u}), False),
     "snapshot": (lambda: gx.snapshot("m", lambda u: u), False),
     "measure_with_ema": (lambda: gx.measure_with_ema(lambda u: u, 0.9), True),
+    # optax.contrib's (tests/test_optax_contrib.py).
+    "scale_by_distance_over_gradients": (gx.scale_by_distance_over_gradients, True),
+    "scale_by_dog": (lambda: gx.scale_by_dog(("heuristic", 1e-6)), True),
+    "scale_by_dowg": (gx.scale_by_dowg, True),
+    "dog": (gx.dog, True),
+    "dowg": (gx.dowg, True),
+    "scale_by_ademamix": (gx.scale_by_ademamix, True),
+    "ademamix": (lambda: gx.ademamix(0.1), True),
+    "scale_by_simplified_ademamix": (gx.scale_by_simplified_ademamix, True),
+    "simplified_ademamix": (lambda: gx.simplified_ademamix(0.1), True),
+    "scale_by_adopt": (gx.scale_by_adopt, True),
+    "adopt": (lambda: gx.adopt(0.1), True),
+    "scale_by_acprop": (gx.scale_by_acprop, True),
+    "acprop": (lambda: gx.acprop(0.1), True),
+    "scale_by_cocob": (gx.scale_by_cocob, True),
+    # Its first link scales the gradients by the learning rate, which turns integer gradients
+    # into floating-point ones before COCOB's state sees them (Optax's chain does the same).
+    "cocob": (gx.cocob, False),
+    "scale_by_madgrad": (lambda: gx.scale_by_madgrad(0.1), True),
+    "madgrad": (lambda: gx.madgrad(0.1), True),
+    "momo": (gx.momo, True),
+    "momo_adam": (gx.momo_adam, True),
+    "mechanize": (lambda: gx.mechanize(gx.adam(0.1)), True),
+    "sam": (lambda: gx.sam(gx.adam(0.1), gx.chain(gx.normalize(), gx.scale(0.05))), True),
+    # Stateless: integer updates are normalised in floating point.
+    "normalize": (gx.normalize, False),
+    # It returns its estimate and ignores the updates' values (only checked against the params):
+    # integer updates are accepted, as by the other transformations without gradient state.
+    "hutchinson_estimator_diag_hessian": (gx.hutchinson_estimator_diag_hessian, False),
 }
 
 
@@ -132,6 +161,9 @@ def _loss(params):
 # What the updates of the transformations that need the loss take besides the gradients.
 EXTRA_ARGS = {
     "reduce_on_plateau": {"value": 1.0},
+    "momo": {"value": 1.0},
+    "momo_adam": {"value": 1.0},
+    "hutchinson_estimator_diag_hessian": {"obj_fn": _loss},
     "lbfgs": {"value": 1.0, "value_and_grad_fn": jax.value_and_grad(_loss)},
     **{
         name: {"value": 1.0, "grad": PARAMS, "value_fn": _loss}

@@ -136,6 +136,15 @@ REQUIRED = {
     "per_example_layer_norm_clip": {"grads": {"w": jnp.ones((2, 3))}, "global_l2_norm_clip": 1.0},
     "unitwise_clip": {"g_norm": 1.0, "max_norm": 1.0, "grad": 1.0},
     "inject_stateful_hyperparams": {"inner_factory": gx.sgd},
+    "scale_by_dog": {"init_step": ("heuristic", 1e-6)},
+    "scale_by_madgrad": {"learning_rate": 0.1},
+    "ademamix": {"learning_rate": 0.1},
+    "simplified_ademamix": {"learning_rate": 0.1},
+    "adopt": {"learning_rate": 0.1},
+    "acprop": {"learning_rate": 0.1},
+    "madgrad": {"learning_rate": 0.1},
+    "mechanize": {"base_optimizer": _INNER},
+    "sam": {"optimizer": _INNER, "adv_optimizer": _INNER},
 }
 # Public callables that build no transformation, or take no validated arguments.
 NOT_FACTORIES = {

@@ -1,0 +1,32 @@
+"""MoMo's states. The optimizers that keep them, :func:`gradxform.momo` and
+:func:`gradxform.momo_adam`, are whole optimizers (their learning rate caps the step inside the
+rule) and live in ``gradxform/optimizers/momo.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+
+
+class MomoState(NamedTuple):
+    """``exp_avg`` (the momentum), the scalars ``barf`` (averaged loss), ``gamma`` (averaged
+    ``<g, x>``) and ``lb`` (the loss's lower bound), and ``count`` (int32)."""
+
+    exp_avg: Any
+    barf: jax.Array
+    gamma: jax.Array
+    lb: jax.Array
+    count: jax.Array
+
+
+class MomoAdamState(NamedTuple):
+    """:class:`MomoState` with ``exp_avg_sq``, Adam's second moment."""
+
+    exp_avg: Any
+    exp_avg_sq: Any
+    barf: jax.Array
+    gamma: jax.Array
+    lb: jax.Array
+    count: jax.Array
