@@ -18,9 +18,20 @@ from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.lbfgs import lbfgs
 from gradxform.optimizers.muon import muon, muon_with_adamw
+from gradxform.optimizers.optax_adaptive import (
+    adabelief,
+    adan,
+    novograd,
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    yogi,
+)
+from gradxform.optimizers.optax_sgd import noisy_sgd, polyak_sgd, sign_sgd, signum, sm3
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
 from gradxform.optimizers.sgd import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
+from gradxform.optimizers.trust_ratio import fromage, lamb, lars
 from gradxform.schedules import (
     chained_schedule,
     constant_schedule,
@@ -52,6 +63,14 @@ from gradxform.transforms.adam import (
     scale_by_adam,
     scale_by_adamax,
     scale_by_nadam,
+)
+from gradxform.transforms.adan import ScaleByAdanState, scale_by_adan
+from gradxform.transforms.adaptive import (
+    ScaleByBeliefState,
+    ScaleByNovogradState,
+    scale_by_belief,
+    scale_by_novograd,
+    scale_by_yogi,
 )
 from gradxform.transforms.asgd import ScaleByAsgdState, asgd_averaged_params, scale_by_asgd
 from gradxform.transforms.clipping import (
@@ -85,7 +104,12 @@ from gradxform.transforms.linesearch import (
 )
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
+from gradxform.transforms.optimistic import (
+    ScaleByOptimisticGradientState,
+    scale_by_optimistic_gradient,
+)
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
+from gradxform.transforms.polyak import scale_by_polyak
 from gradxform.transforms.radam import scale_by_radam
 from gradxform.transforms.rms import (
     ScaleByRmsState,
@@ -104,8 +128,10 @@ from gradxform.transforms.scaling import (
     set_to_zero,
 )
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion
+from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from gradxform.transforms.torch_lbfgs import LbfgsState
+from gradxform.transforms.trust_ratio import scale_by_param_block_norm, scale_by_trust_ratio
 from gradxform.transforms.zoom import scale_by_zoom_linesearch
 from gradxform.wrappers.accumulation import MultiSteps, MultiStepsState, gradient_accumulation
 from gradxform.wrappers.averaging import (
@@ -164,17 +190,22 @@ __all__ = [
     "ScaleByAdafactorState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "ScaleByAdanState",
     "ScaleByAmsgradState",
     "ScaleByAsgdState",
     "ScaleByBacktrackingLinesearchState",
+    "ScaleByBeliefState",
     "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByMuonState",
     "ScaleByNadamState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
     "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleBySM3State",
     "ScaleByScheduleState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
@@ -184,12 +215,14 @@ __all__ = [
     "TraceState",
     "ZeroNansState",
     "ZoomLinesearchInfo",
+    "adabelief",
     "adadelta",
     "adafactor",
     "adagrad",
     "adam",
     "adamax",
     "adamw",
+    "adan",
     "adaptive_grad_clip",
     "add_decayed_weights",
     "add_l2",
@@ -221,12 +254,15 @@ __all__ = [
     "flatten_params",
     "freeze",
     "from_torch_state",
+    "fromage",
     "gradient_accumulation",
     "identity",
     "inject_hyperparams",
     "inverse_time_decay",
     "join_schedules",
     "join_transforms",
+    "lamb",
+    "lars",
     "lbfgs",
     "linear_onecycle_schedule",
     "linear_schedule",
@@ -242,8 +278,14 @@ __all__ = [
     "muon_with_adamw",
     "nadam",
     "named_chain",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
+    "polyak_sgd",
     "polynomial_schedule",
     "radam",
     "reduce_on_plateau",
@@ -255,27 +297,39 @@ __all__ = [
     "scale_by_adafactor",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_adan",
     "scale_by_asgd",
     "scale_by_backtracking_linesearch",
+    "scale_by_belief",
     "scale_by_factored_rms",
     "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
     "scale_by_nadam",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
     "scale_by_param_block_rms",
+    "scale_by_polyak",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_sm3",
     "scale_by_sparse_adam",
     "scale_by_stddev",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
     "scale_by_zoom_linesearch",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
     "shard_optimizer_state",
+    "sign_sgd",
+    "signum",
+    "sm3",
     "sparse_adam",
     "split_real_and_imaginary",
     "stateless",
@@ -287,5 +341,6 @@ __all__ = [
     "value_and_grad_from_state",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
+    "yogi",
     "zero_nans",
 ]
