@@ -279,6 +279,13 @@ def _global_norm_clip():
 NEEDS_THE_TREE = {
     "adafactor": "factors each matrix's second moment into rows and columns, and scales and "
     "clips each leaf by its own RMS; a flat buffer is one long vector",
+    # Optax's catalogue: norms per leaf, accumulators per axis, one noise key per leaf.
+    "lamb": "scales each leaf by its trust ratio, a ratio of the leaf's norms",
+    "lars": "scales each leaf by its trust ratio, a ratio of the leaf's norms",
+    "fromage": "scales each leaf by its trust ratio, a ratio of the leaf's norms",
+    "novograd": "normalises each leaf's gradient by the leaf's norm",
+    "sm3": "keeps one accumulator per axis of each leaf",
+    "noisy_sgd": "draws each leaf's noise from its own key, split per leaf",
 }
 # Entries that are not element-wise, left out: Muon orthogonalises each matrix, and a flat
 # buffer is a vector (the recipe's default labels give every buffer to AdamW), so the flat path

@@ -96,6 +96,30 @@ TRANSFORMS = {
     "scale_by_lbfgs": (gx.scale_by_lbfgs, True),
     "scale_by_zoom_linesearch": (lambda: gx.scale_by_zoom_linesearch(5), True),
     "scale_by_backtracking_linesearch": (lambda: gx.scale_by_backtracking_linesearch(5), True),
+    # Optax's catalogue.
+    "scale_by_belief": (gx.scale_by_belief, True),
+    "scale_by_adan": (gx.scale_by_adan, True),
+    "scale_by_yogi": (gx.scale_by_yogi, True),
+    "scale_by_novograd": (gx.scale_by_novograd, True),
+    "scale_by_optimistic_gradient": (gx.scale_by_optimistic_gradient, True),
+    "scale_by_sm3": (gx.scale_by_sm3, True),
+    "scale_by_polyak": (gx.scale_by_polyak, False),
+    "scale_by_trust_ratio": (gx.scale_by_trust_ratio, False),
+    "scale_by_param_block_norm": (gx.scale_by_param_block_norm, False),
+    "polyak_sgd": (gx.polyak_sgd, False),
+    # The noise's state is a key, not a moment of the gradients.
+    "noisy_sgd": (lambda: gx.noisy_sgd(0.1), False),
+    "sign_sgd": (lambda: gx.sign_sgd(0.1), False),
+    "fromage": (lambda: gx.fromage(0.1), False),
+    **{
+        name: (lambda name=name: getattr(gx, name)(0.1), True)
+        for name in (
+            *("adabelief", "adan", "yogi", "novograd", "optimistic_adam"),
+            *("optimistic_adam_v2", "optimistic_gradient_descent", "signum", "sm3", "lamb"),
+        )
+    },
+    # Stateful through its momentum (the trust ratio alone keeps none).
+    "lars": (lambda: gx.lars(0.1), True),
 }
 
 
@@ -106,6 +130,8 @@ def _loss(params):
 # What the updates of the transformations that need the loss take besides the gradients.
 EXTRA_ARGS = {
     "reduce_on_plateau": {"value": 1.0},
+    "scale_by_polyak": {"value": 1.0},
+    "polyak_sgd": {"value": 1.0},
     "lbfgs": {"value": 1.0, "value_and_grad_fn": jax.value_and_grad(_loss)},
     **{
         name: {"value": 1.0, "grad": PARAMS, "value_fn": _loss}

@@ -127,6 +127,14 @@ REQUIRED = {
     "scale_by_rprop": {"learning_rate": 0.1},
     "scale_by_zoom_linesearch": {"max_linesearch_steps": 10},
     "scale_by_backtracking_linesearch": {"max_backtracking_steps": 10},
+    **{
+        name: {"learning_rate": 0.1}
+        for name in (
+            *("adabelief", "adan", "fromage", "lamb", "lars", "noisy_sgd", "novograd"),
+            *("optimistic_adam", "optimistic_adam_v2", "optimistic_gradient_descent"),
+            *("sign_sgd", "signum", "sm3", "yogi"),
+        )
+    },
 }
 # Public callables that build no transformation, or take no validated arguments.
 NOT_FACTORIES = {
