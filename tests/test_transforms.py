@@ -641,7 +641,8 @@ def test_complex_params(x64, make, reference):
 
 # Optimizers that refuse complex params, as their torch.optim class does: torch's Adafactor
 # raises "Adafactor does not support complex parameters" (tests/test_adafactor.py checks both).
-REFUSE_COMPLEX = {"adafactor"}
+# Optax's scale_by_sm3 refuses complex params too (its error names scale_by_sm3).
+REFUSE_COMPLEX = {"adafactor", "sm3"}
 
 
 @table

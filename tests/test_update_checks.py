@@ -118,8 +118,8 @@ TRANSFORMS = {
             *("optimistic_adam_v2", "optimistic_gradient_descent", "signum", "sm3", "lamb"),
         )
     },
-    # Stateful through its momentum (the trust ratio alone keeps none).
-    "lars": (lambda: gx.lars(0.1), True),
+    # Its momentum sees the trust ratio's output, floating point even for integer gradients.
+    "lars": (lambda: gx.lars(0.1), False),
 }
 
 

@@ -196,7 +196,10 @@ def optimistic_gradient_descent(
       Mokhtari et al., `A Unified Analysis of Extra-gradient and Optimistic Gradient Methods
       for Saddle Point Problems <https://arxiv.org/abs/1901.08511>`_, 2019.
     """
-    _validate.learning_rate("optimistic_gradient_descent", learning_rate)
+    who = "optimistic_gradient_descent"
+    _validate.learning_rate(who, learning_rate)
+    _validate.finite(who, "alpha", alpha)
+    _validate.finite(who, "beta", beta)
     return chain(scale_by_optimistic_gradient(alpha, beta), scale_by_learning_rate(learning_rate))
 
 

@@ -13,7 +13,7 @@ from gradxform._base import GradientTransformation, chain, stateless
 from gradxform._types import ScalarOrSchedule
 from gradxform.transforms.gradient_noise import add_gradient_noise
 from gradxform.transforms.momentum import ema
-from gradxform.transforms.polyak import scale_by_polyak
+from gradxform.transforms.polyak import VARIANTS, scale_by_polyak
 from gradxform.transforms.scaling import scale, scale_by_learning_rate
 from gradxform.transforms.sm3 import scale_by_sm3
 
@@ -82,7 +82,12 @@ def polyak_sgd(
       Loizou et al., `Stochastic Polyak Step-size for SGD: An Adaptive Learning Rate for Fast
       Convergence <https://arxiv.org/abs/2002.10542>`_, 2021.
     """
-    _validate.learning_rate("polyak_sgd", scaling, "scaling")
+    who = "polyak_sgd"
+    _validate.non_negative(who, "max_learning_rate", max_learning_rate)
+    _validate.learning_rate(who, scaling, "scaling")
+    _validate.finite(who, "f_min", f_min)
+    _validate.non_negative(who, "eps", eps)
+    _validate.choice(who, "variant", variant, VARIANTS)
     return chain(
         scale_by_learning_rate(scaling),
         scale_by_polyak(f_min, max_learning_rate, eps, variant),
