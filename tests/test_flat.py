@@ -283,7 +283,12 @@ NEEDS_THE_TREE = {
     "lamb": "scales each leaf by its trust ratio, a ratio of the leaf's norms",
     "lars": "scales each leaf by its trust ratio, a ratio of the leaf's norms",
     "fromage": "scales each leaf by its trust ratio, a ratio of the leaf's norms",
-    "novograd": "normalises each leaf's gradient by the leaf's norm",
+}
+# Entries that are not element-wise and whose state is not a moment per element (a scalar per
+# leaf, accumulators per axis, a key), which the flat-state view below cannot unflatten: left
+# out of both comparisons.
+NOT_PER_ELEMENT_STATE = {
+    "novograd": "normalises each leaf's gradient by the leaf's norm (one scalar per leaf)",
     "sm3": "keeps one accumulator per axis of each leaf",
     "noisy_sgd": "draws each leaf's noise from its own key, split per leaf",
 }
@@ -294,7 +299,7 @@ MATRIX_ENTRIES = {"muon_with_adamw"}
 TABLE_RUN = [
     name
     for name in (*ENTRIES, *FLAT_EXTRAS)
-    if name not in NEEDS_THE_TREE and name not in MATRIX_ENTRIES
+    if name not in NEEDS_THE_TREE | MATRIX_ENTRIES | NOT_PER_ELEMENT_STATE.keys()
 ]
 # Entries whose update needs the loss (L-BFGS) cannot run on the given gradients below: they
 # stay in the parametrization and skip there, saying why.

@@ -292,7 +292,8 @@ VALID = {
             "weight_decay": decay,
             "trust_coefficient": _number(0.0, 1.0),
             "eps": eps,
-            "momentum": _number(0.0, 0.99),
+            # > 0: gradxform's trace refuses Nesterov without momentum.
+            "momentum": _number(0.01, 0.99),
             "nesterov": st.booleans(),
         },
         optional={"trust_ratio_mask": st.booleans()},
@@ -468,7 +469,8 @@ INVALID = {
         "history_size": st.integers(max_value=0),
     }),
     "adabelief": ({"learning_rate": 0.1}, {
-        **_ADAM_INVALID, "eps_root": negative,
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+        "eps_root": negative,
     }),
     "adan": ({"learning_rate": 0.1}, {
         **_ADAM_INVALID, "b3": outside_unit, "eps_root": negative,

@@ -3,7 +3,10 @@ and Fromage."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import jax.numpy as jnp
 
 from gradxform import _validate
 from gradxform._base import GradientTransformation, chain
@@ -154,7 +157,12 @@ def fromage(learning_rate: float, min_norm: float = 1e-6) -> GradientTransformat
     who = "fromage"
     _validate.non_negative(who, "learning_rate", learning_rate)
     _validate.non_negative(who, "min_norm", min_norm)
-    shrink = 1 / (1 + learning_rate**2) ** 0.5
+    # sqrt, not ** 0.5: correctly rounded both for a Python number and for an (injected) array,
+    # so that the two give the same bits.
+    if _validate.is_static_number(learning_rate):
+        shrink = 1 / math.sqrt(1 + learning_rate * learning_rate)
+    else:
+        shrink = 1 / jnp.sqrt(1 + learning_rate * learning_rate)
     return chain(
         scale_by_trust_ratio(min_norm),
         scale_by_learning_rate(learning_rate * shrink),

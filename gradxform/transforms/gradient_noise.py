@@ -66,8 +66,10 @@ def add_gradient_noise(
         if key is not None:
             raise ValueError(f"{who}: give `key` or `seed` (deprecated), not both")
         key = seed
-    bits, impl = key_bits(who, 0 if key is None else key)
-    stored = np.asarray(jax.lax.bitcast_convert_type(bits, jnp.int32))
+    # Eagerly, also when the factory is called inside a trace (inject_hyperparams does).
+    with jax.ensure_compile_time_eval():
+        bits, impl = key_bits(who, 0 if key is None else key)
+        stored = jax.lax.bitcast_convert_type(bits, jnp.int32)
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
