@@ -299,7 +299,7 @@ MATRIX_ENTRIES = {"muon_with_adamw"}
 TABLE_RUN = [
     name
     for name in (*ENTRIES, *FLAT_EXTRAS)
-    if name not in NEEDS_THE_TREE | MATRIX_ENTRIES | NOT_PER_ELEMENT_STATE.keys()
+    if name not in NEEDS_THE_TREE.keys() | MATRIX_ENTRIES | NOT_PER_ELEMENT_STATE.keys()
 ]
 # Entries whose update needs the loss (L-BFGS) cannot run on the given gradients below: they
 # stay in the parametrization and skip there, saying why.
