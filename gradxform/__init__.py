@@ -12,12 +12,13 @@ from gradxform._base import (
 )
 from gradxform._masks import MaskedNode
 from gradxform.checkpoint import CheckpointError, load_state, save_state
-from gradxform.flat import FlatLayout, flatten_params
+from gradxform.flat import FlatLayout, flatten, flatten_params
 from gradxform.interop.torch_state import from_torch_state, to_torch_state
 from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.lbfgs import lbfgs
 from gradxform.optimizers.muon import muon, muon_with_adamw
+from gradxform.optimizers.optax_adam import adamaxw, nadamw
 from gradxform.optimizers.optax_adaptive import (
     adabelief,
     adan,
@@ -62,6 +63,7 @@ from gradxform.transforms.adam import (
     ScaleByNadamState,
     scale_by_adam,
     scale_by_adamax,
+    scale_by_amsgrad,
     scale_by_nadam,
 )
 from gradxform.transforms.adan import ScaleByAdanState, scale_by_adan
@@ -78,13 +80,20 @@ from gradxform.transforms.clipping import (
     clip,
     clip_by_block_rms,
     clip_by_global_norm,
+    unitwise_clip,
+    unitwise_norm,
 )
 from gradxform.transforms.complex import (
     SplitRealAndImaginaryArrays,
     SplitRealAndImaginaryState,
     split_real_and_imaginary,
 )
-from gradxform.transforms.constrain import ZeroNansState, zero_nans
+from gradxform.transforms.constrain import (
+    ZeroNansState,
+    centralize,
+    keep_params_nonnegative,
+    zero_nans,
+)
 from gradxform.transforms.decay import add_decayed_weights, add_l2
 from gradxform.transforms.factored import (
     FactoredState,
@@ -104,6 +113,7 @@ from gradxform.transforms.linesearch import (
 )
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
+from gradxform.transforms.noise import AddNoiseState, add_noise
 from gradxform.transforms.optimistic import (
     ScaleByOptimisticGradientState,
     scale_by_optimistic_gradient,
@@ -113,8 +123,10 @@ from gradxform.transforms.polyak import scale_by_polyak
 from gradxform.transforms.radam import scale_by_radam
 from gradxform.transforms.rms import (
     ScaleByRmsState,
+    ScaleByRmsWithCountState,
     ScaleByRssState,
     ScaleByRStdDevState,
+    ScaleByRStdDevWithCountState,
     scale_by_rms,
     scale_by_rss,
     scale_by_stddev,
@@ -122,19 +134,31 @@ from gradxform.transforms.rms import (
 from gradxform.transforms.rprop import ScaleByRpropState, scale_by_rprop
 from gradxform.transforms.scaling import (
     ScaleByScheduleState,
+    normalize_by_update_norm,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
+    scale_gradient,
     set_to_zero,
 )
-from gradxform.transforms.sign import ScaleByLionState, scale_by_lion
+from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from gradxform.transforms.torch_lbfgs import LbfgsState
 from gradxform.transforms.trust_ratio import scale_by_param_block_norm, scale_by_trust_ratio
 from gradxform.transforms.zoom import scale_by_zoom_linesearch
-from gradxform.wrappers.accumulation import MultiSteps, MultiStepsState, gradient_accumulation
+from gradxform.wrappers.accumulation import (
+    ApplyEvery,
+    MultiSteps,
+    MultiStepsState,
+    ShouldSkipUpdateFunction,
+    apply_every,
+    gradient_accumulation,
+    skip_large_updates,
+    skip_not_finite,
+)
 from gradxform.wrappers.averaging import (
+    LookaheadParams,
     LookaheadState,
     ParamsAverageState,
     averaged_params,
@@ -142,6 +166,14 @@ from gradxform.wrappers.averaging import (
     lookahead,
     lookahead_slow_params,
     swa_params,
+)
+from gradxform.wrappers.conditional import (
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    conditionally_mask,
+    conditionally_transform,
+    incremental_update,
+    periodic_update,
 )
 from gradxform.wrappers.guards import ApplyIfFiniteState, all_finite, apply_if_finite
 from gradxform.wrappers.hyperparams import InjectHyperparamsState, inject_hyperparams
@@ -154,20 +186,43 @@ from gradxform.wrappers.loss_scale import (
 from gradxform.wrappers.masking import (
     MaskedState,
     MultiTransformState,
+    PartitionState,
     decay_matrices_only,
     freeze,
     masked,
     multi_transform,
+    partition,
+    selective_transform,
+)
+from gradxform.wrappers.microbatch import microbatch
+from gradxform.wrappers.monitoring import (
+    MonitorState,
+    SnapshotState,
+    measure_with_ema,
+    monitor,
+    snapshot,
 )
 from gradxform.wrappers.phases import JoinTransformsState, join_transforms
+from gradxform.wrappers.privacy import (
+    DifferentiallyPrivateAggregateState,
+    differentially_private_aggregate,
+    dpsgd,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
+)
 from gradxform.wrappers.sharding import ShardedState, cross_replica_mean, shard_optimizer_state
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AddNoiseState",
+    "ApplyEvery",
     "ApplyIfFiniteState",
     "BacktrackingLinesearchInfo",
     "CheckpointError",
+    "ConditionallyMaskState",
+    "ConditionallyTransformState",
+    "DifferentiallyPrivateAggregateState",
     "DynamicLossScale",
     "DynamicLossScaleState",
     "EmaState",
@@ -178,13 +233,16 @@ __all__ = [
     "InjectHyperparamsState",
     "JoinTransformsState",
     "LbfgsState",
+    "LookaheadParams",
     "LookaheadState",
     "MaskedNode",
     "MaskedState",
+    "MonitorState",
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
     "ParamsAverageState",
+    "PartitionState",
     "ReduceLROnPlateauState",
     "ScaleByAdaDeltaState",
     "ScaleByAdafactorState",
@@ -202,7 +260,9 @@ __all__ = [
     "ScaleByNovogradState",
     "ScaleByOptimisticGradientState",
     "ScaleByRStdDevState",
+    "ScaleByRStdDevWithCountState",
     "ScaleByRmsState",
+    "ScaleByRmsWithCountState",
     "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleBySM3State",
@@ -210,6 +270,8 @@ __all__ = [
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
     "ShardedState",
+    "ShouldSkipUpdateFunction",
+    "SnapshotState",
     "SplitRealAndImaginaryArrays",
     "SplitRealAndImaginaryState",
     "TraceState",
@@ -221,23 +283,29 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
     "adan",
     "adaptive_grad_clip",
     "add_decayed_weights",
     "add_l2",
+    "add_noise",
     "all_finite",
     "amsgrad",
+    "apply_every",
     "apply_if_finite",
     "apply_updates",
     "asgd",
     "asgd_averaged_params",
     "averaged_params",
+    "centralize",
     "chain",
     "chained_schedule",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "conditionally_mask",
+    "conditionally_transform",
     "constant_schedule",
     "cosine_annealing_schedule",
     "cosine_annealing_warm_restarts",
@@ -247,20 +315,25 @@ __all__ = [
     "current_loss_scale",
     "cyclic_schedule",
     "decay_matrices_only",
+    "differentially_private_aggregate",
+    "dpsgd",
     "dynamic_loss_scale",
     "ema",
     "ema_params",
     "exponential_decay",
+    "flatten",
     "flatten_params",
     "freeze",
     "from_torch_state",
     "fromage",
     "gradient_accumulation",
     "identity",
+    "incremental_update",
     "inject_hyperparams",
     "inverse_time_decay",
     "join_schedules",
     "join_transforms",
+    "keep_params_nonnegative",
     "lamb",
     "lars",
     "lbfgs",
@@ -271,18 +344,27 @@ __all__ = [
     "lookahead",
     "lookahead_slow_params",
     "masked",
+    "measure_with_ema",
+    "microbatch",
+    "monitor",
     "multi_transform",
     "multiplicative_schedule",
     "muon",
     "muon_labels",
     "muon_with_adamw",
     "nadam",
+    "nadamw",
     "named_chain",
     "noisy_sgd",
+    "normalize_by_update_norm",
     "novograd",
     "optimistic_adam",
     "optimistic_adam_v2",
     "optimistic_gradient_descent",
+    "partition",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "periodic_update",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polyak_sgd",
@@ -298,6 +380,7 @@ __all__ = [
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_adan",
+    "scale_by_amsgrad",
     "scale_by_asgd",
     "scale_by_backtracking_linesearch",
     "scale_by_belief",
@@ -317,19 +400,25 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_sign",
     "scale_by_sm3",
     "scale_by_sparse_adam",
     "scale_by_stddev",
     "scale_by_trust_ratio",
     "scale_by_yogi",
     "scale_by_zoom_linesearch",
+    "scale_gradient",
+    "selective_transform",
     "set_to_zero",
     "sgd",
     "sgdr_schedule",
     "shard_optimizer_state",
     "sign_sgd",
     "signum",
+    "skip_large_updates",
+    "skip_not_finite",
     "sm3",
+    "snapshot",
     "sparse_adam",
     "split_real_and_imaginary",
     "stateless",
@@ -338,6 +427,8 @@ __all__ = [
     "to_torch_state",
     "trace",
     "tree_utils",
+    "unitwise_clip",
+    "unitwise_norm",
     "value_and_grad_from_state",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",

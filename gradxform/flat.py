@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform import _tree
+from gradxform import _checks, _tree
+from gradxform._base import GradientTransformation, as_transformation, extra_args_filter
 from gradxform._masks import broadcast_prefix, is_mask_function
 
 Groups = Any  # a tree of hashable labels (e.g. bools) matching the params, or a function of them
@@ -193,3 +194,49 @@ def flatten_params(
         key_labels[key] = label
     layout = FlatLayout(treedef, slots, sizes, key_labels)
     return layout.flatten(params), layout
+
+
+def flatten(inner: GradientTransformation) -> GradientTransformation:
+    """Runs ``inner`` on one vector, the concatenation of every leaf (Optax's ``flatten``).
+
+    ::
+
+        v = concat(ravel(u_1), ..., ravel(u_n));   v <- inner(v);   u_i <- reshape(v_i)
+
+    One leaf instead of many makes each of ``inner``'s tree maps one kernel (see
+    :func:`flatten_params` for keeping the params flat across steps instead). The leaves are
+    concatenated in the dtype they promote to.
+
+    Args:
+      inner: the transformation to run on the flat vector.
+
+    Returns:
+      A transformation whose state is ``inner``'s state for the flat vector.
+    """
+    inner = as_transformation(inner, "flatten: `inner`")
+    keep_extra = extra_args_filter(inner.update)
+
+    def ravel(tree):
+        leaves = jax.tree.leaves(tree)
+        return jnp.concatenate([jnp.reshape(x, [-1]) for x in leaves])
+
+    def unravel(like, flat):
+        leaves, treedef = jax.tree.flatten(like)
+        offsets = np.cumsum([np.size(x) for x in leaves])[:-1]
+        parts = jnp.split(flat, offsets)
+        pieces = zip(parts, leaves, strict=True)
+        return treedef.unflatten(
+            [p.reshape(jnp.shape(x)).astype(jnp.result_type(x)) for p, x in pieces]
+        )
+
+    def init_fn(params):
+        return inner.init(ravel(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is not None:
+            _checks.check_updates("flatten", updates, params, "param")
+        flat_params = None if params is None else ravel(params)
+        flat, state = inner.update(ravel(updates), state, flat_params, **keep_extra(extra_args))
+        return unravel(updates, flat), state
+
+    return GradientTransformation(init_fn, update_fn)

@@ -327,6 +327,13 @@ OPTIMIZERS: tuple[Entry, ...] = (
     Entry("lamb", gx.lamb, {}, 3e-3, gx.exponential_decay(1e-2, 20000, 0.01), hovers=True),
     Entry("lars", gx.lars, {}, 1.0, 0.1, hovers=True),
     Entry("fromage", gx.fromage, {"min_norm": 1.0}, 1e-3, 5e-4, hovers=True),
+    # Optax's NAdamW: Adam's rule with a Nesterov numerator and decoupled decay 1e-4. Adam's
+    # rates: within CONVERGED_DISTANCE of the parabola's minimum without hovering (measured).
+    Entry("nadamw", gx.nadamw, {}, 3e-3, 1e-3),
+    # Optax's AdamaxW, Adamax with decoupled decay 1e-4: Adamax's rates; like
+    # adamax_weight_decay its decay keeps the iterate moving at the float32 floor (measured
+    # 1.1e-4 from the parabola's minimum at lr = 0.1, above CONVERGED_DISTANCE), so it hovers.
+    Entry("adamaxw", gx.adamaxw, {}, 0.1, 1e-2, hovers=True),
     Entry("composed_chain", composed_chain, {}, 3e-3, 3e-3),
     # L-BFGS takes torch's lr = 1: the step length of its quasi-Newton direction, which on the
     # parabola (Hessian 2I) is exact from the second iteration on (H_diag = y.s / y.y = 1/2).

@@ -176,6 +176,8 @@ VALID = {
         optional={"mu_dtype": mu_dtype},
     ),
     "radam": _adam_like(decoupled_weight_decay=st.booleans()),
+    "nadamw": _adam_like(eps_root=eps, mu_dtype=mu_dtype),
+    "adamaxw": _adam_like(),
     "adadelta": st.fixed_dictionaries(
         {"learning_rate": rate, "rho": _number(0.0, 1.0), "eps": eps, "weight_decay": decay}
     ),
@@ -430,6 +432,8 @@ INVALID = {
         "weight_decay": negative,
     }),
     "radam": ({}, _ADAM_INVALID),
+    "nadamw": ({}, {**_ADAM_INVALID, "eps_root": negative}),
+    "adamaxw": ({}, _ADAM_INVALID),
     "adadelta": ({}, {
         "learning_rate": negative, "rho": outside_closed_unit, "eps": negative,
         "weight_decay": negative,

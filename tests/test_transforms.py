@@ -919,6 +919,21 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"b2": -0.5}, "b2"),
         ({"weight_decay": -1e-3}, "weight_decay"),
     ],
+    "nadamw": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"b1": 1.0}, "b1"),
+        ({"b2": -0.1}, "b2"),
+        ({"eps": -1e-8}, "eps"),
+        ({"eps_root": -1.0}, "eps_root"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+    ],
+    "adamaxw": [
+        ({"learning_rate": -2e-3}, "learning_rate"),
+        ({"b1": -0.1}, "b1"),
+        ({"b2": 1.0}, "b2"),
+        ({"eps": -1.0}, "eps"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+    ],
     "radam": [
         ({"learning_rate": -1e-3}, "learning_rate"),
         ({"b1": 1.0}, "b1"),

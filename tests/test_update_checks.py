@@ -42,6 +42,9 @@ TRANSFORMS = {
     "scale_by_stddev": (gx.scale_by_stddev, True),
     "scale_by_rss": (gx.scale_by_rss, True),
     "scale_by_lion": (gx.scale_by_lion, True),
+    "scale_by_amsgrad": (gx.scale_by_amsgrad, True),
+    "scale_by_sign": (gx.scale_by_sign, False),
+    "normalize_by_update_norm": (gx.normalize_by_update_norm, False),
     "scale_by_radam": (gx.scale_by_radam, True),
     "scale_by_adadelta": (gx.scale_by_adadelta, True),
     "scale_by_rprop": (lambda: gx.scale_by_rprop(0.1), True),
@@ -81,7 +84,7 @@ TRANSFORMS = {
         name: (lambda name=name: getattr(gx, name)(0.1), True)
         for name in (
             *("adam", "adamw", "amsgrad", "adamax", "nadam", "adagrad", "rmsprop"),
-            *("radam", "adadelta", "rprop", "asgd"),
+            *("radam", "adadelta", "rprop", "asgd", "nadamw", "adamaxw"),
         )
     },
     "sparse_adam": (lambda: gx.sparse_adam(0.1), True),
@@ -120,6 +123,26 @@ TRANSFORMS = {
     },
     # Its momentum sees the trust ratio's output, floating point even for integer gradients.
     "lars": (lambda: gx.lars(0.1), False),
+    # Issue 11: Optax's remaining transformations and wrappers.
+    "apply_every": (lambda: gx.apply_every(2), False),
+    "centralize": (gx.centralize, False),
+    "keep_params_nonnegative": (gx.keep_params_nonnegative, False),
+    # Gaussian noise is drawn in the updates' dtype: floating updates only.
+    "add_noise": (lambda: gx.add_noise(0.01, 0.55, 0), True),
+    "conditionally_mask": (lambda: gx.conditionally_mask(gx.adam(0.1), lambda s: s > 0), True),
+    "conditionally_transform": (
+        lambda: gx.conditionally_transform(gx.adam(0.1), lambda s: s > 0),
+        True,
+    ),
+    "partition": (lambda: gx.partition({"x": gx.adam(0.1)}, {"a": "x", "b": "x"}), True),
+    "selective_transform": (
+        lambda: gx.selective_transform(gx.adam(0.1), freeze_mask={"a": False, "b": True}),
+        True,
+    ),
+    "flatten": (lambda: gx.flatten(gx.adam(0.1)), True),
+    "monitor": (lambda: gx.monitor({"m": lambda u: u}), False),
+    "snapshot": (lambda: gx.snapshot("m", lambda u: u), False),
+    "measure_with_ema": (lambda: gx.measure_with_ema(lambda u: u, 0.9), True),
 }
 
 
@@ -152,6 +175,20 @@ NEEDS_AN_AXIS = {"cross_replica_mean", "shard_optimizer_state"}
 # Public functions of those modules that read or build something else than a transformation.
 NOT_TRANSFORMATIONS = {
     "apply_updates",
+    # Functions of trees (Optax's utilities) and the DP-SGD transformations of per-example
+    # gradients (a leading batch axis, so another shape than the params by design; their checks
+    # are in tests/test_optax_wrappers.py).
+    "skip_not_finite",
+    "skip_large_updates",
+    "incremental_update",
+    "periodic_update",
+    "unitwise_norm",
+    "unitwise_clip",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
+    "differentially_private_aggregate",
+    "dpsgd",
+    "microbatch",
     "all_finite",
     "averaged_params",
     "lookahead_slow_params",
@@ -160,6 +197,7 @@ NOT_TRANSFORMATIONS = {
     "asgd_averaged_params",
     "muon_labels",
     "value_and_grad_from_state",
+    "scale_gradient",  # an identity with a scaled backward pass, used inside a loss
 }
 
 

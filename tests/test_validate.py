@@ -135,6 +135,14 @@ REQUIRED = {
             *("sign_sgd", "signum", "sm3", "yogi"),
         )
     },
+    "conditionally_mask": {"inner": _INNER, "should_transform_fn": lambda step: step > 0},
+    "conditionally_transform": {"inner": _INNER, "should_transform_fn": lambda step: step > 0},
+    "dpsgd": {"learning_rate": 0.1, "l2_norm_clip": 1.0, "noise_multiplier": 0.5, "seed": 0},
+    "measure_with_ema": {"measure": lambda u: u, "decay": 0.9},
+    "partition": {"transforms": {"a": _INNER}, "param_labels": {"w": "a"}},
+    "microbatch": {"fun": lambda x: x, "argnums": 0, "microbatch_size": 2},
+    "per_example_layer_norm_clip": {"grads": {"w": jnp.ones((2, 3))}, "global_l2_norm_clip": 1.0},
+    "unitwise_clip": {"g_norm": 1.0, "max_norm": 1.0, "grad": 1.0},
 }
 # Public callables that build no transformation, or take no validated arguments.
 NOT_FACTORIES = {
@@ -164,6 +172,10 @@ NOT_FACTORIES = {
     "shard_optimizer_state",
     "from_torch_state",
     "to_torch_state",
+    # Optax's functions of arrays and trees (their arguments are data, not hyperparameters).
+    "unitwise_clip",
+    "incremental_update",
+    "periodic_update",
 }
 
 

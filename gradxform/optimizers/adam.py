@@ -37,6 +37,13 @@ def _check_adam(
     _validate.dtype(who, "nu_dtype", nu_dtype)
 
 
+def _check_nesterov(who: str, nesterov: Any, amsgrad: Any) -> None:
+    _validate.boolean(who, "nesterov", nesterov)
+    _validate.boolean(who, "amsgrad", amsgrad)
+    if nesterov and amsgrad:
+        raise ValueError(f"{who}: `nesterov=True` and `amsgrad=True` cannot be combined")
+
+
 def adam(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -45,6 +52,7 @@ def adam(
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
     *,
+    nesterov: bool = False,
     weight_decay: float = 0.0,
     amsgrad: bool = False,
     nu_dtype: Any | None = None,
@@ -67,6 +75,9 @@ def adam(
       eps: added to the denominator (>= 0).
       eps_root: added inside the root (>= 0).
       mu_dtype: dtype of the first moment.
+      nesterov: Optax's NAdam form (``optax.adam(nesterov=True)``, ``optax.nadam``): ``m_t /
+        (1 - b1^t)`` becomes ``b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)`` (see
+        :func:`scale_by_adam`); torch's NAdam is :func:`nadam`. Not with ``amsgrad``.
       weight_decay: coupled L2 penalty (use :func:`adamw` for decoupled decay).
       amsgrad: AMSGrad's running maximum of the second moment.
       nu_dtype: dtype of the second moment (float32 for float16 params).
@@ -81,7 +92,7 @@ def adam(
     """
     who = "adam"
     _check_adam(who, learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
-    _validate.boolean(who, "amsgrad", amsgrad)
+    _check_nesterov(who, nesterov, amsgrad)
     _validate.boolean(who, "decoupled_weight_decay", decoupled_weight_decay)
     decay = decay_link(who, weight_decay)
     more = {"amsgrad": amsgrad, "decoupled_weight_decay": decoupled_weight_decay}
@@ -89,12 +100,15 @@ def adam(
     return torch_optimizer(
         who,
         *([] if decoupled_weight_decay else decay),
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, amsgrad=amsgrad, nu_dtype=nu_dtype
+        ),
         *(decay if decoupled_weight_decay else []),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
-        # torch has no eps_root: with one, no torch param group says what the optimizer does.
-        torch_spec=spec if _validate.is_static_zero(eps_root) else None,
+        # torch has neither eps_root nor nesterov: with one, no torch param group says what
+        # the optimizer does.
+        torch_spec=spec if _validate.is_static_zero(eps_root) and not nesterov else None,
     )
 
 
@@ -149,6 +163,7 @@ def adamw(
     weight_decay: float = 1e-2,
     mask: MaskOrFn = None,
     *,
+    nesterov: bool = False,
     amsgrad: bool = False,
     nu_dtype: Any | None = None,
     maximize: bool = False,
@@ -161,7 +176,8 @@ def adamw(
 
     Args:
       learning_rate: ``lr``, a number or a schedule.
-      b1, b2, eps, eps_root, mu_dtype, amsgrad, nu_dtype, maximize: as in :func:`adam`.
+      b1, b2, eps, eps_root, mu_dtype, nesterov, amsgrad, nu_dtype, maximize: as in
+        :func:`adam` (``nesterov``: Optax's NAdamW, see :func:`gradxform.nadamw`).
       weight_decay: the decoupled decay ``lambda`` (torch's default 1e-2; Optax's is 1e-4).
       mask: which leaves to decay: a tree of bools or a function of params, e.g.
         :func:`gradxform.decay_matrices_only` to leave biases and scales alone.
@@ -172,17 +188,20 @@ def adamw(
     who = "adamw"
     _check_adam(who, learning_rate, weight_decay, b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     _validate.mask(who, "mask", mask)
-    _validate.boolean(who, "amsgrad", amsgrad)
+    _check_nesterov(who, nesterov, amsgrad)
     more = {"amsgrad": amsgrad, "decoupled_weight_decay": True}
     spec = adam_spec("AdamW", learning_rate, b1, b2, eps, weight_decay, more)
+    # A mask is two torch param groups, and torch has no eps_root or nesterov: no one group.
+    as_torch = mask is None and _validate.is_static_zero(eps_root) and not nesterov
     return torch_optimizer(
         who,
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, amsgrad=amsgrad, nu_dtype=nu_dtype),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, amsgrad=amsgrad, nu_dtype=nu_dtype
+        ),
         *decay_link(who, weight_decay, mask),
         scale_by_learning_rate(learning_rate),
         maximize=maximize,
-        # A mask is two torch param groups, and torch has no eps_root: no one group to record.
-        torch_spec=spec if mask is None and _validate.is_static_zero(eps_root) else None,
+        torch_spec=spec if as_torch else None,
     )
 
 

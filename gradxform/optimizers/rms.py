@@ -103,6 +103,17 @@ def rmsprop(
         b_t = momentum * b_{t-1} + d_t          (b = d without momentum)
         p <- p - lr * b_t
 
+    Optax's ``optax.rmsprop(learning_rate, decay, eps, initial_scale, eps_in_sqrt, centered,
+    momentum, nesterov, bias_correction)`` (other defaults, eps inside the root, the momentum
+    after the learning rate) is, with Optax's numbers (``tests/test_optax_options.py``)::
+
+        chain(
+            scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, bias_correction,
+                         centered=centered),
+            scale_by_learning_rate(learning_rate),
+            trace(momentum, nesterov),          # left out for Optax's momentum=None
+        )
+
     Args:
       learning_rate: ``lr``, a number or a schedule.
       decay: the moving-average decay, in [0, 1).

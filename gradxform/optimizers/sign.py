@@ -10,7 +10,7 @@ from gradxform._types import MaskOrFn, ScalarOrSchedule
 from gradxform.optimizers._links import TorchSpec, check_common, decay_link, torch_optimizer
 from gradxform.transforms.rprop import check_eta_minus, check_eta_plus, scale_by_rprop
 from gradxform.transforms.scaling import scale, scale_by_learning_rate
-from gradxform.transforms.sign import scale_by_lion
+from gradxform.transforms.sign import check_lion, scale_by_lion
 
 
 def lion(
@@ -20,6 +20,9 @@ def lion(
     mu_dtype: Any | None = None,
     weight_decay: float = 1e-3,
     mask: MaskOrFn = None,
+    *,
+    mode: str = "hard",
+    smooth_beta: float = 1.0,
 ) -> GradientTransformation:
     """Lion (Chen et al., 2023). Not in ``torch.optim``; defaults are the paper's and Optax's.
 
@@ -28,24 +31,27 @@ def lion(
         p <- p - lr * (sign(b1 * m_{t-1} + (1 - b1) * g_t) + weight_decay * p)
         m_t = b2 * m_{t-1} + (1 - b2) * g_t
 
+    with ``sign`` replaced by ``tanh(smooth_beta * x)`` (``mode="smooth"``) or by ``x`` where
+    ``|x| < 1`` (``mode="refined"``), as in :func:`scale_by_lion`.
+
     Args:
       learning_rate: ``lr``, a number or a schedule (Lion wants 3-10x smaller than AdamW's).
       b1, b2: see :func:`scale_by_lion`.
       mu_dtype: dtype of the momentum.
       weight_decay: the decoupled decay ``lambda``.
       mask: which leaves to decay, as in :func:`adamw`.
+      mode, smooth_beta: Optax's variants of the sign (see :func:`scale_by_lion`); ``optax.lion``
+        itself has only the sign.
 
     Returns:
       ``chain(scale_by_lion, add_decayed_weights, scale_by_learning_rate)``.
     """
     who = "lion"
     check_common(who, learning_rate, weight_decay)
-    _validate.probability(who, "b1", b1)
-    _validate.probability(who, "b2", b2)
-    _validate.dtype(who, "mu_dtype", mu_dtype)
+    check_lion(who, b1, b2, mu_dtype, mode, smooth_beta)
     _validate.mask(who, "mask", mask)
     return chain(
-        scale_by_lion(b1, b2, mu_dtype),
+        scale_by_lion(b1, b2, mu_dtype, mode=mode, smooth_beta=smooth_beta),
         *decay_link(who, weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

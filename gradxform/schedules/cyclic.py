@@ -157,6 +157,7 @@ def linear_onecycle_schedule(
     transition_steps: int,
     peak_value: ArrayLike,
     pct_start: float = 0.3,
+    pct_final: float | None = None,
     *,
     div_factor: ArrayLike = 25.0,
     final_div_factor: ArrayLike = 1e4,
@@ -167,18 +168,20 @@ def linear_onecycle_schedule(
     The phases are those of :func:`cosine_onecycle_schedule`, with
     ``anneal(a, b, f) = a + (b - a) * f``.
 
-    This differs from Optax's ``linear_onecycle_schedule``, which always has three phases
-    (up until ``int(pct_start * T)``, back to ``initial`` until ``int(pct_final * T)``, down to
-    the minimum until ``T``) and takes ``pct_final`` as its fourth positional argument: here
-    every argument after ``pct_start`` is keyword-only, so an Optax-style call fails loudly.
-    Optax's schedule is ``piecewise_interpolate_schedule("linear", peak / div_factor,
-    {int(pct_start * T): div_factor, int(pct_final * T): 1 / div_factor, T: 1 /
-    final_div_factor})``.
+    With ``pct_final`` given (Optax's fourth positional argument) the schedule is Optax's
+    instead, three linear phases: up from ``initial`` to ``peak_value`` until
+    ``int(pct_start * T)``, back to ``initial`` until ``int(pct_final * T)``, down to
+    ``initial / final_div_factor`` until ``T``; that is
+    ``piecewise_interpolate_schedule("linear", peak / div_factor, {int(pct_start * T):
+    div_factor, int(pct_final * T): 1 / div_factor, T: 1 / final_div_factor})``
+    (``three_phase`` must then be False).
 
     Args:
       transition_steps: the total number of updates (torch's ``total_steps``, in [1, 2**53]).
       peak_value: the largest value (torch's ``max_lr``).
       pct_start: the fraction of the steps spent going up, a static number in (0, 1).
+      pct_final: ``None`` for torch's schedule, or Optax's end of the second phase, a static
+        number in [``pct_start``, 1].
       div_factor: ``initial = peak_value / div_factor`` (> 0).
       final_div_factor: ``minimum = initial / final_div_factor`` (> 0).
       three_phase: use torch's three-phase variant.
@@ -193,6 +196,16 @@ def linear_onecycle_schedule(
       >>> [round(float(sched(k)), 4) for k in (0, 2, 4, 9)]
       [0.1, 0.55, 1.0, 0.1]
     """
+    if pct_final is not None:
+        return _optax_linear_onecycle(
+            transition_steps,
+            peak_value,
+            pct_start,
+            pct_final,
+            div_factor,
+            final_div_factor,
+            three_phase,
+        )
     return _onecycle(
         "linear_onecycle_schedule",
         False,
@@ -202,6 +215,34 @@ def linear_onecycle_schedule(
         div_factor,
         final_div_factor,
         three_phase,
+    )
+
+
+def _optax_linear_onecycle(
+    transition_steps, peak_value, pct_start, pct_final, div_factor, final_div_factor, three_phase
+) -> Schedule:
+    """Optax's ``linear_onecycle_schedule`` (see :func:`linear_onecycle_schedule`)."""
+    from gradxform.schedules.polynomial import piecewise_interpolate_schedule
+
+    who = "linear_onecycle_schedule"
+    _validate.count(who, "transition_steps", transition_steps)
+    _validate.number(who, "pct_start", pct_start, low=0, high=1)
+    _validate.number(who, "pct_final", pct_final, low=0, high=1)
+    if float(pct_final) < float(pct_start):
+        raise ValueError(f"{who}: `pct_final` must be >= `pct_start`, got {pct_final!r}")
+    _validate.positive(who, "div_factor", div_factor)
+    _validate.positive(who, "final_div_factor", final_div_factor)
+    _validate.boolean(who, "three_phase", three_phase)
+    if three_phase:
+        raise TypeError(f"{who}: `three_phase` is torch's variant; it excludes `pct_final`")
+    return piecewise_interpolate_schedule(
+        "linear",
+        peak_value / div_factor,
+        {
+            int(pct_start * transition_steps): div_factor,
+            int(pct_final * transition_steps): 1.0 / div_factor,
+            transition_steps: 1.0 / final_div_factor,
+        },
     )
 
 

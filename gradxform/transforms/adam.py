@@ -1,4 +1,4 @@
-"""Adam's family of preconditioners: Adam (and AMSGrad), Adamax, NAdam.
+"""Adam's family of preconditioners: Adam (and AMSGrad, torch's and Optax's), Adamax, NAdam.
 
 Each transformation computes a leaf's update and its new moments in one function, so XLA can
 produce all of them in a single pass over memory. Moments are kept in each param's dtype
@@ -27,7 +27,9 @@ class ScaleByAdamState(NamedTuple):
 
 
 class ScaleByAmsgradState(NamedTuple):
-    """Adam's state plus ``nu_max``, the running maximum of the raw second moment."""
+    """Adam's state plus ``nu_max``, the running maximum of the second moment: of the raw one
+    for ``scale_by_adam(amsgrad=True)`` (torch's), of the bias-corrected one for
+    :func:`scale_by_amsgrad` (Optax's)."""
 
     count: jax.Array
     mu: Any
@@ -83,19 +85,25 @@ def scale_by_adam(
     eps_root: float = 0.0,
     mu_dtype: Any | None = None,
     *,
+    nesterov: bool = False,
     amsgrad: bool = False,
     nu_dtype: Any | None = None,
 ) -> GradientTransformation:
-    """Adam's preconditioner (Kingma & Ba, 2015), optionally AMSGrad (Reddi et al., 2018).
+    """Adam's preconditioner (Kingma & Ba, 2015), optionally AMSGrad (Reddi et al., 2018) or
+    Nesterov's momentum (Dozat, 2016, "Incorporating Nesterov Momentum into Adam").
 
     ::
 
         m_t = b1 * m_{t-1} + (1 - b1) * g_t
         v_t = b2 * v_{t-1} + (1 - b2) * |g_t|^2
         v'_t = max(v'_{t-1}, v_t) if amsgrad else v_t      (raw, before bias correction)
-        u_t = (m_t / (1 - b1^t)) / (sqrt(v'_t / (1 - b2^t) + eps_root) + eps)
+        m'_t = m_t / (1 - b1^t)
+             or, with nesterov,  b1 * m_t / (1 - b1^(t+1)) + (1 - b1) * g_t / (1 - b1^t)
+        u_t = m'_t / (sqrt(v'_t / (1 - b2^t) + eps_root) + eps)
 
-    With the defaults this is the update direction of ``torch.optim.Adam``.
+    With the defaults this is the update direction of ``torch.optim.Adam``; with ``nesterov``
+    it is ``optax.scale_by_adam(nesterov=True)`` (Optax's NAdam, without the momentum schedule
+    of :func:`scale_by_nadam`, which is torch's).
 
     Args:
       b1: decay of the first moment, in [0, 1).
@@ -104,7 +112,9 @@ def scale_by_adam(
       eps_root: added inside the root (>= 0); a small positive value keeps gradients through
         the update (meta-learning) finite where a gradient is zero.
       mu_dtype: dtype of the first moment; by default each param's dtype.
-      amsgrad: use the running maximum of the second moment (torch's ``amsgrad``).
+      nesterov: Nesterov's look-ahead on the first moment (Optax's ``nesterov``).
+      amsgrad: use the running maximum of the second moment (torch's ``amsgrad``); not with
+        ``nesterov`` (no reference defines the two together).
       nu_dtype: dtype of the second moment (and its maximum); by default each param's dtype.
         float16 params want float32 here: squares of gradients below ~2e-4 underflow in float16.
 
@@ -116,7 +126,10 @@ def scale_by_adam(
     check_moments(who, b1, b2, eps, eps_root)
     _validate.dtype(who, "mu_dtype", mu_dtype)
     _validate.dtype(who, "nu_dtype", nu_dtype)
+    _validate.boolean(who, "nesterov", nesterov)
     _validate.boolean(who, "amsgrad", amsgrad)
+    if nesterov and amsgrad:
+        raise ValueError(f"{who}: `nesterov=True` and `amsgrad=True` cannot be combined")
     may_be_zero = root_may_be_zero(eps, eps_root)
     state_type = ScaleByAmsgradState if amsgrad else ScaleByAdamState
 
@@ -136,6 +149,10 @@ def scale_by_adam(
         count = _tree.safe_increment(state.count)
         correction1 = _tree.bias_correction(b1, count)
         correction2 = _tree.bias_correction(b2, count)
+        if nesterov:
+            next_correction1 = _tree.bias_correction(b1, _tree.safe_increment(count))
+            moment_weight = b1 / next_correction1
+            gradient_weight = (1 - b1) / correction1
 
         def leaf(g, m, v, v_max=None):
             dtype = _tree.compute_dtype(g.dtype, m.dtype, v.dtype)
@@ -145,7 +162,13 @@ def scale_by_adam(
             v_used = jnp.maximum(_tree.as_real(v_max, new_v.dtype), new_v) if amsgrad else new_v
             denominator = corrected_root(v_used, eps_root, correction2, new_v.dtype)
             denominator = denominator + _tree.cast_scalar(eps, new_v.dtype)
-            m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
+            if nesterov:
+                m_hat = (
+                    _tree.cast_scalar(moment_weight, dtype) * new_m
+                    + _tree.cast_scalar(gradient_weight, dtype) * g
+                )
+            else:
+                m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
             u = _tree.safe_divide(m_hat, denominator, may_be_zero)
             outputs = (u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype))
             if amsgrad:
@@ -159,6 +182,89 @@ def scale_by_adam(
             return u, ScaleByAmsgradState(count, mu, nu, nu_max)
         u, mu, nu = _tree.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
         return u, ScaleByAdamState(count, mu, nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_amsgrad(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+) -> GradientTransformation:
+    """AMSGrad's preconditioner (Reddi et al., 2018, "On the Convergence of Adam and Beyond"),
+    as ``optax.scale_by_amsgrad``: the maximum is taken of the bias-corrected second moment.
+
+    ::
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t,   v_t = b2 * v_{t-1} + (1 - b2) * |g_t|^2
+        m'_t = m_t / (1 - b1^t)   (m_t without bias_correction_mu)
+        v'_t = v_t / (1 - b2^t)   (v_t without bias_correction_nu)
+        n_t = max(n_{t-1}, v'_t),   n_0 = 0
+        u_t = m'_t / (sqrt(n_t + eps_root) + eps)
+
+    torch's AMSGrad (``scale_by_adam(amsgrad=True)``, :func:`gradxform.amsgrad`) takes the
+    maximum of the raw moment and corrects it after; the two differ once ``1 - b2^t`` grows.
+
+    Args:
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: added to the denominator outside the root (>= 0).
+      eps_root: added inside the root (>= 0).
+      mu_dtype: dtype of the first moment; by default each param's dtype.
+      bias_correction_mu: divide the first moment by ``1 - b1^t`` (``False``: the paper's).
+      bias_correction_nu: divide the second moment by ``1 - b2^t`` before the maximum
+        (``False``: the paper's).
+
+    Returns:
+      A transformation whose state is :class:`ScaleByAmsgradState` (``nu_max`` is ``n``).
+    """
+    who = "scale_by_amsgrad"
+    check_moments(who, b1, b2, eps, eps_root)
+    _validate.dtype(who, "mu_dtype", mu_dtype)
+    _validate.boolean(who, "bias_correction_mu", bias_correction_mu)
+    _validate.boolean(who, "bias_correction_nu", bias_correction_nu)
+    may_be_zero = root_may_be_zero(eps, eps_root)
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        return ScaleByAmsgradState(
+            count=jnp.zeros([], jnp.int32),
+            mu=_tree.tree_zeros_like(params, mu_dtype),
+            nu=_tree.tree_zeros_like(params),
+            nu_max=_tree.tree_zeros_like(params),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        expect_state(who, state, ScaleByAmsgradState)
+        _checks.check_updates(who, updates, state.mu, "first moment")
+        count = _tree.safe_increment(state.count)
+        correction1 = _tree.bias_correction(b1, count)
+        correction2 = _tree.bias_correction(b2, count)
+
+        def leaf(g, m, v, v_max):
+            dtype = _tree.compute_dtype(g.dtype, m.dtype, v.dtype, v_max.dtype)
+            out_dtype, g = _tree.update_dtype(g, m, v, v_max), g.astype(dtype)
+            new_m = _tree.moment_update(m, g, b1, dtype)
+            new_v = _tree.square_moment_update(v, g, b2, dtype)
+            real = new_v.dtype
+            m_hat = new_m / _tree.cast_scalar(correction1, dtype) if bias_correction_mu else new_m
+            v_hat = new_v / _tree.cast_scalar(correction2, real) if bias_correction_nu else new_v
+            new_max = jnp.maximum(_tree.as_real(v_max, real), v_hat)
+            root = new_max
+            if not _validate.is_static_zero(eps_root):
+                root = root + _tree.cast_scalar(eps_root, real)
+            denominator = jnp.sqrt(root) + _tree.cast_scalar(eps, real)
+            u = _tree.safe_divide(m_hat, denominator, may_be_zero)
+            outputs = (u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype))
+            return (*outputs, new_max.astype(v_max.dtype))
+
+        u, mu, nu, nu_max = _tree.tree_map_multi(leaf, 4, updates, state.mu, state.nu, state.nu_max)
+        return u, ScaleByAmsgradState(count, mu, nu, nu_max)
 
     return GradientTransformation(init_fn, update_fn)
 

@@ -179,8 +179,70 @@ def _unit_squared_norms(x: jax.Array) -> jax.Array:
     return jnp.sum(_tree.abs_sq(x), axis=axes, keepdims=True)
 
 
+def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
+    """Optax's per-unit norm, broadcast back to ``x``'s shape.
+
+    ``sqrt(sum |x|^2)`` over ``axis`` when given; otherwise over all of ``x`` when
+    ``squeeze(x)`` has rank <= 1, over axis 0 for rank 2 and 3 (``(in, out)`` kernels, one
+    unit per output, or per head and output), over the first three axes for rank 4 (``HWIO``)
+    and the first four for rank 5 (``DHWIO``).
+
+    Args:
+      x: an array.
+      axis: the axes to reduce over, or ``None`` for the rule above.
+
+    Returns:
+      An array of ``x``'s shape whose elements are the norms of their units.
+    """
+    x = jnp.asarray(x)
+    if axis is None:
+        if jnp.squeeze(x).ndim <= 1:
+            axis = None
+        elif x.ndim in (2, 3):
+            axis = 0
+        elif x.ndim in (4, 5):
+            axis = tuple(range(x.ndim - 1))
+        else:
+            raise ValueError(
+                f"unitwise_norm: expected an array of rank 1 to 5, got shape {x.shape}; pass "
+                "`axis` to name the axes a unit spans"
+            )
+    squared = jnp.sum(_tree.abs_sq(x), axis=axis, keepdims=True)
+    return jnp.broadcast_to(jnp.sqrt(squared), x.shape)
+
+
+def unitwise_clip(
+    g_norm: jax.Array, max_norm: jax.Array, grad: jax.Array, div_eps: float = 1e-6
+) -> jax.Array:
+    """Optax's clipping of each unit to its largest norm.
+
+    ``g`` where ``g_norm < max_norm``, else ``g * max_norm / max(g_norm, div_eps)``.
+
+    Args:
+      g_norm: the unit norms of ``grad``, of its shape (see :func:`unitwise_norm`).
+      max_norm: the largest norm of each unit, of the same shape.
+      grad: the gradient.
+      div_eps: the floor on the divisor.
+
+    Returns:
+      The clipped gradient.
+    """
+    shapes = {jnp.shape(g_norm), jnp.shape(max_norm), jnp.shape(grad)}
+    if len(shapes) != 1:
+        raise ValueError(
+            "unitwise_clip: `g_norm`, `max_norm` and `grad` must have the same shape, got "
+            f"{jnp.shape(g_norm)}, {jnp.shape(max_norm)} and {jnp.shape(grad)}"
+        )
+    clipped = grad * (max_norm / jnp.maximum(g_norm, div_eps))
+    return jnp.where(g_norm < max_norm, grad, clipped)
+
+
 def adaptive_grad_clip(
-    clipping: float, eps: float = 1e-3, *, axis_name: str | None = None
+    clipping: float,
+    eps: float = 1e-3,
+    axis: int | tuple[int, ...] | None = None,
+    *,
+    axis_name: str | None = None,
 ) -> GradientTransformation:
     """Adaptive gradient clipping (AGC; Brock et al., 2021): clips each unit's update relative
     to the norm of its parameters.
@@ -196,11 +258,14 @@ def adaptive_grad_clip(
 
     This is Optax's ``adaptive_grad_clip`` for leaves of rank 0, 1, 2, 4 and 5; Optax differs
     for rank-3 leaves (it reduces over axis 0 only) and for leaves with size-1 axes (it treats
-    ``squeeze(x)`` of rank <= 1 as one unit).
+    ``squeeze(x)`` of rank <= 1 as one unit). With ``axis`` given, a unit spans the axes
+    ``axis`` of every leaf, as in Optax (the same numbers up to rounding).
 
     Args:
       clipping: the largest allowed ratio ``||u|| / max(||w||, eps)`` (>= 0).
       eps: the floor on parameter norms (>= 0).
+      axis: ``None`` for the rule above, or the axes (an int or a tuple of ints) that each
+        unit spans in every leaf (Optax's ``axis``).
       axis_name: when params and updates are sharded over a mapped axis (``pmap`` or
         ``shard_map``) along the axes the norms reduce over (the input axes of kernels, any
         axis of vectors), its name: each unit's squared norms are summed over it
@@ -226,6 +291,15 @@ def adaptive_grad_clip(
     _validate.non_negative(who, "clipping", clipping)
     _validate.non_negative(who, "eps", eps)
     _validate.axis_name(who, axis_name)
+    if axis is not None:
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+            raise TypeError(f"{who}: `axis` must be None, an int or a tuple of ints, got {axis!r}")
+
+    def unit_squares(x):
+        if axis is None:
+            return _unit_squared_norms(x)
+        return jnp.sum(_tree.abs_sq(x), axis=axis, keepdims=True)
 
     def init_fn(params):
         del params
@@ -238,7 +312,7 @@ def adaptive_grad_clip(
 
         def squared(u, p):
             dtype = _tree.compute_dtype(u.dtype, p.dtype)
-            return _unit_squared_norms(u.astype(dtype)), _unit_squared_norms(p.astype(dtype))
+            return unit_squares(u.astype(dtype)), unit_squares(p.astype(dtype))
 
         u_sq, p_sq = _tree.tree_map_multi(squared, 2, updates, params)
         if axis_name is not None:

@@ -17,7 +17,8 @@ class ReduceLROnPlateauState(NamedTuple):
     ``scale``: the factor applied to the updates (starts at 1). ``best_value``: the best mean
     loss so far (starts at ``inf``). ``plateau_count``: decisions since the last improvement
     (torch's ``num_bad_epochs``). ``cooldown_count``: decisions left in the cooldown.
-    ``count``: losses accumulated towards the next decision; ``value_sum``: their sum.
+    ``count``: losses accumulated towards the next decision; ``avg_value``: their mean.
+    The field names are Optax's.
     Counters are int32, the rest the default float dtype.
     """
 
@@ -26,7 +27,7 @@ class ReduceLROnPlateauState(NamedTuple):
     plateau_count: jax.Array
     cooldown_count: jax.Array
     count: jax.Array
-    value_sum: jax.Array
+    avg_value: jax.Array
 
 
 def reduce_on_plateau(
@@ -117,7 +118,7 @@ def reduce_on_plateau(
             plateau_count=jnp.zeros([], jnp.int32),
             cooldown_count=jnp.zeros([], jnp.int32),
             count=jnp.zeros([], jnp.int32),
-            value_sum=jnp.zeros([], dtype),
+            avg_value=jnp.zeros([], dtype),
         )
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
@@ -131,13 +132,15 @@ def reduce_on_plateau(
             )
         if jnp.shape(value) != ():
             raise ValueError(f"{who}: `value` must be a scalar loss, got shape {jnp.shape(value)}")
-        dtype = state.value_sum.dtype
+        dtype = state.avg_value.dtype
         count = state.count + 1
-        value_sum = state.value_sum + jnp.asarray(value).astype(dtype)
+        # Optax's running mean; with one loss per decision (torch's case) it is the loss exactly.
+        mean = (state.count.astype(dtype) * state.avg_value + jnp.asarray(value).astype(dtype)) / (
+            count.astype(dtype)
+        )
         decide = count >= accumulation_size
 
         # The decision, computed every call and kept only when `decide` (no branch on data).
-        mean = value_sum / accumulation_size
         improved = mean < state.best_value * (1 - rtol) - atol
         best_value = jnp.where(improved, mean, state.best_value)
         plateau_count = jnp.where(improved, 0, _tree.safe_increment(state.plateau_count))
@@ -163,7 +166,7 @@ def reduce_on_plateau(
             plateau_count=pick(plateau_count, state.plateau_count),
             cooldown_count=pick(cooldown_count, state.cooldown_count),
             count=pick(0, count),
-            value_sum=pick(0, value_sum),
+            avg_value=pick(0, mean),
         )
         return _tree.tree_scale(new_state.scale, updates), new_state
 

@@ -30,6 +30,22 @@ class ScaleByRStdDevState(NamedTuple):
     nu: Any
 
 
+class ScaleByRmsWithCountState(NamedTuple):
+    """``count`` (int32) and ``nu``: :class:`ScaleByRmsState` with ``bias_correction``."""
+
+    count: jax.Array
+    nu: Any
+
+
+class ScaleByRStdDevWithCountState(NamedTuple):
+    """``count`` (int32), ``mu`` and ``nu``: :class:`ScaleByRStdDevState` with
+    ``bias_correction``."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
 class ScaleByRssState(NamedTuple):
     """``sum_of_squares``: Adagrad's accumulator."""
 
@@ -51,6 +67,7 @@ def scale_by_rms(
     eps: float = 1e-8,
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = False,
+    bias_correction: bool = False,
     *,
     centered: bool = False,
     eps_root: float = 0.0,
@@ -61,27 +78,42 @@ def scale_by_rms(
 
         v_t = decay * v_{t-1} + (1 - decay) * |g_t|^2,   v_0 = initial_scale
         c_t = decay * c_{t-1} + (1 - decay) * g_t        (only if centered)
-        s_t = v_t - |c_t|^2 if centered else v_t         (clamped at 0)
+        v'_t, c'_t = v_t / (1 - decay^t), c_t / (1 - decay^t)  with bias_correction
+                                                         (v_t, c_t without)
+        s_t = v'_t - |c'_t|^2 if centered else v'_t      (clamped at 0)
         u_t = g_t / (sqrt(s_t + eps_root) + eps)   or   g_t / sqrt(s_t + eps_root + eps)
                                                          with eps_in_sqrt
 
     The defaults are torch's (eps outside the root); Optax's ``scale_by_rms`` defaults to
-    ``decay=0.9, eps_in_sqrt=True``.
+    ``decay=0.9, eps_in_sqrt=True``. Given Optax's arguments it gives Optax's numbers,
+    ``bias_correction`` included (``scale_by_rms(b2, eps, 0.0, False, True)`` is Adam's
+    preconditioner with ``b1 = 0``).
 
     Args:
       decay: torch's ``alpha``, in [0, 1).
       eps: added to the denominator (>= 0).
       initial_scale: the initial value of ``v`` (>= 0).
       eps_in_sqrt: add ``eps`` inside the square root instead.
+      bias_correction: divide the moving averages by ``1 - decay^t`` (Optax's option).
       centered: divide by the estimated standard deviation instead of the root mean square.
       eps_root: added inside the root (>= 0); a small positive value keeps gradients through
         the update (meta-learning) finite where a gradient is zero.
 
     Returns:
-      A transformation whose state is :class:`ScaleByRmsState`
-      (:class:`ScaleByRStdDevState` when centered).
+      A transformation whose state is :class:`ScaleByRmsState` (:class:`ScaleByRStdDevState`
+      when centered; the ``...WithCountState`` of either with ``bias_correction``).
     """
-    return _rms("scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, centered, eps_root)
+    return _rms(
+        "scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered, eps_root
+    )
+
+
+_STATES = {
+    (False, False): ScaleByRmsState,
+    (True, False): ScaleByRStdDevState,
+    (False, True): ScaleByRmsWithCountState,
+    (True, True): ScaleByRStdDevWithCountState,
+}
 
 
 def _rms(
@@ -90,6 +122,7 @@ def _rms(
     eps: Any,
     initial_scale: Any,
     eps_in_sqrt: bool,
+    bias_correction: bool,
     centered: bool,
     eps_root: Any,
 ) -> GradientTransformation:
@@ -97,32 +130,44 @@ def _rms(
     _validate.non_negative(who, "eps", eps)
     _validate.non_negative(who, "initial_scale", initial_scale)
     _validate.boolean(who, "eps_in_sqrt", eps_in_sqrt)
+    _validate.boolean(who, "bias_correction", bias_correction)
     _validate.boolean(who, "centered", centered)
     _validate.non_negative(who, "eps_root", eps_root)
     may_be_zero = root_may_be_zero(eps, eps_root)
-    state_type = ScaleByRStdDevState if centered else ScaleByRmsState
+    state_type = _STATES[centered, bias_correction]
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
-        nu = _tree.tree_full_like(params, initial_scale)
+        fields = {"nu": _tree.tree_full_like(params, initial_scale)}
         if centered:
-            return ScaleByRStdDevState(mu=_tree.tree_zeros_like(params), nu=nu)
-        return ScaleByRmsState(nu=nu)
+            fields["mu"] = _tree.tree_zeros_like(params)
+        if bias_correction:
+            fields["count"] = jnp.zeros([], jnp.int32)
+        return state_type(**fields)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, state_type)
         _checks.check_updates(who, updates, state.nu, "second moment")
+        fields = {}
+        if bias_correction:
+            fields["count"] = _tree.safe_increment(state.count)
+            correction = _tree.bias_correction(decay, fields["count"])
+
+        def corrected(moment):
+            if not bias_correction:
+                return moment
+            return moment / _tree.cast_scalar(correction, moment.dtype)
 
         def leaf(g, v, c=None):
             dtype = _tree.compute_dtype(g.dtype, v.dtype)
             out_dtype, g = _tree.update_dtype(g, v, c), g.astype(dtype)
             new_v = _tree.square_moment_update(v, g, decay, dtype)
-            spread = new_v
+            spread = corrected(new_v)
             if centered:
                 new_c = _tree.moment_update(c, g, decay, dtype)
                 # Rounding can make v - c^2 slightly negative; the root of that would be NaN.
-                spread = jnp.maximum(new_v - _tree.abs_sq(new_c), 0)
+                spread = jnp.maximum(spread - _tree.abs_sq(corrected(new_c)), 0)
             denominator = _root(spread, eps, eps_root, eps_in_sqrt)
             u = _tree.safe_divide(g, denominator, may_be_zero).astype(out_dtype)
             if centered:
@@ -130,10 +175,12 @@ def _rms(
             return u, new_v.astype(v.dtype)
 
         if centered:
-            u, nu, mu = _tree.tree_map_multi(leaf, 3, updates, state.nu, state.mu)
-            return u, ScaleByRStdDevState(mu=mu, nu=nu)
-        u, nu = _tree.tree_map_multi(leaf, 2, updates, state.nu)
-        return u, ScaleByRmsState(nu=nu)
+            u, fields["nu"], fields["mu"] = _tree.tree_map_multi(
+                leaf, 3, updates, state.nu, state.mu
+            )
+        else:
+            u, fields["nu"] = _tree.tree_map_multi(leaf, 2, updates, state.nu)
+        return u, state_type(**fields)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -143,6 +190,7 @@ def scale_by_stddev(
     eps: float = 1e-8,
     initial_scale: float = 0.0,
     eps_in_sqrt: bool = False,
+    bias_correction: bool = False,
     *,
     eps_root: float = 0.0,
 ) -> GradientTransformation:
@@ -150,14 +198,19 @@ def scale_by_stddev(
 
     ::
 
-        u_t = g_t / (sqrt(v_t - |c_t|^2 + eps_root) + eps)
+        u_t = g_t / (sqrt(v'_t - |c'_t|^2 + eps_root) + eps)
 
-    with ``v`` and ``c`` the moving averages of ``|g|^2`` and ``g`` (see :func:`scale_by_rms`).
+    with ``v`` and ``c`` the moving averages of ``|g|^2`` and ``g``, each divided by
+    ``1 - decay^t`` with ``bias_correction`` (see :func:`scale_by_rms`, whose arguments these
+    are).
 
     Returns:
-      A transformation whose state is :class:`ScaleByRStdDevState`.
+      A transformation whose state is :class:`ScaleByRStdDevState`
+      (:class:`ScaleByRStdDevWithCountState` with ``bias_correction``).
     """
-    return _rms("scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, True, eps_root)
+    return _rms(
+        "scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, bias_correction, True, eps_root
+    )
 
 
 def scale_by_rss(

@@ -1,5 +1,6 @@
-"""Multiplying updates by a constant, a learning rate, or a schedule of the step count, or
-replacing them by zeros."""
+"""Multiplying updates by a constant, a learning rate, a schedule of the step count or the
+inverse of their norm, or replacing them by zeros; and scaling a gradient on the backward pass
+(:func:`scale_gradient`)."""
 
 from __future__ import annotations
 
@@ -129,3 +130,88 @@ def set_to_zero() -> GradientTransformation:
         return jax.tree.map(jnp.zeros_like, updates), state
 
     return GradientTransformation(init_fn, update_fn)
+
+
+def normalize_by_update_norm(
+    scale_factor: float = 1.0, eps: float = 1e-6
+) -> GradientTransformation:
+    """Divides the updates by their global norm, as ``optax.normalize_by_update_norm``.
+
+    ::
+
+        u <- scale_factor * u / (||u||_2 + eps)        (||u||_2 over all leaves together)
+
+    Where ``||u|| + eps`` is 0 (``eps`` 0, or one that may be 0, and all updates 0) the update
+    is 0, where Optax's would be NaN.
+
+    Args:
+      scale_factor: the norm of the result (any sign; -1 for descent with no learning rate).
+      eps: added to the norm (>= 0).
+
+    Returns:
+      A stateless transformation.
+    """
+    who = "normalize_by_update_norm"
+    _validate.finite(who, "scale_factor", scale_factor)
+    _validate.non_negative(who, "eps", eps)
+    may_be_zero = not _validate.is_static_nonzero(eps)
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        return EmptyState()
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _checks.check_against_params(who, updates, params)
+        denominator = _tree.tree_global_norm(updates) + _tree.cast_scalar(
+            eps, _tree.default_float_dtype()
+        )
+        factor = _tree.safe_divide(
+            jnp.asarray(scale_factor, denominator.dtype), denominator, may_be_zero
+        )
+        return _scaled(factor, updates), state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+@jax.custom_vjp
+def _scaled_backward(inputs: Any, factor: Any) -> Any:
+    del factor  # used by the backward pass only
+    return inputs
+
+
+def _scaled_backward_forward(inputs: Any, factor: Any) -> tuple[Any, Any]:
+    return inputs, factor
+
+
+def _scaled_backward_backward(factor: Any, cotangent: Any) -> tuple[Any, None]:
+    scaled = jax.tree.map(
+        lambda c: (c * _tree.cast_scalar(factor, c.dtype)).astype(c.dtype), cotangent
+    )
+    return scaled, None
+
+
+_scaled_backward.defvjp(_scaled_backward_forward, _scaled_backward_backward)
+
+
+def scale_gradient(inputs: Any, scale: float | jax.Array) -> Any:
+    """The identity on ``inputs``, whose gradient is multiplied by ``scale`` on the way back,
+    as ``optax.scale_gradient``: ``f(x) = x``, ``df/dx = scale``.
+
+    Not a transformation: it goes inside a loss, to scale (or, with 0, stop) the gradient
+    that flows into part of a model.
+
+    Args:
+      inputs: a tree of arrays.
+      scale: the factor on the backward pass (any finite number; 1 is the identity, 0 is
+        ``jax.lax.stop_gradient``).
+
+    Returns:
+      ``inputs``, with the scaled backward pass.
+    """
+    _validate.finite("scale_gradient", "scale", scale)
+    if _validate.is_static_number(scale) and float(scale) == 1.0:
+        return inputs
+    if _validate.is_static_zero(scale):
+        return jax.lax.stop_gradient(inputs)
+    return _scaled_backward(inputs, scale)

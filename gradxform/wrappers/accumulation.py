@@ -2,13 +2,15 @@
 
 :class:`MultiSteps` (Optax's name) wraps an optimizer so that it updates once every ``k``
 calls, with the mean of the ``k`` gradients it was given; :func:`gradient_accumulation` is the
-same as a plain function of ``k``.
+same as a plain function of ``k``. :func:`skip_not_finite` and :func:`skip_large_updates` are
+Optax's rules for rejecting a micro-batch; :func:`apply_every` is Optax's simpler
+accumulation after the other transformations of a chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -26,19 +28,91 @@ Params = Any
 Updates = Any
 
 
+class ShouldSkipUpdateFunction(Protocol):
+    """Decides whether :class:`MultiSteps` rejects a micro-batch (Optax's protocol).
+
+    Called as ``fn(updates, gradient_step, params)``; returns ``(skip, skip_state)``: a scalar
+    bool array, and any tree kept in :attr:`MultiStepsState.skip_state` (for monitoring).
+    """
+
+    def __call__(
+        self, updates: Updates, gradient_step: jax.Array, params: Params | None
+    ) -> tuple[jax.Array, Any]: ...
+
+
+def skip_not_finite(
+    updates: Updates, gradient_step: jax.Array, params: Params | None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Skips a micro-batch whose gradient has an inf or a NaN (a :class:`ShouldSkipUpdateFunction`).
+
+    ``skip = num_not_finite > 0`` with ``num_not_finite = sum(~isfinite(g))`` over every leaf.
+
+    Args:
+      updates: the micro-batch's gradients.
+      gradient_step: the number of updates made so far (unused).
+      params: the params (unused).
+
+    Returns:
+      ``(skip, {"should_skip": skip, "num_not_finite": num_not_finite})``, as Optax's.
+    """
+    del gradient_step, params
+    counts = [jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(updates)]
+    num_not_finite = jnp.sum(jnp.array(counts)) if counts else jnp.zeros([], jnp.int32)
+    should_skip = num_not_finite > 0
+    return should_skip, {"should_skip": should_skip, "num_not_finite": num_not_finite}
+
+
+def skip_large_updates(
+    updates: Updates, gradient_step: jax.Array, params: Params | None, max_squared_norm: Any
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Skips a micro-batch whose gradient is too large (a :class:`ShouldSkipUpdateFunction`
+    once ``max_squared_norm`` is bound, e.g. with ``functools.partial``).
+
+    ``skip = not (||g||^2 < max_squared_norm)`` over all leaves (so a NaN norm skips too).
+
+    Args:
+      updates: the micro-batch's gradients.
+      gradient_step: the number of updates made so far (unused).
+      params: the params (unused).
+      max_squared_norm: the largest accepted squared global norm (exclusive).
+
+    Returns:
+      ``(skip, {"should_skip": skip, "norm_squared": ||g||^2})``, as Optax's.
+    """
+    del gradient_step, params
+    squares = [jnp.sum(_tree.abs_sq(g)) for g in jax.tree.leaves(updates)]
+    norm_squared = jnp.sum(jnp.array(squares)) if squares else jnp.zeros([])
+    should_skip = ~(norm_squared < max_squared_norm)
+    return should_skip, {"should_skip": should_skip, "norm_squared": norm_squared}
+
+
+def _never_skip(updates, gradient_step, params):
+    del updates, gradient_step, params
+    return jnp.zeros([], jnp.bool_), ()
+
+
 class MultiStepsState(NamedTuple):
-    """The state of :class:`MultiSteps`.
+    """The state of :class:`MultiSteps`, with Optax's field names.
 
     ``mini_step``: micro-batches accumulated since the last update (int32);
     ``gradient_step``: updates made by the inner optimizer (int32);
-    ``inner_state``: the inner optimizer's state;
-    ``acc_grads``: the sum of the gradients accumulated since the last update.
+    ``inner_opt_state``: the inner optimizer's state (also readable as ``inner_state``, the
+    name the other gradxform wrappers use);
+    ``acc_grads``: the sum of the gradients accumulated since the last update;
+    ``skip_state``: what ``should_skip_update_fn`` returned for the last micro-batch (``()``
+    without one).
     """
 
     mini_step: jax.Array
     gradient_step: jax.Array
-    inner_state: Any
+    inner_opt_state: Any
     acc_grads: Any
+    skip_state: Any = ()
+
+    @property
+    def inner_state(self) -> Any:
+        """``inner_opt_state``, under the name gradxform's other wrappers use."""
+        return self.inner_opt_state
 
 
 class MultiSteps:
@@ -67,10 +141,18 @@ class MultiSteps:
     accepted wherever one is (:func:`gradxform.chain`, Optax, Flax's ``TrainState``);
     :meth:`gradient_transformation` returns it as a :class:`gradxform.GradientTransformation`.
 
+    With ``use_grad_mean=False`` the inner optimizer gets the sum ``g_1 + ... + g_k`` instead.
+    With ``should_skip_update_fn``, a micro-batch it rejects is as if it never happened: the
+    updates are zero and the state is unchanged but for ``skip_state``.
+
     Args:
       opt: the optimizer to update every ``k`` micro-batches.
       every_k_schedule: ``k``, an int >= 1, or a function of the int32 number of updates made
         so far returning ``k`` for the current round (values below 1 count as 1).
+      use_grad_mean: pass the mean of the ``k`` gradients (True) or their sum (False).
+      should_skip_update_fn: ``None``, or a :class:`ShouldSkipUpdateFunction` such as
+        :func:`skip_not_finite` or ``functools.partial(skip_large_updates,
+        max_squared_norm=...)``, called on each micro-batch's gradients.
       accumulator_dtype: dtype of ``acc_grads``; by default each gradient's dtype (pass
         ``jnp.float32`` to sum bfloat16 gradients without losing precision).
 
@@ -91,10 +173,17 @@ class MultiSteps:
         self,
         opt: GradientTransformation,
         every_k_schedule: int | Callable[[jax.Array], Any],
+        use_grad_mean: bool = True,
+        should_skip_update_fn: ShouldSkipUpdateFunction | None = None,
         *,
         accumulator_dtype: Any | None = None,
     ):
         who = "MultiSteps"
+        _validate.boolean(who, "use_grad_mean", use_grad_mean)
+        if should_skip_update_fn is not None:
+            _validate.function(who, "should_skip_update_fn", should_skip_update_fn)
+        self._use_grad_mean = use_grad_mean
+        self._should_skip = should_skip_update_fn or _never_skip
         self._inner = as_transformation(opt, f"{who}: `opt`")
         self._keep_extra = extra_args_filter(self._inner.update)
         if callable(every_k_schedule):
@@ -107,45 +196,63 @@ class MultiSteps:
 
     def init(self, params: Params) -> MultiStepsState:
         """The initial state: zero counters, the inner state and a zero accumulator."""
+        gradient_step = jnp.zeros([], jnp.int32)
+        # As Optax: the skip state's structure comes from a call on zero gradients.
+        _, skip_state = self._should_skip(_tree.tree_zeros_like(params), gradient_step, params)
         return MultiStepsState(
             mini_step=jnp.zeros([], jnp.int32),
-            gradient_step=jnp.zeros([], jnp.int32),
-            inner_state=self._inner.init(params),
+            gradient_step=gradient_step,
+            inner_opt_state=self._inner.init(params),
             acc_grads=_tree.tree_zeros_like(params, self._accumulator_dtype),
+            skip_state=skip_state,
         )
 
     def update(
         self, updates: Updates, state: MultiStepsState, params: Params | None = None, **extra_args
     ) -> tuple[Updates, MultiStepsState]:
         """Accumulates ``updates``; on the ``k``-th call returns the inner update of the mean."""
-        expect_state("MultiSteps", state, MultiStepsState)
-        _checks.check_updates("MultiSteps", updates, state.acc_grads, "accumulated gradients")
+        who = "MultiSteps"
+        expect_state(who, state, MultiStepsState)
+        _checks.check_updates(who, updates, state.acc_grads, "accumulated gradients")
+        skip, skip_state = self._should_skip(updates, state.gradient_step, params)
+        skip = jnp.asarray(skip)
+        if (skip.dtype, skip.shape) != (jnp.bool_, ()):
+            raise ValueError(
+                f"{who}: `should_skip_update_fn` must return a scalar bool array first, got "
+                f"dtype {skip.dtype} and shape {skip.shape}"
+            )
         k = self._every_k(state.gradient_step)
         mini_step = state.mini_step + 1
-        emit = mini_step >= k
+        emit = (mini_step >= k) & ~skip
         acc_grads = _tree.tree_add(state.acc_grads, updates)
 
         def mean(total, g):
+            if not self._use_grad_mean:
+                return total.astype(g.dtype)
             dtype = _tree.compute_dtype(total.dtype, g.dtype)
             return (total.astype(dtype) / jnp.asarray(k, dtype)).astype(g.dtype)
 
         new_updates, new_inner = self._inner.update(
             jax.tree.map(mean, acc_grads, updates),
-            state.inner_state,
+            state.inner_opt_state,
             params,
             **self._keep_extra(extra_args),
         )
         new_updates = jax.tree.map(lambda u: jnp.where(emit, u, jnp.zeros_like(u)), new_updates)
         inner_state = jax.tree.map(
-            lambda new, old: jnp.where(emit, new, old), new_inner, state.inner_state
+            lambda new, old: jnp.where(emit, new, old), new_inner, state.inner_opt_state
         )
+        # A skipped micro-batch leaves the counters and the accumulator as they were.
+        kept = jnp.where(skip, state.mini_step, mini_step)
+        acc_grads = jax.tree.map(lambda a, old: jnp.where(skip, old, a), acc_grads, state.acc_grads)
         return new_updates, MultiStepsState(
-            mini_step=jnp.where(emit, 0, mini_step).astype(jnp.int32),
+            mini_step=jnp.where(emit, 0, kept).astype(jnp.int32),
             gradient_step=jnp.where(
                 emit, _tree.safe_increment(state.gradient_step), state.gradient_step
             ),
-            inner_state=inner_state,
+            inner_opt_state=inner_state,
             acc_grads=jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc_grads),
+            skip_state=skip_state,
         )
 
     @staticmethod
@@ -192,3 +299,50 @@ def gradient_accumulation(
         _validate.count(who, "k", k)
     _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
     return MultiSteps(inner, k, accumulator_dtype=accumulator_dtype).gradient_transformation()
+
+
+class ApplyEvery(NamedTuple):
+    """The state of :func:`apply_every` (Optax's name): ``count`` (int32, the position in the
+    round) and ``grad_acc``, the sum of the updates of the round so far."""
+
+    count: jax.Array
+    grad_acc: Any
+
+
+def apply_every(k: int = 1) -> GradientTransformation:
+    """Sums the updates of ``k`` calls and emits the sum on every ``k``-th call (Optax's).
+
+    With ``c = t mod k`` for the ``t``-th call (from 0)::
+
+        a_t = u_t                    if c == 0,   a_t = a_{t-1} + u_t   otherwise
+        out_t = a_t                  if c == k - 1,   0   otherwise
+
+    The transformations before it in a chain still update their state on every call, so this
+    is not one update on a ``k`` times larger batch: :class:`MultiSteps` is.
+
+    Args:
+      k: the number of calls per emitted update (>= 1).
+
+    Returns:
+      A transformation whose state is :class:`ApplyEvery`.
+    """
+    who = "apply_every"
+    _validate.count(who, "k", k)
+
+    def init_fn(params):
+        return ApplyEvery(jnp.zeros([], jnp.int32), _tree.tree_zeros_like(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        expect_state(who, state, ApplyEvery)
+        _checks.check_updates(who, updates, state.grad_acc, "accumulated updates", inexact=False)
+        c = state.count % k
+        grad_acc = jax.tree.map(
+            lambda u, a: (jnp.where(c != 0, a, jnp.zeros_like(a)) + u).astype(a.dtype),
+            updates,
+            state.grad_acc,
+        )
+        out = jax.tree.map(lambda a: jnp.where(c == k - 1, a, jnp.zeros_like(a)), grad_acc)
+        return out, ApplyEvery(_tree.safe_increment(state.count) % k, grad_acc)
+
+    return GradientTransformation(init_fn, update_fn)

@@ -37,12 +37,30 @@ class ParamsAverageState(NamedTuple):
 
 
 class LookaheadState(NamedTuple):
-    """``count``: updates made (int32); ``slow``: the slow weights; ``inner_state``: the fast
-    optimizer's state."""
+    """``count``: updates made (int32); ``slow``: the slow weights (``()`` when the params are
+    a :class:`LookaheadParams` pair, which holds them); ``inner_state``: the fast optimizer's
+    state (also readable as ``fast_state``, Optax's name)."""
 
     count: jax.Array
     slow: Any
     inner_state: Any
+
+    @property
+    def fast_state(self) -> Any:
+        """``inner_state``, under Optax's name."""
+        return self.inner_state
+
+
+class LookaheadParams(NamedTuple):
+    """Optax's form of Lookahead's params: the ``fast`` weights and the ``slow`` ones."""
+
+    fast: Any
+    slow: Any
+
+    @classmethod
+    def init_synced(cls, params: Any) -> LookaheadParams:
+        """The pair at the start: both weights equal to ``params``."""
+        return cls(fast=params, slow=params)
 
 
 def _new_param(p: jax.Array, u: jax.Array) -> jax.Array:
@@ -192,6 +210,7 @@ def lookahead(
     fast_optimizer: GradientTransformation,
     sync_period: int = 5,
     slow_step_size: float = 0.5,
+    reset_state: bool = False,
     *,
     accumulator_dtype: Any | None = None,
 ) -> GradientTransformation:
@@ -216,11 +235,23 @@ def lookahead(
 
     Memory: the fast optimizer's state, one copy of the params and an int32 counter.
 
+    Optax's form is reachable too: give ``init`` and ``update`` a :class:`LookaheadParams`
+    pair (``LookaheadParams.init_synced(params)``); the slow weights then live in the params,
+    the fast optimizer sees ``params.fast``, and ``update`` returns a pair of updates with
+    Optax's numbers (``d = fast + u - slow``, ``s = sync``)::
+
+        (fast, slow) updates = (u - s * (1 - alpha) * d,   s * alpha * d)
+
+    With ``reset_state`` the fast optimizer's state restarts from ``init`` of the params the
+    step started from (``params.fast`` in the pair form) at every synchronisation, as Optax's.
+
     Args:
       fast_optimizer: the inner optimizer, e.g. ``gradxform.adam(1e-3)``.
       sync_period: ``k``, the number of fast steps between synchronisations (>= 1).
       slow_step_size: ``alpha``, in [0, 1] (1 makes the slow weights the fast ones).
-      accumulator_dtype: dtype of the slow weights; by default each param's dtype.
+      reset_state: restart the fast optimizer's state at each synchronisation.
+      accumulator_dtype: dtype of the slow weights; by default each param's dtype (unused in
+        the pair form).
 
     Returns:
       A transformation whose state is :class:`LookaheadState`. Needs ``params``.
@@ -242,8 +273,22 @@ def lookahead(
     _validate.count(who, "sync_period", sync_period)
     _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
     _validate.probability(who, "slow_step_size", slow_step_size, closed=True)
+    _validate.boolean(who, "reset_state", reset_state)
+
+    def maybe_reset(sync, inner_state, fast_params):
+        if not reset_state:
+            return inner_state
+        fresh = fast_optimizer.init(fast_params)
+        return jax.tree.map(lambda new, old: jnp.where(sync, new, old), fresh, inner_state)
 
     def init_fn(params):
+        if isinstance(params, LookaheadParams):
+            _tree.check_inexact_leaves(params.fast, who)
+            return LookaheadState(
+                count=jnp.zeros([], jnp.int32),
+                slow=(),
+                inner_state=fast_optimizer.init(params.fast),
+            )
         _tree.check_inexact_leaves(params, who)
         return LookaheadState(
             count=jnp.zeros([], jnp.int32),
@@ -251,9 +296,31 @@ def lookahead(
             inner_state=fast_optimizer.init(params),
         )
 
+    def pair_update(updates, state, params, extra_args):
+        _checks.check_updates(who, updates, params.fast, "fast param")
+        fast_updates, inner_state = fast_optimizer.update(
+            updates, state.inner_state, params.fast, **keep_extra(extra_args)
+        )
+        count = _tree.safe_increment(state.count)
+        sync = count % sync_period == 0
+
+        def leaf(f, u, s):
+            dtype = _tree.compute_dtype(f.dtype, u.dtype, s.dtype)
+            on = jnp.where(sync, 1, 0).astype(dtype)
+            alpha = _tree.cast_scalar(slow_step_size, dtype)
+            diff = f.astype(dtype) + u.astype(dtype) - s.astype(dtype)
+            fast = u.astype(dtype) - on * (1 - alpha) * diff
+            return fast.astype(u.dtype), (alpha * on * diff).astype(s.dtype)
+
+        fast, slow = _tree.tree_map_multi(leaf, 2, params.fast, fast_updates, params.slow)
+        inner_state = maybe_reset(sync, inner_state, params.fast)
+        return LookaheadParams(fast, slow), LookaheadState(count, (), inner_state)
+
     def update_fn(updates, state, params=None, **extra_args):
         expect_state(who, state, LookaheadState)
         require_params(who, params, _NEEDS_PARAMS)
+        if isinstance(params, LookaheadParams):
+            return pair_update(updates, state, params, extra_args)
         _checks.check_updates(who, updates, params, "param")
         fast_updates, inner_state = fast_optimizer.update(
             updates, state.inner_state, params, **keep_extra(extra_args)
@@ -274,6 +341,7 @@ def lookahead(
             )
 
         out, slow = _tree.tree_map_multi(leaf, 2, params, fast_updates, state.slow)
+        inner_state = maybe_reset(sync, inner_state, params)
         return out, LookaheadState(count=count, slow=slow, inner_state=inner_state)
 
     return GradientTransformation(init_fn, update_fn)

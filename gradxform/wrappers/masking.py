@@ -41,6 +41,10 @@ class MultiTransformState(NamedTuple):
     inner_states: dict
 
 
+# Optax's name for the same state (its ``MultiTransformState`` is an alias of it).
+PartitionState = MultiTransformState
+
+
 def _update_selected(
     inner: GradientTransformation,
     keep_extra: Callable[[dict], dict],
@@ -183,47 +187,9 @@ def freeze(
     return GradientTransformation(init_fn, update_fn)
 
 
-def multi_transform(
-    transforms: Mapping[Hashable, GradientTransformation],
-    param_labels: Labels | Callable[[Any], Labels],
-) -> GradientTransformation:
-    """Gives each group of leaves its own transformation: PyTorch's parameter groups.
-
-    ::
-
-        u_i <- transforms[label_i](u restricted to the leaves labelled label_i)_i
-
-    Each transformation sees only the leaves with its label (the others are empty
-    :class:`gradxform.MaskedNode` s), so it keeps state for those leaves only, and a
-    transformation that looks at the whole tree (a global-norm clip, say) sees its group alone.
-
-    Args:
-      transforms: ``{label: transformation}``; every one must label at least one leaf.
-      param_labels: a tree of labels with the params' structure or a prefix of it, or a
-        function ``params -> labels``. Every label must be a key of ``transforms``. Labels
-        are usually strings; they key the state's dict, so they must be pytree leaves that
-        sort against each other (not a mix of strings and ints).
-
-    Returns:
-      A transformation whose state is :class:`MultiTransformState`.
-
-    Raises:
-      ValueError: a label without a transformation, or a transformation without a label.
-
-    Example:
-      As ``torch.optim.SGD([{"params": [w], "weight_decay": 1e-2}, {"params": [b]}], lr=0.1)``:
-
-      >>> import jax.numpy as jnp, gradxform as gx
-      >>> opt = gx.multi_transform(
-      ...     {"decay": gx.sgd(0.1, weight_decay=1e-2), "plain": gx.sgd(0.1)},
-      ...     {"w": "decay", "b": "plain"},
-      ... )
-      >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
-      >>> updates, state = opt.update(params, opt.init(params), params)
-      >>> [round(float(updates[k][0]), 6) for k in ("w", "b")]
-      [-0.101, -0.1]
-    """
-    who = "multi_transform"
+def _multi_transform(who, transforms, param_labels, *, allow_unused):
+    """:func:`multi_transform` (``allow_unused=False``) and :func:`partition` (True: a
+    transformation may label no leaf, as in Optax)."""
     if not isinstance(transforms, Mapping) or not transforms:
         raise TypeError(
             f"{who}: `transforms` must be a non-empty dict {{label: transformation}}, "
@@ -248,7 +214,7 @@ def multi_transform(
                 f"labels {list(transforms)}"
             )
         unused = [label for label in transforms if label not in present]
-        if unused:
+        if unused and not allow_unused:
             raise ValueError(
                 f"{who}: the transformation(s) {unused} label no parameter; the labels in "
                 f"`param_labels` are {list(present)}"
@@ -297,6 +263,100 @@ def multi_transform(
         return treedef.unflatten(merged), MultiTransformState(new_states)
 
     return GradientTransformation(init_fn, update_fn)
+
+
+def multi_transform(
+    transforms: Mapping[Hashable, GradientTransformation],
+    param_labels: Labels | Callable[[Any], Labels],
+) -> GradientTransformation:
+    """Gives each group of leaves its own transformation: PyTorch's parameter groups.
+
+    ::
+
+        u_i <- transforms[label_i](u restricted to the leaves labelled label_i)_i
+
+    Each transformation sees only the leaves with its label (the others are empty
+    :class:`gradxform.MaskedNode` s), so it keeps state for those leaves only, and a
+    transformation that looks at the whole tree (a global-norm clip, say) sees its group alone.
+
+    Args:
+      transforms: ``{label: transformation}``; every one must label at least one leaf.
+      param_labels: a tree of labels with the params' structure or a prefix of it, or a
+        function ``params -> labels``. Every label must be a key of ``transforms``. Labels
+        are usually strings; they key the state's dict, so they must be pytree leaves that
+        sort against each other (not a mix of strings and ints).
+
+    Returns:
+      A transformation whose state is :class:`MultiTransformState`.
+
+    Raises:
+      ValueError: a label without a transformation, or a transformation without a label.
+
+    Example:
+      As ``torch.optim.SGD([{"params": [w], "weight_decay": 1e-2}, {"params": [b]}], lr=0.1)``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.multi_transform(
+      ...     {"decay": gx.sgd(0.1, weight_decay=1e-2), "plain": gx.sgd(0.1)},
+      ...     {"w": "decay", "b": "plain"},
+      ... )
+      >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+      >>> updates, state = opt.update(params, opt.init(params), params)
+      >>> [round(float(updates[k][0]), 6) for k in ("w", "b")]
+      [-0.101, -0.1]
+    """
+    return _multi_transform("multi_transform", transforms, param_labels, allow_unused=False)
+
+
+def partition(
+    transforms: Mapping[Hashable, GradientTransformation],
+    param_labels: Labels | Callable[[Any], Labels],
+    *,
+    mask_compatible_extra_args: bool = False,
+) -> GradientTransformation:
+    """Optax's name for :func:`multi_transform`: each group of leaves gets its own
+    transformation, ``u_i <- transforms[label_i](u restricted to label_i's leaves)_i``.
+
+    As Optax's, a transformation may label no leaf (it then keeps an empty state).
+
+    Args:
+      transforms: ``{label: transformation}``.
+      param_labels: a tree of labels with the params' structure (or a prefix), or a function
+        ``params -> labels``.
+      mask_compatible_extra_args: must be False: masking extra arguments shaped like the
+        params is not supported (each group gets them whole).
+
+    Returns:
+      A transformation whose state is :class:`PartitionState` (= :class:`MultiTransformState`).
+    """
+    who = "partition"
+    _validate.boolean(who, "mask_compatible_extra_args", mask_compatible_extra_args)
+    if mask_compatible_extra_args:
+        raise ValueError(f"{who}: `mask_compatible_extra_args=True` is not supported")
+    return _multi_transform(who, transforms, param_labels, allow_unused=True)
+
+
+def selective_transform(
+    optimizer: GradientTransformation, *, freeze_mask: Mask
+) -> GradientTransformation:
+    """Applies ``optimizer`` to the leaves ``freeze_mask`` leaves out; zeroes the updates of
+    the others (Optax's): ``partition({"train": optimizer, "freeze": set_to_zero()}, labels)``
+    with ``labels = "freeze" where freeze_mask else "train"``.
+
+    Args:
+      optimizer: the optimizer of the trained leaves.
+      freeze_mask: a tree of bools with the params' structure (or a prefix), True for frozen.
+
+    Returns:
+      A transformation whose state is :class:`PartitionState`.
+    """
+    who = "selective_transform"
+    optimizer = as_transformation(optimizer, f"{who}: `optimizer`")
+    _validate.mask(who, "freeze_mask", freeze_mask)
+    labels = jax.tree.map(lambda frozen: "freeze" if frozen else "train", freeze_mask)
+    return _multi_transform(
+        who, {"train": optimizer, "freeze": set_to_zero()}, labels, allow_unused=True
+    )
 
 
 def decay_matrices_only(params: Any) -> Any:
