@@ -12,7 +12,7 @@ from gradxform.optimizers._links import check_common, decay_link
 from gradxform.transforms.adam import check_moments, scale_by_adam
 from gradxform.transforms.adan import NUMERICS, proximal_decayed_weights, scale_by_adan
 from gradxform.transforms.adaptive import scale_by_belief, scale_by_novograd, scale_by_yogi
-from gradxform.transforms.optimistic import scale_by_nesterov_adam, scale_by_optimistic_gradient
+from gradxform.transforms.optimistic import scale_by_optimistic_gradient
 from gradxform.transforms.scaling import scale_by_learning_rate
 
 
@@ -205,11 +205,9 @@ def optimistic_gradient_descent(
 
 def _adam_direction(who, b1, b2, eps, eps_root, mu_dtype, nesterov) -> GradientTransformation:
     _validate.boolean(who, "nesterov", nesterov)
-    if nesterov:
-        return scale_by_nesterov_adam(b1, b2, eps, eps_root, mu_dtype, who)
     check_moments(who, b1, b2, eps, eps_root)
     _validate.dtype(who, "mu_dtype", mu_dtype)
-    return scale_by_adam(b1, b2, eps, eps_root, mu_dtype)
+    return scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
 
 
 def optimistic_adam(

@@ -6,15 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from gradxform import _validate
-from gradxform._base import GradientTransformation, chain, stateless
+from gradxform._base import GradientTransformation, chain
 from gradxform._types import ScalarOrSchedule
-from gradxform.transforms.gradient_noise import add_gradient_noise
 from gradxform.transforms.momentum import ema
+from gradxform.transforms.noise import add_noise, as_key
 from gradxform.transforms.polyak import VARIANTS, scale_by_polyak
 from gradxform.transforms.scaling import scale, scale_by_learning_rate
+from gradxform.transforms.sign import scale_by_sign
 from gradxform.transforms.sm3 import scale_by_sm3
 
 
@@ -41,8 +41,8 @@ def noisy_sgd(
       seed: Optax's deprecated name for an int ``key`` (not both).
 
     Returns:
-      ``chain(add_noise, scale_by_learning_rate)``; the noise's state holds the key's bits
-      as int32 (see :mod:`gradxform.transforms.gradient_noise`).
+      ``chain(add_noise(eta, gamma, key), scale_by_learning_rate)``; the noise's state is
+      :class:`gradxform.AddNoiseState`.
 
     References:
       Neelakantan et al., `Adding Gradient Noise Improves Learning for Very Deep Networks
@@ -50,10 +50,15 @@ def noisy_sgd(
     """
     who = "noisy_sgd"
     _validate.learning_rate(who, learning_rate)
-    return chain(
-        add_gradient_noise(eta, gamma, key, who, seed=seed),
-        scale_by_learning_rate(learning_rate),
-    )
+    _validate.non_negative(who, "eta", eta)
+    _validate.non_negative(who, "gamma", gamma)
+    if seed is not None:
+        if key is not None:
+            raise ValueError(f"{who}: give `key` or `seed` (deprecated), not both")
+        _validate.count(who, "seed", seed, minimum=0, maximum=2**63 - 1)
+        key = seed
+    as_key(who, 0 if key is None else key)  # the key's kind, checked under this name
+    return chain(add_noise(eta, gamma, key), scale_by_learning_rate(learning_rate))
 
 
 def polyak_sgd(
@@ -94,10 +99,6 @@ def polyak_sgd(
     )
 
 
-def _sign() -> GradientTransformation:
-    return stateless(lambda updates, params: jax.tree.map(jnp.sign, updates))
-
-
 def sign_sgd(learning_rate: ScalarOrSchedule) -> GradientTransformation:
     """signSGD (Bernstein et al., 2018), Optax's ``sign_sgd``.
 
@@ -116,7 +117,7 @@ def sign_sgd(learning_rate: ScalarOrSchedule) -> GradientTransformation:
       <https://arxiv.org/abs/1802.04434>`_, 2018.
     """
     _validate.learning_rate("sign_sgd", learning_rate)
-    return chain(_sign(), scale_by_learning_rate(learning_rate))
+    return chain(scale_by_sign(), scale_by_learning_rate(learning_rate))
 
 
 def signum(
@@ -146,7 +147,7 @@ def signum(
     _validate.dtype(who, "accumulator_dtype", accumulator_dtype)
     return chain(
         ema(beta, debias=False, accumulator_dtype=accumulator_dtype),
-        _sign(),
+        scale_by_sign(),
         scale_by_learning_rate(learning_rate),
     )
 

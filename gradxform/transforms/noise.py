@@ -58,7 +58,7 @@ def add_noise(eta: float, gamma: float, key: Any = None, *, seed: int | None = N
     _validate.non_negative(who, "gamma", gamma)
     if seed is not None:
         if key is not None:
-            raise TypeError(f"{who}: give `key` or `seed`, not both")
+            raise ValueError(f"{who}: give `key` or `seed`, not both (as Optax)")
         _validate.count(who, "seed", seed, minimum=0, maximum=2**63 - 1)
         key = seed
     rng_key = as_key(who, 0 if key is None else key)

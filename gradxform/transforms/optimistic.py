@@ -1,5 +1,5 @@
 """Optimistic gradient methods: the optimistic gradient step (Popov's extrapolation from the
-past), and the Nesterov form of Adam's preconditioner that Optax's optimistic Adam runs it on.
+past), which Optax's optimistic Adams run on ``scale_by_adam(nesterov=True)``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform.transforms.adam import ScaleByAdamState, check_moments, root_may_be_zero
-from gradxform.transforms.adaptive import nesterov_first_moment
 
 
 class ScaleByOptimisticGradientState(NamedTuple):
@@ -72,51 +70,5 @@ def scale_by_optimistic_gradient(alpha: float = 1.0, beta: float = 1.0) -> Gradi
 
         u, previous = _tree.tree_map_multi(leaf, 2, updates, state.previous_gradient)
         return u, ScaleByOptimisticGradientState(_tree.safe_increment(state.count), previous)
-
-    return GradientTransformation(init_fn, update_fn)
-
-
-def scale_by_nesterov_adam(
-    b1: Any, b2: Any, eps: Any, eps_root: Any, mu_dtype: Any, who: str
-) -> GradientTransformation:
-    """Optax's ``scale_by_adam(nesterov=True)`` (Dozat's NAdam without a momentum schedule)::
-
-        u_t = (b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t))
-              / (sqrt(v_t / (1 - b2^t) + eps_root) + eps)
-
-    Not exported: the optimistic Adams' preconditioner (the public form is Optax's option of
-    ``scale_by_adam``).
-    """
-    check_moments(who, b1, b2, eps, eps_root)
-    _validate.dtype(who, "mu_dtype", mu_dtype)
-    may_be_zero = root_may_be_zero(eps, eps_root)
-
-    def init_fn(params):
-        _tree.check_inexact_leaves(params, who)
-        mu = _tree.tree_zeros_like(params, mu_dtype)
-        return ScaleByAdamState(jnp.zeros([], jnp.int32), mu, _tree.tree_zeros_like(params))
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del params, extra_args
-        expect_state(who, state, ScaleByAdamState)
-        _checks.check_updates(who, updates, state.mu, "first moment")
-        count = _tree.safe_increment(state.count)
-        correction2 = _tree.bias_correction(b2, count)
-
-        def leaf(g, m, v):
-            dtype = _tree.compute_dtype(g.dtype, m.dtype, v.dtype)
-            real = _tree.real_dtype(dtype)
-            out_dtype, g = _tree.update_dtype(g, m, v), g.astype(dtype)
-            new_m = _tree.moment_update(m, g, b1, dtype)
-            b2_ = _tree.cast_scalar(b2, real)
-            new_v = (1 - b2_) * _tree.abs_sq(g).astype(real) + b2_ * _tree.as_real(v, real)
-            m_hat = nesterov_first_moment(new_m, g, b1, count, dtype)
-            v_hat = new_v / _tree.cast_scalar(correction2, real)
-            root = jnp.sqrt(v_hat + _tree.cast_scalar(eps_root, real))
-            u = _tree.safe_divide(m_hat, root + _tree.cast_scalar(eps, real), may_be_zero)
-            return u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
-
-        u, mu, nu = _tree.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
-        return u, ScaleByAdamState(count, mu, nu)
 
     return GradientTransformation(init_fn, update_fn)
