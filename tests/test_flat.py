@@ -342,10 +342,14 @@ def test_flat_path_equals_tree_path_bit_for_bit(name, precision, request):
     # Counters and moments (each dict of buffers unflattened) after every step.
     _assert_bitwise(flat_state, tree_state, f"{name} state")
     # The comparison means something only if the params moved (float32/64 leaves: a small step
-    # may round away in bfloat16; the 0-size leaf has nothing to move).
+    # may round away in bfloat16; the 0-size leaf has nothing to move): every element at some
+    # step, since every step's params are compared. Not necessarily at the last one: sign_sgd
+    # moves each element by exactly +-lr (0 where the gradient is 0), and an element whose
+    # gradient changes sign twice each way over the five steps (the first column has a zero
+    # gradient at step 4) is back where it started.
     for start, history in zip(jax.tree.leaves(params), jax.tree.leaves(tree_params), strict=True):
         if start.size and start.dtype != jnp.bfloat16:
-            assert np.all(history[-1] != start), history.shape
+            assert np.all(np.any(history != start, axis=0)), history.shape
     _assert_bitwise_or_known(name, flat_params, tree_params, f"{name} params")
 
 

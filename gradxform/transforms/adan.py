@@ -110,14 +110,15 @@ def scale_by_adan(
             new_v = _tree.moment_update(v, d, b2, dtype)
             b3_ = _tree.cast_scalar(b3, real)
             new_n = (1 - b3_) * _tree.abs_sq(g + c * d) + b3_ * _tree.as_real(n, real)
-            m_hat, v_hat, n_hat = (
-                x / _tree.cast_scalar(k, x.dtype)
-                for x, k in zip((new_m, new_v, new_n), corrections, strict=True)
-            )
+            # m_hat + c v_hat = (m + v * (c c1 / c2)) / c1, with the corrections' scalars
+            # computed once: one product in the sum and no division by a traced scalar, which
+            # XLA would contract and rewrite differently in different programs (flat buffers).
+            c1, c2, c3 = corrections
+            weight = _tree.cast_scalar(c1 / c2, dtype) * c
+            numerator = (new_m + new_v * weight) * _tree.cast_scalar(1 / c1, dtype)
+            n_hat = new_n * _tree.cast_scalar(1 / c3, real)
             root = jnp.sqrt(n_hat + _tree.cast_scalar(eps_root, real))
-            u = _tree.safe_divide(
-                m_hat + c * v_hat, root + _tree.cast_scalar(eps, real), may_be_zero
-            )
+            u = _tree.safe_divide(numerator, root + _tree.cast_scalar(eps, real), may_be_zero)
             return (
                 u.astype(out_dtype),
                 new_m.astype(m.dtype),

@@ -111,8 +111,8 @@ def scale_by_belief(
             if nesterov:
                 m_hat = nesterov_first_moment(new_m, g, b1, count, dtype)
             else:
-                m_hat = new_m / _tree.cast_scalar(correction1, dtype)
-            s_hat = new_s / _tree.cast_scalar(correction2, real)
+                m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
+            s_hat = new_s * _tree.cast_scalar(1 / correction2, real)
             denominator = jnp.sqrt(s_hat) + _tree.cast_scalar(eps, real)
             u = _tree.safe_divide(m_hat, denominator, may_be_zero)
             return u.astype(out_dtype), new_m.astype(m.dtype), new_s.astype(s.dtype)
@@ -184,10 +184,12 @@ def scale_by_yogi(
             v_real = _tree.as_real(v, real)
             step = _tree.cast_scalar(1 - b2, real) * jnp.sign(v_real - square) * square
             new_v = v_real - step
-            v_hat = new_v / _tree.cast_scalar(correction2, real)
+            # The corrections as reciprocals computed once: XLA would rewrite a division by a
+            # traced scalar differently in different programs (flat buffers, trees).
+            v_hat = new_v * _tree.cast_scalar(1 / correction2, real)
             root = jnp.sqrt(v_hat + _tree.cast_scalar(eps_root, real))
             denominator = root + _tree.cast_scalar(eps, real)
-            m_hat = new_m / _tree.cast_scalar(correction1, dtype)
+            m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
             u = _tree.safe_divide(m_hat, denominator, may_be_zero)
             return u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 

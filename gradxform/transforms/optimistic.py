@@ -63,9 +63,13 @@ def scale_by_optimistic_gradient(alpha: float = 1.0, beta: float = 1.0) -> Gradi
         def leaf(g, previous):
             dtype = _tree.compute_dtype(g.dtype, previous.dtype)
             g32 = g.astype(dtype)
-            before = jnp.where(first, g32, previous.astype(dtype))
+            # alpha g + beta (g - g_{t-1}): Optax's (alpha + beta) g - beta g_{t-1} to an ulp,
+            # with the difference exactly 0 on the first step and, for alpha = 1, one product
+            # only; a sum of two products XLA contracts into a fused multiply-add around either
+            # one, differently on flat buffers than on the tree.
+            change = jnp.where(first, 0, g32 - previous.astype(dtype))
             a, b = _tree.cast_scalar(alpha, dtype), _tree.cast_scalar(beta, dtype)
-            u = (a + b) * g32 - b * before
+            u = (g32 if _validate.is_static_number(alpha) and alpha == 1 else a * g32) + b * change
             return u.astype(_tree.update_dtype(g, previous)), g.astype(previous.dtype)
 
         u, previous = _tree.tree_map_multi(leaf, 2, updates, state.previous_gradient)
