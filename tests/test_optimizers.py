@@ -240,7 +240,8 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
     params = _dtype_params(dtype)
     state = opt.init(params)
     # eval_shape traces the update exactly as jit would, and returns what jit would cache on.
-    _, new_state = jax.eval_shape(functools.partial(_step, opt, _parabola_loss), params, state)
+    step = functools.partial(_step, opt, _parabola_loss, update_args=entry.update_args)
+    _, new_state = jax.eval_shape(step, params, state)
 
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     param_shapes = {np.shape(p) for p in jax.tree.leaves(params)}

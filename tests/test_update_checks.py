@@ -110,8 +110,8 @@ TRANSFORMS = {
     "scale_by_trust_ratio": (gx.scale_by_trust_ratio, False),
     "scale_by_param_block_norm": (gx.scale_by_param_block_norm, False),
     "polyak_sgd": (gx.polyak_sgd, False),
-    # The noise's state is a key, not a moment of the gradients.
-    "noisy_sgd": (lambda: gx.noisy_sgd(0.1), False),
+    # add_noise's: Gaussian noise is drawn in the updates' dtype, floating updates only.
+    "noisy_sgd": (lambda: gx.noisy_sgd(0.1), True),
     "sign_sgd": (lambda: gx.sign_sgd(0.1), False),
     "fromage": (lambda: gx.fromage(0.1), False),
     **{
