@@ -50,10 +50,21 @@ from gradxform.optimizers.lbfgs import lbfgs
 from gradxform.optimizers.momo import momo, momo_adam
 from gradxform.optimizers.muon import muon, muon_with_adamw
 from gradxform.optimizers.optax_adam import adamaxw, nadamw
+from gradxform.optimizers.optax_adaptive import (
+    adabelief,
+    adan,
+    novograd,
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    yogi,
+)
+from gradxform.optimizers.optax_sgd import noisy_sgd, polyak_sgd, sign_sgd, signum, sm3
 from gradxform.optimizers.parameter_free import cocob, dog, dowg
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
 from gradxform.optimizers.sgd import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
+from gradxform.optimizers.trust_ratio import fromage, lamb, lars
 from gradxform.schedules import (
     chained_schedule,
     constant_schedule,
@@ -89,6 +100,14 @@ from gradxform.transforms.adam import (
     scale_by_nadam,
 )
 from gradxform.transforms.adam_variants import scale_by_acprop, scale_by_adopt
+from gradxform.transforms.adan import ScaleByAdanState, scale_by_adan
+from gradxform.transforms.adaptive import (
+    ScaleByBeliefState,
+    ScaleByNovogradState,
+    scale_by_belief,
+    scale_by_novograd,
+    scale_by_yogi,
+)
 from gradxform.transforms.ademamix import (
     ScaleByAdemamixState,
     ScaleBySimplifiedAdEMAMixState,
@@ -147,7 +166,12 @@ from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.momo import MomoAdamState, MomoState
 from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
 from gradxform.transforms.noise import AddNoiseState, add_noise
+from gradxform.transforms.optimistic import (
+    ScaleByOptimisticGradientState,
+    scale_by_optimistic_gradient,
+)
 from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
+from gradxform.transforms.polyak import scale_by_polyak
 from gradxform.transforms.radam import scale_by_radam
 from gradxform.transforms.rms import (
     ScaleByRmsState,
@@ -170,8 +194,10 @@ from gradxform.transforms.scaling import (
     set_to_zero,
 )
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
+from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from gradxform.transforms.torch_lbfgs import LbfgsState
+from gradxform.transforms.trust_ratio import scale_by_param_block_norm, scale_by_trust_ratio
 from gradxform.transforms.zoom import scale_by_zoom_linesearch
 from gradxform.tree_utils import tree_bias_correction as bias_correction
 from gradxform.tree_utils import tree_map_params
@@ -310,21 +336,26 @@ __all__ = [
     "ScaleByAdafactorState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "ScaleByAdanState",
     "ScaleByAdemamixState",
     "ScaleByAmsgradState",
     "ScaleByAsgdState",
     "ScaleByBacktrackingLinesearchState",
+    "ScaleByBeliefState",
     "ScaleByDistanceOverGradientsState",
     "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByMuonState",
     "ScaleByNadamState",
+    "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
     "ScaleByRStdDevState",
     "ScaleByRStdDevWithCountState",
     "ScaleByRmsState",
     "ScaleByRmsWithCountState",
     "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleBySM3State",
     "ScaleByScheduleState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySparseAdamState",
@@ -347,6 +378,7 @@ __all__ = [
     "ZeroNansState",
     "ZoomLinesearchInfo",
     "acprop",
+    "adabelief",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -354,6 +386,7 @@ __all__ = [
     "adamax",
     "adamaxw",
     "adamw",
+    "adan",
     "adaptive_grad_clip",
     "add_decayed_weights",
     "add_l2",
@@ -399,6 +432,7 @@ __all__ = [
     "flatten_params",
     "freeze",
     "from_torch_state",
+    "fromage",
     "global_norm",
     "gradient_accumulation",
     "hutchinson_estimator_diag_hessian",
@@ -411,6 +445,8 @@ __all__ = [
     "join_schedules",
     "join_transforms",
     "keep_params_nonnegative",
+    "lamb",
+    "lars",
     "lbfgs",
     "linear_onecycle_schedule",
     "linear_schedule",
@@ -434,14 +470,20 @@ __all__ = [
     "nadam",
     "nadamw",
     "named_chain",
+    "noisy_sgd",
     "normalize",
     "normalize_by_update_norm",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
     "partition",
     "per_example_global_norm_clip",
     "per_example_layer_norm_clip",
     "periodic_update",
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
+    "polyak_sgd",
     "polynomial_schedule",
     "radam",
     "reduce_on_plateau",
@@ -459,11 +501,13 @@ __all__ = [
     "scale_by_adafactor",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_adan",
     "scale_by_ademamix",
     "scale_by_adopt",
     "scale_by_amsgrad",
     "scale_by_asgd",
     "scale_by_backtracking_linesearch",
+    "scale_by_belief",
     "scale_by_cocob",
     "scale_by_distance_over_gradients",
     "scale_by_dog",
@@ -475,7 +519,11 @@ __all__ = [
     "scale_by_madgrad",
     "scale_by_muon",
     "scale_by_nadam",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_param_block_norm",
     "scale_by_param_block_rms",
+    "scale_by_polyak",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rprop",
@@ -483,8 +531,11 @@ __all__ = [
     "scale_by_schedule",
     "scale_by_sign",
     "scale_by_simplified_ademamix",
+    "scale_by_sm3",
     "scale_by_sparse_adam",
     "scale_by_stddev",
+    "scale_by_trust_ratio",
+    "scale_by_yogi",
     "scale_by_zoom_linesearch",
     "scale_gradient",
     "selective_transform",
@@ -492,9 +543,12 @@ __all__ = [
     "sgd",
     "sgdr_schedule",
     "shard_optimizer_state",
+    "sign_sgd",
+    "signum",
     "simplified_ademamix",
     "skip_large_updates",
     "skip_not_finite",
+    "sm3",
     "snapshot",
     "sparse_adam",
     "split_real_and_imaginary",
@@ -516,5 +570,6 @@ __all__ = [
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
     "with_extra_args_support",
+    "yogi",
     "zero_nans",
 ]

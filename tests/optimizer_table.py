@@ -64,7 +64,7 @@ class Entry:
     factory: Callable[..., gx.GradientTransformation]
     kwargs: Mapping[str, Any]
     parabola_lr: float
-    rosenbrock_lr: float
+    rosenbrock_lr: float | Callable[[Any], Any]  # a schedule where a constant rate cannot do
     hovers: bool = False
     l2: float = 0.0
     # Public optimizers that ``factory`` runs on some of the leaves and that cannot take the
@@ -279,6 +279,54 @@ OPTIMIZERS: tuple[Entry, ...] = (
         hovers=True,
         covers=(gx.muon,),
     ),
+    # Optax's catalogue (tests/test_optax_catalogue.py compares each with Optax). Adam's
+    # relatives take Adam's rates (measured: AdaBelief 2.1e-7 from the parabola's minimum and
+    # f = 8.9e-12; Adan 0 and 0; the optimistic Adams 4.0e-6 and f = 4.1e-5). Yogi's second
+    # moment starts at 1e-6 and grows additively, by (1 - b2) g^2 per step, so its first steps
+    # are large and then slow: at lr = 1e-3 Rosenbrock is still at f = 1.7 after 20000 steps,
+    # at 3e-3 at 0.018; lr = 1e-2 gives 9.4e-6 and f = 1.9e-9.
+    Entry("adabelief", gx.adabelief, {}, 3e-3, 1e-3),
+    Entry("adan", gx.adan, {}, 3e-3, 1e-3),
+    Entry("yogi", gx.yogi, {}, 1e-2, 1e-2),
+    Entry("optimistic_adam", gx.optimistic_adam, {}, 3e-3, 1e-3),
+    Entry("optimistic_adam_v2", gx.optimistic_adam_v2, {}, 3e-3, 1e-3),
+    # The optimistic step 2 g_t - g_{t-1} is gradient descent with a look-back: on the parabola
+    # lr = 0.1 reaches 6.4e-7; on Rosenbrock it is stable for a smaller lr than SGD (f = 0.30 at
+    # 1e-3, NaN at 1.5e-3), and lr = 6e-4 gives f = 1.2e-5.
+    Entry("optimistic_gradient_descent", gx.optimistic_gradient_descent, {}, 0.1, 6e-4),
+    # Polyak's step (f - 0) / |g|^2 is exact on the parabola (1/4 of the way per coordinate,
+    # the minimum in one step per direction), capped at max_learning_rate = 1 (the entry's
+    # "learning rate"): measured 2.7e-7 and f = 2.5e-11. Its update needs the loss.
+    Entry("polyak_sgd", gx.polyak_sgd, {}, 1.0, 1.0, update_args=("value",)),
+    # SM3's accumulators sum g^2 (b2 = 1), an Adagrad per axis: Adagrad's lr = 1 (measured
+    # 6.1e-7 and f = 5.0e-11; at 0.1 f = 9.9e-4 after 20000 steps).
+    Entry("sm3", gx.sm3, {}, 1.0, 1.0),
+    # Annealed noise of variance 0.01 / t^0.55 (std 9e-3 at t = 6000) keeps SGD within ~lr std
+    # of the minimum: measured 5.7e-3 on the parabola; on Rosenbrock f = 6.4e-8 at SGD's rate.
+    Entry("noisy_sgd", gx.noisy_sgd, {}, 0.1, 1e-3, hovers=True),
+    # Sign methods step exactly lr per coordinate, as Lion (measured 1.7e-3 and 2.1e-3 from the
+    # parabola's minimum at lr = 1e-3). On Rosenbrock signum converges at Lion's 3e-4 (f =
+    # 7.5e-6), but signSGD's unsmoothed signs zig-zag across the valley (f = 0.017 at 3e-4,
+    # 0.039 at 5e-4): a rate decaying from 1e-3 to 1e-5 over the run gives f = 3.0e-5.
+    Entry("sign_sgd", gx.sign_sgd, {}, 1e-3, gx.exponential_decay(1e-3, 20000, 0.01), hovers=True),
+    Entry("signum", gx.signum, {}, 1e-3, 3e-4, hovers=True),
+    # NovoGrad normalises each leaf's gradient by its norm and adds momentum (b1 = 0.9): a step
+    # of ~10 lr that does not shrink near the minimum (measured 7.4e-4 at lr = 1e-3, 8.0e-3 at
+    # 1e-2); on Rosenbrock that costs ~500 (10 lr)^2: f = 1.6e-4 at 1e-3, 1.5e-5 at 3e-4.
+    Entry("novograd", gx.novograd, {}, 1e-3, 3e-4, hovers=True),
+    # The trust-ratio methods step by lr * ||p|| per leaf, whatever the gradient's size, so they
+    # hover (measured on the parabola: LAMB 2.0e-3 at lr = 3e-3, LARS 8.0e-4 at lr = 1 with
+    # its trust coefficient 1e-3, Fromage 1.5e-3 at lr = 1e-3). Rosenbrock's valley runs
+    # through the origin, where ||p|| (one leaf, (x, y)) vanishes and so does the step: the
+    # iterate must shrink towards it and grow away again by factors of at most (1 +- lr) per
+    # step, which fails for small rates (LAMB f = 0.99 at 1e-3, LARS 1.01 at 0.03, Fromage 1.01
+    # at 3e-4), while near (1, 1) the step of ~1.4 lr costs ~500 (1.4 lr)^2. LARS's momentum
+    # (0.9) gives the room: lr = 0.1 reaches f = 4.6e-7. Fromage's min_norm = 1 floors ||p|| at
+    # 1 near the origin: f = 2.7e-5 at lr = 5e-4. LAMB has no floor: its rate decays from 1e-2
+    # (to cross the origin) to 1e-4 (to settle), f = 2.9e-6 (3e-3 constant: 0.026; 1e-2: 0.016).
+    Entry("lamb", gx.lamb, {}, 3e-3, gx.exponential_decay(1e-2, 20000, 0.01), hovers=True),
+    Entry("lars", gx.lars, {}, 1.0, 0.1, hovers=True),
+    Entry("fromage", gx.fromage, {"min_norm": 1.0}, 1e-3, 5e-4, hovers=True),
     # Optax's NAdamW: Adam's rule with a Nesterov numerator and decoupled decay 1e-4. Adam's
     # rates: within CONVERGED_DISTANCE of the parabola's minimum without hovering (measured).
     Entry("nadamw", gx.nadamw, {}, 3e-3, 1e-3),

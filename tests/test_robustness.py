@@ -338,6 +338,69 @@ VALID = {
             "adapt_lower_bound": st.booleans(),
         }
     ),
+    # Optax's catalogue. eps >= 1e-3 where it bounds a preconditioned step for float16 params
+    # (the float16 assumption below is keyed on `eps`).
+    "adabelief": st.fixed_dictionaries(
+        {"learning_rate": rate, "b1": unit, "b2": unit, "eps": eps, "eps_root": eps},
+        optional={"nesterov": st.booleans()},
+    ),
+    "adan": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "b3": unit,
+            "eps": eps,
+            "eps_root": eps,
+            "weight_decay": decay,
+        },
+        optional={"numerics": st.sampled_from(["optax", "official"])},
+    ),
+    "yogi": st.fixed_dictionaries({"learning_rate": rate, "b1": unit, "b2": unit, "eps": eps}),
+    "optimistic_adam": st.fixed_dictionaries(
+        {"learning_rate": rate, "b1": unit, "b2": unit, "eps": eps},
+        optional={"optimism": _number(0.0, 1.0), "nesterov": st.booleans()},
+    ),
+    "optimistic_adam_v2": st.fixed_dictionaries(
+        {"learning_rate": rate, "b1": unit, "b2": unit, "eps": eps},
+        optional={
+            "alpha": _number(0.0, 2.0),
+            "beta": _number(0.0, 2.0),
+            "nesterov": st.booleans(),
+        },
+    ),
+    "optimistic_gradient_descent": st.fixed_dictionaries(
+        {"learning_rate": rate, "alpha": _number(0.0, 2.0), "beta": _number(0.0, 2.0)}
+    ),
+    "polyak_sgd": st.fixed_dictionaries(
+        {"max_learning_rate": rate, "scaling": rate, "f_min": _number(-1.0, 1.0), "eps": eps}
+    ),
+    "sm3": st.fixed_dictionaries({"learning_rate": rate, "momentum": unit}),
+    "noisy_sgd": st.fixed_dictionaries(
+        {"learning_rate": rate, "eta": _number(0.0, 1.0), "gamma": _number(0.0, 1.0)},
+        optional={"key": st.integers(0, 2**31 - 1)},
+    ),
+    "sign_sgd": st.fixed_dictionaries({"learning_rate": rate}),
+    "signum": st.fixed_dictionaries({"learning_rate": rate, "beta": _number(0.0, 1.0)}),
+    "novograd": st.fixed_dictionaries(
+        {"learning_rate": rate, "b1": unit, "b2": unit, "eps": eps, "weight_decay": decay}
+    ),
+    "lamb": st.fixed_dictionaries(
+        {"learning_rate": rate, "b1": unit, "b2": unit, "eps": eps, "weight_decay": decay}
+    ),
+    "lars": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "weight_decay": decay,
+            "trust_coefficient": _number(0.0, 1.0),
+            "eps": eps,
+            # > 0: gradxform's trace refuses Nesterov without momentum.
+            "momentum": _number(0.01, 0.99),
+            "nesterov": st.booleans(),
+        },
+        optional={"trust_ratio_mask": st.booleans()},
+    ),
+    "fromage": st.fixed_dictionaries({"learning_rate": rate, "min_norm": _number(0.0, 1.0)}),
 }
 
 # L-BFGS's update evaluates the loss itself (``value_and_grad_fn``), and the gradients drawn
@@ -540,6 +603,41 @@ INVALID = {
         "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
         "weight_decay": negative, "lower_bound": st.just(math.nan),
     }),
+    "adabelief": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+        "eps_root": negative,
+    }),
+    "adan": ({"learning_rate": 0.1}, {
+        **_ADAM_INVALID, "b3": outside_unit, "eps_root": negative,
+    }),
+    "yogi": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+    }),
+    "optimistic_adam": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+        "eps_root": negative,
+    }),
+    "optimistic_adam_v2": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+        "eps_root": negative,
+    }),
+    "optimistic_gradient_descent": ({"learning_rate": 0.1}, {"learning_rate": negative}),
+    "polyak_sgd": ({}, {
+        "max_learning_rate": negative, "scaling": negative, "eps": negative,
+    }),
+    "sm3": ({"learning_rate": 0.1}, {"learning_rate": negative, "momentum": outside_unit}),
+    "noisy_sgd": ({"learning_rate": 0.1}, {"learning_rate": negative, "eta": negative}),
+    "sign_sgd": ({"learning_rate": 0.1}, {"learning_rate": negative}),
+    "signum": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "beta": outside_closed_unit,
+    }),
+    "novograd": ({"learning_rate": 0.1}, {**_ADAM_INVALID, "eps_root": negative}),
+    "lamb": ({"learning_rate": 0.1}, {**_ADAM_INVALID, "eps_root": negative}),
+    "lars": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "weight_decay": negative, "eps": negative,
+        "momentum": negative,
+    }),
+    "fromage": ({"learning_rate": 0.1}, {"learning_rate": negative, "min_norm": negative}),
 }  # fmt: skip
 
 

@@ -642,7 +642,8 @@ def test_complex_params(x64, make, reference):
 
 # Optimizers that refuse complex params, as their torch.optim class does: torch's Adafactor
 # raises "Adafactor does not support complex parameters" (tests/test_adafactor.py checks both).
-REFUSE_COMPLEX = {"adafactor"}
+# Optax's scale_by_sm3 refuses complex params too (its error names scale_by_sm3).
+REFUSE_COMPLEX = {"adafactor", "sm3"}
 
 
 @table
@@ -1065,6 +1066,75 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"eps": -1e-8}, "eps"),
         ({"lower_bound": float("inf")}, "lower_bound"),
         ({"weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "adabelief": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "b1": 1.0}, "b1"),
+        ({"learning_rate": 1e-3, "eps_root": -1e-16}, "eps_root"),
+    ],
+    "adan": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "b3": 1.0}, "b3"),
+        ({"learning_rate": 1e-3, "weight_decay": -0.1}, "weight_decay"),
+        ({"learning_rate": 1e-3, "numerics": "paper"}, "numerics"),
+    ],
+    "yogi": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "b2": 1.0}, "b2"),
+        ({"learning_rate": 1e-3, "eps": -1e-3}, "eps"),
+    ],
+    "optimistic_adam": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "optimism": float("nan")}, "optimism"),
+        ({"learning_rate": 1e-3, "b1": 1.0}, "b1"),
+    ],
+    "optimistic_adam_v2": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "alpha": float("inf")}, "alpha"),
+        ({"learning_rate": 1e-3, "nesterov": False, "b2": 1.0}, "b2"),
+    ],
+    "optimistic_gradient_descent": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "beta": float("nan")}, "beta"),
+    ],
+    "polyak_sgd": [
+        ({"max_learning_rate": -1.0}, "max_learning_rate"),
+        ({"scaling": -1.0}, "scaling"),
+        ({"eps": -1e-3}, "eps"),
+        ({"variant": "sps-"}, "variant"),
+    ],
+    "sm3": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 1.0, "momentum": 1.0}, "momentum"),
+    ],
+    "noisy_sgd": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 1.0, "eta": -0.01}, "eta"),
+        ({"learning_rate": 1.0, "gamma": float("inf")}, "gamma"),
+    ],
+    "sign_sgd": [({"learning_rate": -1.0}, "learning_rate")],
+    "signum": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 1.0, "beta": 1.5}, "beta"),
+    ],
+    "novograd": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 1.0, "b2": 1.0}, "b2"),
+        ({"learning_rate": 1.0, "weight_decay": -0.1}, "weight_decay"),
+    ],
+    "lamb": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 1.0, "b1": 1.0}, "b1"),
+        ({"learning_rate": 1.0, "weight_decay": -0.1}, "weight_decay"),
+    ],
+    "lars": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 1.0, "trust_coefficient": float("nan")}, "trust_coefficient"),
+        ({"learning_rate": 1.0, "momentum": -0.9}, "momentum"),
+    ],
+    "fromage": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 1.0, "min_norm": -1e-6}, "min_norm"),
     ],
 }
 OPTIMIZER_CASES = [

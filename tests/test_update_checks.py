@@ -102,6 +102,30 @@ TRANSFORMS = {
     "scale_by_lbfgs": (gx.scale_by_lbfgs, True),
     "scale_by_zoom_linesearch": (lambda: gx.scale_by_zoom_linesearch(5), True),
     "scale_by_backtracking_linesearch": (lambda: gx.scale_by_backtracking_linesearch(5), True),
+    # Optax's catalogue.
+    "scale_by_belief": (gx.scale_by_belief, True),
+    "scale_by_adan": (gx.scale_by_adan, True),
+    "scale_by_yogi": (gx.scale_by_yogi, True),
+    "scale_by_novograd": (gx.scale_by_novograd, True),
+    "scale_by_optimistic_gradient": (gx.scale_by_optimistic_gradient, True),
+    "scale_by_sm3": (gx.scale_by_sm3, True),
+    "scale_by_polyak": (gx.scale_by_polyak, False),
+    "scale_by_trust_ratio": (gx.scale_by_trust_ratio, False),
+    "scale_by_param_block_norm": (gx.scale_by_param_block_norm, False),
+    "polyak_sgd": (gx.polyak_sgd, False),
+    # add_noise's: Gaussian noise is drawn in the updates' dtype, floating updates only.
+    "noisy_sgd": (lambda: gx.noisy_sgd(0.1), True),
+    "sign_sgd": (lambda: gx.sign_sgd(0.1), False),
+    "fromage": (lambda: gx.fromage(0.1), False),
+    **{
+        name: (lambda name=name: getattr(gx, name)(0.1), True)
+        for name in (
+            *("adabelief", "adan", "yogi", "novograd", "optimistic_adam"),
+            *("optimistic_adam_v2", "optimistic_gradient_descent", "signum", "sm3", "lamb"),
+        )
+    },
+    # Its momentum sees the trust ratio's output, floating point even for integer gradients.
+    "lars": (lambda: gx.lars(0.1), False),
     # Issue 11: Optax's remaining transformations and wrappers.
     "apply_every": (lambda: gx.apply_every(2), False),
     "centralize": (gx.centralize, False),
@@ -164,6 +188,8 @@ EXTRA_ARGS = {
     "momo": {"value": 1.0},
     "momo_adam": {"value": 1.0},
     "hutchinson_estimator_diag_hessian": {"obj_fn": _loss},
+    "scale_by_polyak": {"value": 1.0},
+    "polyak_sgd": {"value": 1.0},
     "lbfgs": {"value": 1.0, "value_and_grad_fn": jax.value_and_grad(_loss)},
     **{
         name: {"value": 1.0, "grad": PARAMS, "value_fn": _loss}

@@ -127,6 +127,14 @@ REQUIRED = {
     "scale_by_rprop": {"learning_rate": 0.1},
     "scale_by_zoom_linesearch": {"max_linesearch_steps": 10},
     "scale_by_backtracking_linesearch": {"max_backtracking_steps": 10},
+    **{
+        name: {"learning_rate": 0.1}
+        for name in (
+            *("adabelief", "adan", "fromage", "lamb", "lars", "noisy_sgd", "novograd"),
+            *("optimistic_adam", "optimistic_adam_v2", "optimistic_gradient_descent"),
+            *("sign_sgd", "signum", "sm3", "yogi"),
+        )
+    },
     "conditionally_mask": {"inner": _INNER, "should_transform_fn": lambda step: step > 0},
     "conditionally_transform": {"inner": _INNER, "should_transform_fn": lambda step: step > 0},
     "dpsgd": {"learning_rate": 0.1, "l2_norm_clip": 1.0, "noise_multiplier": 0.5, "seed": 0},

@@ -92,6 +92,18 @@ def trace(
     return GradientTransformation(init_fn, update_fn)
 
 
+def _lerp(e: jax.Array, g: jax.Array, decay: Any, dtype: Any) -> jax.Array:
+    """``decay * e + (1 - decay) * g`` as ``torch.lerp(e, g, 1 - decay)`` computes it, with one
+    product: ``e + (1 - decay) * (g - e)`` for ``decay > 0.5``, else ``g - decay * (g - e)``
+    (exact at both ends). The sum of two products would be contracted by XLA into a fused
+    multiply-add around either one, differently on flat buffers than on the tree."""
+    d = _tree.cast_scalar(decay, dtype)
+    difference = g - e
+    if _validate.is_static_number(decay):
+        return e + (1 - d) * difference if decay > 0.5 else g - d * difference
+    return jnp.where(d > 0.5, e + (1 - d) * difference, g - d * difference)
+
+
 def ema(
     decay: float, debias: bool = True, accumulator_dtype: Any | None = None
 ) -> GradientTransformation:
@@ -130,7 +142,7 @@ def ema(
 
         def leaf(g, e):
             dtype = _tree.compute_dtype(g.dtype, e.dtype)
-            new_e = _tree.moment_update(e, g.astype(dtype), decay, dtype)
+            new_e = _lerp(e.astype(dtype), g.astype(dtype), decay, dtype)
             u = new_e / _tree.cast_scalar(correction, dtype) if debias else new_e
             return u.astype(_tree.update_dtype(g, e)), new_e.astype(e.dtype)
 

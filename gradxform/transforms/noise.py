@@ -12,7 +12,9 @@ from gradxform._base import GradientTransformation, expect_state
 
 
 class AddNoiseState(NamedTuple):
-    """``count``: updates made (int32); ``rng_key``: the key the next noise is drawn from."""
+    """``count``: updates made (int32); ``rng_key``: the raw bits (bit-cast to int32) of the key
+    the next noise is drawn from; ``jax.random.wrap_key_data(lax.bitcast_convert_type(rng_key,
+    jnp.uint32))`` is Optax's key."""
 
     count: jax.Array
     rng_key: jax.Array
@@ -58,14 +60,23 @@ def add_noise(eta: float, gamma: float, key: Any = None, *, seed: int | None = N
     _validate.non_negative(who, "gamma", gamma)
     if seed is not None:
         if key is not None:
-            raise TypeError(f"{who}: give `key` or `seed`, not both")
+            raise ValueError(f"{who}: give `key` or `seed`, not both (as Optax)")
         _validate.count(who, "seed", seed, minimum=0, maximum=2**63 - 1)
         key = seed
-    rng_key = as_key(who, 0 if key is None else key)
+    # The key is kept as its raw bits, bit-cast to int32: a state of plain integer arrays, which
+    # dtype checks, NumPy, checkpoints and vmap take as they take counters (a typed key is
+    # not a NumPy dtype). Computed eagerly, also when the factory runs inside a trace
+    # (inject_hyperparams calls it there).
+    with jax.ensure_compile_time_eval():
+        typed = as_key(who, 0 if key is None else key)
+        if not jnp.issubdtype(typed.dtype, jax.dtypes.prng_key):
+            typed = jax.random.wrap_key_data(typed)
+        impl = jax.random.key_impl(typed)
+        bits = jax.lax.bitcast_convert_type(jax.random.key_data(typed), jnp.int32)
 
     def init_fn(params):
         del params
-        return AddNoiseState(jnp.zeros([], jnp.int32), jnp.array(rng_key, copy=True))
+        return AddNoiseState(jnp.zeros([], jnp.int32), jnp.array(bits, copy=True))
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -73,7 +84,8 @@ def add_noise(eta: float, gamma: float, key: Any = None, *, seed: int | None = N
         if params is not None:  # the noise is drawn in each update's (floating) dtype
             _checks.check_updates(who, updates, params, "param")
         count = _tree.safe_increment(state.count)
-        next_key, sample_key = jax.random.split(state.rng_key)
+        raw = jax.lax.bitcast_convert_type(state.rng_key, jnp.uint32)
+        next_key, sample_key = jax.random.split(jax.random.wrap_key_data(raw, impl=impl))
         leaves, treedef = jax.tree.flatten(updates)
         keys = jax.random.split(sample_key, len(leaves))
 
@@ -85,6 +97,7 @@ def add_noise(eta: float, gamma: float, key: Any = None, *, seed: int | None = N
             return (u.astype(dtype) + sigma * noise).astype(u.dtype)
 
         noisy = [leaf(u, keys[i]) for i, u in enumerate(leaves)]
-        return jax.tree.unflatten(treedef, noisy), AddNoiseState(count, next_key)
+        next_bits = jax.lax.bitcast_convert_type(jax.random.key_data(next_key), jnp.int32)
+        return jax.tree.unflatten(treedef, noisy), AddNoiseState(count, next_bits)
 
     return GradientTransformation(init_fn, update_fn)
