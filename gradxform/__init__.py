@@ -1,6 +1,6 @@
 """gradxform: optimizers for JAX built by chaining small, pure gradient transformations."""
 
-from gradxform import tree_utils
+from gradxform import optimizers, schedules, transforms, tree_utils, wrappers
 from gradxform._base import (
     AdaptiveGradClipState,
     AddDecayedWeightsState,
@@ -10,6 +10,7 @@ from gradxform._base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     NonNegativeParamsState,
+    ScaleByTrustRatioState,
     ScaleState,
     TransformInitFn,
     TransformUpdateExtraArgsFn,
@@ -43,533 +44,69 @@ from gradxform.numerics import (
     safe_norm,
     safe_root_mean_squares,
 )
-from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
-from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
-from gradxform.optimizers.factored import adafactor
-from gradxform.optimizers.lbfgs import lbfgs
-from gradxform.optimizers.momo import momo, momo_adam
-from gradxform.optimizers.muon import muon, muon_with_adamw
-from gradxform.optimizers.optax_adam import adamaxw, nadamw
-from gradxform.optimizers.optax_adaptive import (
-    adabelief,
-    adan,
-    novograd,
-    optimistic_adam,
-    optimistic_adam_v2,
-    optimistic_gradient_descent,
-    yogi,
-)
-from gradxform.optimizers.optax_sgd import noisy_sgd, polyak_sgd, sign_sgd, signum, sm3
-from gradxform.optimizers.parameter_free import cocob, dog, dowg
-from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
-from gradxform.optimizers.sgd import asgd, sgd
-from gradxform.optimizers.sign import lion, rprop
-from gradxform.optimizers.trust_ratio import fromage, lamb, lars
-from gradxform.schedules import (
-    chained_schedule,
-    constant_schedule,
-    cosine_annealing_schedule,
-    cosine_annealing_warm_restarts,
-    cosine_decay_schedule,
-    cosine_onecycle_schedule,
-    cyclic_schedule,
-    exponential_decay,
-    inverse_time_decay,
-    join_schedules,
-    linear_onecycle_schedule,
-    linear_schedule,
-    multiplicative_schedule,
-    piecewise_constant_schedule,
-    piecewise_interpolate_schedule,
-    polynomial_schedule,
-    sgdr_schedule,
-    swalr_schedule,
-    warmup_constant_schedule,
-    warmup_cosine_decay_schedule,
-    warmup_exponential_decay_schedule,
-)
-from gradxform.transforms.adadelta import ScaleByAdaDeltaState, scale_by_adadelta
-from gradxform.transforms.adam import (
-    ScaleByAdamaxState,
-    ScaleByAdamState,
-    ScaleByAmsgradState,
-    ScaleByNadamState,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_amsgrad,
-    scale_by_nadam,
-)
-from gradxform.transforms.adam_variants import scale_by_acprop, scale_by_adopt
-from gradxform.transforms.adan import ScaleByAdanState, scale_by_adan
-from gradxform.transforms.adaptive import (
-    ScaleByBeliefState,
-    ScaleByNovogradState,
-    scale_by_belief,
-    scale_by_novograd,
-    scale_by_yogi,
-)
-from gradxform.transforms.ademamix import (
-    ScaleByAdemamixState,
-    ScaleBySimplifiedAdEMAMixState,
-    scale_by_ademamix,
-    scale_by_simplified_ademamix,
-)
-from gradxform.transforms.asgd import ScaleByAsgdState, asgd_averaged_params, scale_by_asgd
-from gradxform.transforms.clipping import (
-    adaptive_grad_clip,
-    clip,
-    clip_by_block_rms,
-    clip_by_global_norm,
-    unitwise_clip,
-    unitwise_norm,
-)
-from gradxform.transforms.coin import COCOBState, scale_by_cocob
-from gradxform.transforms.complex import (
-    SplitRealAndImaginaryArrays,
-    SplitRealAndImaginaryState,
-    split_real_and_imaginary,
-)
-from gradxform.transforms.constrain import (
-    ZeroNansState,
-    centralize,
-    keep_params_nonnegative,
-    zero_nans,
-)
-from gradxform.transforms.decay import add_decayed_weights, add_l2
-from gradxform.transforms.dog import (
-    DoGState,
-    DoWGState,
-    ScaleByDistanceOverGradientsState,
-    scale_by_distance_over_gradients,
-    scale_by_dog,
-    scale_by_dowg,
-)
-from gradxform.transforms.factored import (
-    FactoredState,
-    ScaleByAdafactorState,
-    scale_by_adafactor,
-    scale_by_factored_rms,
-    scale_by_param_block_rms,
-)
-from gradxform.transforms.hutchinson import HutchinsonState, hutchinson_estimator_diag_hessian
-from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
-from gradxform.transforms.linesearch import (
-    BacktrackingLinesearchInfo,
-    ScaleByBacktrackingLinesearchState,
-    ScaleByZoomLinesearchState,
-    ZoomLinesearchInfo,
-    scale_by_backtracking_linesearch,
-    value_and_grad_from_state,
-)
-from gradxform.transforms.madgrad import MadgradState, scale_by_madgrad
-from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
-from gradxform.transforms.momo import MomoAdamState, MomoState
-from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
-from gradxform.transforms.noise import AddNoiseState, add_noise
-from gradxform.transforms.optimistic import (
-    ScaleByOptimisticGradientState,
-    scale_by_optimistic_gradient,
-)
-from gradxform.transforms.plateau import ReduceLROnPlateauState, reduce_on_plateau
-from gradxform.transforms.polyak import scale_by_polyak
-from gradxform.transforms.radam import scale_by_radam
-from gradxform.transforms.rms import (
-    ScaleByRmsState,
-    ScaleByRmsWithCountState,
-    ScaleByRssState,
-    ScaleByRStdDevState,
-    ScaleByRStdDevWithCountState,
-    scale_by_rms,
-    scale_by_rss,
-    scale_by_stddev,
-)
-from gradxform.transforms.rprop import ScaleByRpropState, scale_by_rprop
-from gradxform.transforms.scaling import (
-    ScaleByScheduleState,
-    normalize_by_update_norm,
-    scale,
-    scale_by_learning_rate,
-    scale_by_schedule,
-    scale_gradient,
-    set_to_zero,
-)
-from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
-from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
-from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
-from gradxform.transforms.torch_lbfgs import LbfgsState
-from gradxform.transforms.trust_ratio import scale_by_param_block_norm, scale_by_trust_ratio
-from gradxform.transforms.zoom import scale_by_zoom_linesearch
+from gradxform.optimizers import *  # noqa: F403
+from gradxform.schedules import *  # noqa: F403
+from gradxform.transforms import *  # noqa: F403
 from gradxform.tree_utils import tree_bias_correction as bias_correction
 from gradxform.tree_utils import tree_map_params
 from gradxform.tree_utils import tree_update_infinity_moment as update_infinity_moment
 from gradxform.tree_utils import tree_update_moment as update_moment
 from gradxform.tree_utils import tree_update_moment_per_elem_norm as update_moment_per_elem_norm
-from gradxform.wrappers.accumulation import (
-    ApplyEvery,
-    MultiSteps,
-    MultiStepsState,
-    ShouldSkipUpdateFunction,
-    apply_every,
-    gradient_accumulation,
-    skip_large_updates,
-    skip_not_finite,
-)
-from gradxform.wrappers.averaging import (
-    LookaheadParams,
-    LookaheadState,
-    ParamsAverageState,
-    averaged_params,
-    ema_params,
-    lookahead,
-    lookahead_slow_params,
-    swa_params,
-)
-from gradxform.wrappers.conditional import (
-    ConditionallyMaskState,
-    ConditionallyTransformState,
-    ConditionFn,
-    conditionally_mask,
-    conditionally_transform,
-    incremental_update,
-    periodic_update,
-)
-from gradxform.wrappers.guards import ApplyIfFiniteState, all_finite, apply_if_finite
-from gradxform.wrappers.hyperparams import InjectHyperparamsState, inject_hyperparams
-from gradxform.wrappers.loss_scale import (
-    DynamicLossScale,
-    DynamicLossScaleState,
-    current_loss_scale,
-    dynamic_loss_scale,
-)
-from gradxform.wrappers.masking import (
-    MaskedState,
-    MultiTransformState,
-    PartitionState,
-    decay_matrices_only,
-    freeze,
-    masked,
-    multi_transform,
-    partition,
-    selective_transform,
-)
-from gradxform.wrappers.mechanize import MechanicState, mechanize
-from gradxform.wrappers.microbatch import microbatch
-from gradxform.wrappers.monitoring import (
-    MonitorState,
-    SnapshotState,
-    measure_with_ema,
-    monitor,
-    snapshot,
-)
-from gradxform.wrappers.phases import JoinTransformsState, join_transforms
-from gradxform.wrappers.privacy import (
-    DifferentiallyPrivateAggregateState,
-    differentially_private_aggregate,
-    dpsgd,
-    per_example_global_norm_clip,
-    per_example_layer_norm_clip,
-)
-from gradxform.wrappers.sam import NormalizeState, SAMState, normalize, sam
-from gradxform.wrappers.sharding import ShardedState, cross_replica_mean, shard_optimizer_state
-from gradxform.wrappers.stateful_hyperparams import (
-    InjectStatefulHyperparamsState,
-    WrappedSchedule,
-    WrappedScheduleState,
-    inject_stateful_hyperparams,
-)
+from gradxform.wrappers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveGradClipState",
     "AddDecayedWeightsState",
-    "AddNoiseState",
-    "ApplyEvery",
-    "ApplyIfFiniteState",
-    "BacktrackingLinesearchInfo",
-    "COCOBState",
     "CheckpointError",
     "ClipByGlobalNormState",
     "ClipState",
-    "ConditionFn",
-    "ConditionallyMaskState",
-    "ConditionallyTransformState",
-    "DifferentiallyPrivateAggregateState",
-    "DoGState",
-    "DoWGState",
-    "DynamicLossScale",
-    "DynamicLossScaleState",
-    "EmaState",
     "EmptyState",
-    "FactoredState",
     "FlatLayout",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
-    "HutchinsonState",
-    "InjectHyperparamsState",
-    "InjectStatefulHyperparamsState",
-    "JoinTransformsState",
-    "LbfgsState",
-    "LookaheadParams",
-    "LookaheadState",
-    "MadgradState",
     "MaskOrFn",
     "MaskedNode",
-    "MaskedState",
-    "MechanicState",
-    "MomoAdamState",
-    "MomoState",
-    "MonitorState",
-    "MultiSteps",
-    "MultiStepsState",
-    "MultiTransformState",
     "NonNegativeParamsState",
-    "NormalizeState",
     "OptState",
     "Params",
-    "ParamsAverageState",
-    "PartitionState",
-    "ReduceLROnPlateauState",
-    "SAMState",
     "ScalarOrSchedule",
-    "ScaleByAdaDeltaState",
-    "ScaleByAdafactorState",
-    "ScaleByAdamState",
-    "ScaleByAdamaxState",
-    "ScaleByAdanState",
-    "ScaleByAdemamixState",
-    "ScaleByAmsgradState",
-    "ScaleByAsgdState",
-    "ScaleByBacktrackingLinesearchState",
-    "ScaleByBeliefState",
-    "ScaleByDistanceOverGradientsState",
-    "ScaleByLBFGSState",
-    "ScaleByLionState",
-    "ScaleByMuonState",
-    "ScaleByNadamState",
-    "ScaleByNovogradState",
-    "ScaleByOptimisticGradientState",
-    "ScaleByRStdDevState",
-    "ScaleByRStdDevWithCountState",
-    "ScaleByRmsState",
-    "ScaleByRmsWithCountState",
-    "ScaleByRpropState",
-    "ScaleByRssState",
-    "ScaleBySM3State",
-    "ScaleByScheduleState",
-    "ScaleBySimplifiedAdEMAMixState",
-    "ScaleBySparseAdamState",
-    "ScaleByZoomLinesearchState",
+    "ScaleByTrustRatioState",
     "ScaleState",
     "Schedule",
-    "ShardedState",
-    "ShouldSkipUpdateFunction",
-    "SnapshotState",
-    "SplitRealAndImaginaryArrays",
-    "SplitRealAndImaginaryState",
     "StatefulSchedule",
-    "TraceState",
     "TransformInitFn",
     "TransformUpdateExtraArgsFn",
     "TransformUpdateFn",
     "Updates",
-    "WrappedSchedule",
-    "WrappedScheduleState",
-    "ZeroNansState",
-    "ZoomLinesearchInfo",
-    "acprop",
-    "adabelief",
-    "adadelta",
-    "adafactor",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamaxw",
-    "adamw",
-    "adan",
-    "adaptive_grad_clip",
-    "add_decayed_weights",
-    "add_l2",
-    "add_noise",
-    "ademamix",
-    "adopt",
-    "all_finite",
-    "amsgrad",
-    "apply_every",
-    "apply_if_finite",
     "apply_updates",
-    "asgd",
-    "asgd_averaged_params",
-    "averaged_params",
     "bias_correction",
-    "centralize",
     "chain",
-    "chained_schedule",
-    "clip",
-    "clip_by_block_rms",
-    "clip_by_global_norm",
-    "cocob",
-    "conditionally_mask",
-    "conditionally_transform",
-    "constant_schedule",
-    "cosine_annealing_schedule",
-    "cosine_annealing_warm_restarts",
-    "cosine_decay_schedule",
-    "cosine_onecycle_schedule",
-    "cross_replica_mean",
-    "current_loss_scale",
-    "cyclic_schedule",
-    "decay_matrices_only",
-    "differentially_private_aggregate",
-    "dog",
-    "dowg",
-    "dpsgd",
-    "dynamic_loss_scale",
-    "ema",
-    "ema_params",
-    "exponential_decay",
     "flatten",
     "flatten_params",
-    "freeze",
     "from_torch_state",
-    "fromage",
     "global_norm",
-    "gradient_accumulation",
-    "hutchinson_estimator_diag_hessian",
     "identity",
-    "incremental_update",
     "init_empty_state",
-    "inject_hyperparams",
-    "inject_stateful_hyperparams",
-    "inverse_time_decay",
-    "join_schedules",
-    "join_transforms",
-    "keep_params_nonnegative",
-    "lamb",
-    "lars",
-    "lbfgs",
-    "linear_onecycle_schedule",
-    "linear_schedule",
-    "lion",
     "load_state",
-    "lookahead",
-    "lookahead_slow_params",
-    "madgrad",
-    "masked",
-    "measure_with_ema",
-    "mechanize",
-    "microbatch",
-    "momo",
-    "momo_adam",
-    "monitor",
-    "multi_transform",
-    "multiplicative_schedule",
-    "muon",
-    "muon_labels",
-    "muon_with_adamw",
-    "nadam",
-    "nadamw",
     "named_chain",
-    "noisy_sgd",
-    "normalize",
-    "normalize_by_update_norm",
-    "novograd",
-    "optimistic_adam",
-    "optimistic_adam_v2",
-    "optimistic_gradient_descent",
-    "partition",
-    "per_example_global_norm_clip",
-    "per_example_layer_norm_clip",
-    "periodic_update",
-    "piecewise_constant_schedule",
-    "piecewise_interpolate_schedule",
-    "polyak_sgd",
-    "polynomial_schedule",
-    "radam",
-    "reduce_on_plateau",
-    "rmsprop",
-    "rprop",
     "safe_increment",
     "safe_int32_increment",
     "safe_norm",
     "safe_root_mean_squares",
-    "sam",
     "save_state",
-    "scale",
-    "scale_by_acprop",
-    "scale_by_adadelta",
-    "scale_by_adafactor",
-    "scale_by_adam",
-    "scale_by_adamax",
-    "scale_by_adan",
-    "scale_by_ademamix",
-    "scale_by_adopt",
-    "scale_by_amsgrad",
-    "scale_by_asgd",
-    "scale_by_backtracking_linesearch",
-    "scale_by_belief",
-    "scale_by_cocob",
-    "scale_by_distance_over_gradients",
-    "scale_by_dog",
-    "scale_by_dowg",
-    "scale_by_factored_rms",
-    "scale_by_lbfgs",
-    "scale_by_learning_rate",
-    "scale_by_lion",
-    "scale_by_madgrad",
-    "scale_by_muon",
-    "scale_by_nadam",
-    "scale_by_novograd",
-    "scale_by_optimistic_gradient",
-    "scale_by_param_block_norm",
-    "scale_by_param_block_rms",
-    "scale_by_polyak",
-    "scale_by_radam",
-    "scale_by_rms",
-    "scale_by_rprop",
-    "scale_by_rss",
-    "scale_by_schedule",
-    "scale_by_sign",
-    "scale_by_simplified_ademamix",
-    "scale_by_sm3",
-    "scale_by_sparse_adam",
-    "scale_by_stddev",
-    "scale_by_trust_ratio",
-    "scale_by_yogi",
-    "scale_by_zoom_linesearch",
-    "scale_gradient",
-    "selective_transform",
-    "set_to_zero",
-    "sgd",
-    "sgdr_schedule",
-    "shard_optimizer_state",
-    "sign_sgd",
-    "signum",
-    "simplified_ademamix",
-    "skip_large_updates",
-    "skip_not_finite",
-    "sm3",
-    "snapshot",
-    "sparse_adam",
-    "split_real_and_imaginary",
     "stateless",
     "stateless_with_tree_map",
-    "swa_params",
-    "swalr_schedule",
     "to_torch_state",
-    "trace",
     "tree_map_params",
     "tree_utils",
-    "unitwise_clip",
-    "unitwise_norm",
     "update_infinity_moment",
     "update_moment",
     "update_moment_per_elem_norm",
-    "value_and_grad_from_state",
-    "warmup_constant_schedule",
-    "warmup_cosine_decay_schedule",
-    "warmup_exponential_decay_schedule",
     "with_extra_args_support",
-    "yogi",
-    "zero_nans",
 ]
+__all__ += optimizers.__all__
+__all__ += schedules.__all__
+__all__ += transforms.__all__
+__all__ += wrappers.__all__

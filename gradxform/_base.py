@@ -74,6 +74,7 @@ AddDecayedWeightsState = EmptyState
 ClipByGlobalNormState = EmptyState
 ClipState = EmptyState
 NonNegativeParamsState = EmptyState
+ScaleByTrustRatioState = EmptyState
 ScaleState = EmptyState
 
 

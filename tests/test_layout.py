@@ -6,6 +6,8 @@ import ast
 import pathlib
 import types
 
+import pytest
+
 import gradxform as gx
 
 PACKAGE = pathlib.Path(gx.__file__).parent
@@ -66,13 +68,37 @@ def test_the_core_does_not_import_what_is_built_on_it():
                 assert all(n in core for n in names), (path.name, node.module, names)
 
 
-def test_init_only_reexports():
-    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+SUBPACKAGES = ("optimizers", "schedules", "transforms", "wrappers")
+
+
+@pytest.mark.parametrize("init", ["__init__.py", *(f"{s}/__init__.py" for s in SUBPACKAGES)])
+def test_init_only_reexports(init):
+    """The package's and its families' ``__init__`` import and list names, nothing else; the
+    top level's ``__all__`` is its own names plus each family's ``__all__``."""
+    tree = ast.parse((PACKAGE / init).read_text())
     for node in tree.body:
-        assert isinstance(node, ast.ImportFrom | ast.Expr | ast.Assign), ast.dump(node)[:80]
+        assert isinstance(
+            node, ast.ImportFrom | ast.Import | ast.Expr | ast.Assign | ast.AugAssign
+        ), ast.dump(node)[:80]
         if isinstance(node, ast.Assign):
             targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
             assert targets in (["__version__"], ["__all__"]), targets
+        if isinstance(node, ast.AugAssign):
+            assert isinstance(node.target, ast.Name) and node.target.id == "__all__"
+            assert ast.unparse(node.value) in {f"{s}.__all__" for s in SUBPACKAGES}
+
+
+@pytest.mark.parametrize("family", SUBPACKAGES)
+def test_each_family_lists_exactly_its_public_names(family):
+    module = getattr(gx, family)
+    public = {
+        n
+        for n in dir(module)
+        if not n.startswith("_") and not isinstance(getattr(module, n), types.ModuleType)
+    }
+    assert set(module.__all__) == public
+    assert len(module.__all__) == len(set(module.__all__))
+    assert set(module.__all__) <= set(gx.__all__)
 
 
 def test_all_lists_exactly_the_public_names():
