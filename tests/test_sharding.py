@@ -507,7 +507,6 @@ OPTIMIZER_PRIMITIVES = {
     "add_any": "elementwise",
     "and": "elementwise",
     "broadcast_in_dim": "broadcast_in_dim",
-    "cbrt": "elementwise",
     "concatenate": "moves",
     "cond": "cond",
     "convert_element_type": "elementwise",
