@@ -79,7 +79,9 @@ def test_injected_optimizer_equals_plain_one(x64, entry):
         )
     # Bitwise: float64 hyperparameter arrays hold exactly the Python floats the plain optimizer
     # bakes in as constants, and both run the same IEEE operations in the same order (XLA on
-    # CPU neither folds nor contracts them differently for a runtime operand).
+    # CPU neither folds nor contracts them differently for a runtime operand). It may lower a
+    # primitive differently in the two programs, though: cbrt as pow(|x|, 1/3) in a loop body
+    # compiled as one function, as libm's cbrt in a fusion's kernel (see scale_by_madgrad).
     params, grads = _params(), _grads(1)
     # MoMo gets the loss value too: that of a quadratic whose gradient is the given one.
     plain = _run(entry.make(entry.parabola_lr), params, grads, entry.update_args)
