@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from optimizer_table import skip_if_update_needs_the_loss, table
+from optimizer_table import loss_update, skip_if_update_needs_the_loss, table
 
 import gradxform as gx
 
@@ -25,14 +25,24 @@ def _params(seed=0):
     return {"w": jnp.asarray(rng.normal(size=(5,))), "b": jnp.asarray(rng.normal(size=(2,)))}
 
 
-def _run(opt, params, grads):
-    """Params after each update, the whole run in one compiled scan."""
+def _given_gradient_loss(params, g):
+    """The loss ``|q - (p - g)|^2 / 2`` at ``q = p``: a quadratic whose gradient at the params
+    ``p`` is the given ``g``, so its value there is ``|g|^2 / 2`` (>= 0, MoMo's lower bound)."""
+    del params
+    return sum(jnp.sum(x * x) for x in jax.tree.leaves(g)) / 2
+
+
+def _run(opt, params, grads, update_args=()):
+    """Params after each update, the whole run in one compiled scan. ``update_args``: what the
+    update needs besides the gradient (``Entry.update_args``), from the loss of the given
+    gradient (:func:`_given_gradient_loss`)."""
+    update = loss_update(opt, update_args, _given_gradient_loss)
 
     @jax.jit
     def run(params, grads):
         def body(carry, g):
             p, s = carry
-            u, s = opt.update(g, s, p)
+            u, s = update(g, s, p, g)
             p = gx.apply_updates(p, u)
             return (p, s), p
 
@@ -61,18 +71,25 @@ def _numpy_adam(params, grads, lrs, b1s, b2=0.999, eps=1e-8):
 
 @table
 def test_injected_optimizer_equals_plain_one(x64, entry):
-    skip_if_update_needs_the_loss(
-        entry,
-        "these runs feed given gradients; tests/test_lbfgs.py compares the injected L-BFGS "
-        "(history_size static: it is a shape) with the plain one on a loss",
-    )
+    if "value_and_grad_fn" in entry.update_args:
+        skip_if_update_needs_the_loss(
+            entry,
+            "these runs feed given gradients; tests/test_lbfgs.py compares the injected L-BFGS "
+            "(history_size static: it is a shape) with the plain one on a loss",
+        )
     # Bitwise: float64 hyperparameter arrays hold exactly the Python floats the plain optimizer
     # bakes in as constants, and both run the same IEEE operations in the same order (XLA on
-    # CPU neither folds nor contracts them differently for a runtime operand).
+    # CPU neither folds nor contracts them differently for a runtime operand). It may lower a
+    # primitive differently in the two programs, though: cbrt as pow(|x|, 1/3) in a loop body
+    # compiled as one function, as libm's cbrt in a fusion's kernel (see scale_by_madgrad).
     params, grads = _params(), _grads(1)
-    plain = _run(entry.make(entry.parabola_lr), params, grads)
+    # MoMo gets the loss value too: that of a quadratic whose gradient is the given one.
+    plain = _run(entry.make(entry.parabola_lr), params, grads, entry.update_args)
     injected = _run(
-        gx.inject_hyperparams(entry.factory)(entry.parabola_lr, **entry.kwargs), params, grads
+        gx.inject_hyperparams(entry.factory)(entry.parabola_lr, **entry.kwargs),
+        params,
+        grads,
+        entry.update_args,
     )
     chex.assert_trees_all_equal(injected, plain, strict=True)
     assert {leaf.dtype for leaf in jax.tree.leaves(injected)} == {jnp.dtype(jnp.float64)}
@@ -80,11 +97,12 @@ def test_injected_optimizer_equals_plain_one(x64, entry):
 
 @table
 def test_init_and_update_build_the_same_structure_as_the_plain_optimizer(entry):
-    skip_if_update_needs_the_loss(
-        entry,
-        "the update here gets no loss, and injecting L-BFGS needs static_args='history_size' "
-        "(a shape): tests/test_lbfgs.py checks the injected L-BFGS",
-    )
+    if "value_and_grad_fn" in entry.update_args:
+        skip_if_update_needs_the_loss(
+            entry,
+            "injecting L-BFGS needs static_args='history_size' (a shape): tests/test_lbfgs.py "
+            "checks the injected L-BFGS",
+        )
     # Same arguments, same structure: init and update both call the factory with arrays, so
     # the state that update returns has init's structure, shapes and dtypes (checked without
     # compiling, by tracing), and the inner state is the plain optimizer's given the same
@@ -92,7 +110,9 @@ def test_init_and_update_build_the_same_structure_as_the_plain_optimizer(entry):
     params = jax.tree.map(lambda x: x.astype(jnp.float32), _params())
     opt = gx.inject_hyperparams(entry.factory)(entry.parabola_lr, **entry.kwargs)
     state = opt.init(params)
-    _, new_state = jax.eval_shape(opt.update, params, state, params)
+    # MoMo's update also takes the loss value (here of the params as gradients: |p|^2 / 2).
+    update = loss_update(opt, entry.update_args, _given_gradient_loss)
+    _, new_state = jax.eval_shape(update, params, state, params, params)
     assert jax.tree.map(jax.typeof, state) == jax.tree.map(jax.typeof, new_state)
     as_arrays = {name: jnp.asarray(value) for name, value in state.hyperparams.items()}
     plain_state = entry.factory(**{**entry.kwargs, **as_arrays}).init(params)

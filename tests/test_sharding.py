@@ -508,7 +508,6 @@ OPTIMIZER_PRIMITIVES = {
     "and": "elementwise",
     "bitcast_convert_type": "elementwise",
     "broadcast_in_dim": "broadcast_in_dim",
-    "cbrt": "elementwise",
     "concatenate": "moves",
     "cond": "cond",
     "convert_element_type": "elementwise",
