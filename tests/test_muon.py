@@ -1,5 +1,6 @@
-"""Muon (gradxform/transforms/muon.py, gradxform/optimizers/muon.py) against ``torch.optim.Muon``,
-Optax's ``scale_by_muon`` and closed forms; the recipe with AdamW; the loop and the sharding.
+"""Muon (gradxform/transforms/muon.py, gradxform/optimizers/orthogonalized.py) against
+``torch.optim.Muon``, Optax's ``scale_by_muon`` and closed forms; the recipe with AdamW; the
+loop and the sharding.
 
 torch's Muon hard-wires its Newton-Schulz iteration to bfloat16 (``grad.bfloat16()``). Its
 float64 numbers come from the same code with ``Tensor.bfloat16`` patched to return the tensor

@@ -325,7 +325,7 @@ def test_invalid_options_raise_at_construction(call, error, message):
 
 def test_torch_records_only_what_torch_has():
     # torch's Adam has no Nesterov form: such an optimizer records no torch class.
-    assert gx.optimizers.adam.adam.__name__ == "adam"
+    assert gx.optimizers.adam_family.adam.__name__ == "adam"
     from gradxform.optimizers._links import torch_spec
 
     assert torch_spec(gx.adam()) is not None

@@ -380,7 +380,7 @@ def test_positional_parameters_are_optax_or_only_the_first(name):
 def test_optax_positional_calls_mean_what_they_mean_in_optax(call, meaning):
     recorded = {}
     real = {
-        "scale_by_adam": gx.optimizers.adam.scale_by_adam,
+        "scale_by_adam": gx.optimizers.adam_family.scale_by_adam,
         "scale_by_rss": gx.optimizers.rms.scale_by_rss,
     }
 
@@ -393,7 +393,7 @@ def test_optax_positional_calls_mean_what_they_mean_in_optax(call, meaning):
         return wrapper
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gx.optimizers.adam, "scale_by_adam", spy("scale_by_adam"))
+        patch.setattr(gx.optimizers.adam_family, "scale_by_adam", spy("scale_by_adam"))
         patch.setattr(gx.optimizers.rms, "scale_by_rss", spy("scale_by_rss"))
         call()
     for argument, value in meaning.items():

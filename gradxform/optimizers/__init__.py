@@ -1,17 +1,20 @@
 """The optimizers: each one ``chain`` of transformations, grouped by family.
 
-``sgd`` (momentum), ``adam`` (Adam, AdamW, AMSGrad, Adamax, NAdam), ``rms`` (Adagrad,
-RMSprop), ``sign`` (Lion), ``lbfgs`` (L-BFGS). Defaults and hyperparameter names are
-PyTorch's where ``torch.optim`` has the optimizer, and given the same hyperparameters each
-reproduces it step for step.
+torch.optim's, with torch's defaults and numbers: ``sgd_family`` (SGD, ASGD), ``adam_family``
+(Adam, AdamW, AMSGrad, Adamax, NAdam, RAdam, SparseAdam), ``rms`` (Adagrad, Adadelta,
+RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor), ``orthogonalized`` (Muon),
+``quasi_newton`` (L-BFGS). Optax's, with Optax's numbers: ``optax_adam`` (NAdamW, AdamaxW),
+``optax_adaptive`` (AdaBelief, Adan, NovoGrad, Yogi, the optimistic methods), ``optax_sgd``
+(noisy, sign and Polyak SGD, Signum, SM3), ``trust_ratio`` (LAMB, LARS, Fromage), and from
+Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``parameter_free``
+(DoG, DoWG, COCOB), ``model_based`` (MoMo). ``_links`` holds what the torch-named ones share
+(``maximize``, complex params as real pairs, the torch record).
 """
 
-from gradxform.optimizers.adam import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
+from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.factored import adafactor
-from gradxform.optimizers.lbfgs import lbfgs
-from gradxform.optimizers.momo import momo, momo_adam
-from gradxform.optimizers.muon import muon, muon_with_adamw
+from gradxform.optimizers.model_based import momo, momo_adam
 from gradxform.optimizers.optax_adam import adamaxw, nadamw
 from gradxform.optimizers.optax_adaptive import (
     adabelief,
@@ -23,9 +26,11 @@ from gradxform.optimizers.optax_adaptive import (
     yogi,
 )
 from gradxform.optimizers.optax_sgd import noisy_sgd, polyak_sgd, sign_sgd, signum, sm3
+from gradxform.optimizers.orthogonalized import muon, muon_with_adamw
 from gradxform.optimizers.parameter_free import cocob, dog, dowg
+from gradxform.optimizers.quasi_newton import lbfgs
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
-from gradxform.optimizers.sgd import asgd, sgd
+from gradxform.optimizers.sgd_family import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
 from gradxform.optimizers.trust_ratio import fromage, lamb, lars
 

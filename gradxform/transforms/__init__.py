@@ -1,9 +1,15 @@
 """Gradient transformations, one module per family.
 
-``scaling`` (constant factors, learning rates, schedules, zeros), ``momentum`` (trace, ema),
-``adam`` (Adam, AMSGrad, Adamax, NAdam), ``rms`` (RMSProp, Adagrad), ``sign`` (Lion),
-``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling), ``plateau`` (reducing
-the step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
+``scaling`` (constant factors, learning rates, schedules, zeros, normalisation), ``momentum``
+(trace, ema), ``adam`` (Adam, AMSGrad, Adamax, NAdam), ``radam``, ``adadelta``, ``rprop``,
+``asgd``, ``sparse`` (lazy Adam), ``rms`` (RMSProp, Adagrad), ``sign`` (Lion, sign),
+``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
+NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
+LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
+``coin`` (COCOB), ``dog`` (DoG, DoWG), ``momo``, ``hutchinson`` (a diagonal Hessian estimate),
+``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
+params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
+step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
 ``torch_lbfgs`` (torch's whole L-BFGS step) with ``wolfe`` (its strong-Wolfe line search), and
 Optax's line searches: ``linesearch`` (backtracking) and ``zoom``.
 """

@@ -1,6 +1,6 @@
 """MoMo's states. The optimizers that keep them, :func:`gradxform.momo` and
 :func:`gradxform.momo_adam`, are whole optimizers (their learning rate caps the step inside the
-rule) and live in ``gradxform/optimizers/momo.py``.
+rule) and live in ``gradxform/optimizers/model_based.py``.
 """
 
 from __future__ import annotations

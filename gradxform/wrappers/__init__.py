@@ -1,11 +1,15 @@
 """Wrappers: transformations built around other transformations, one module per concern.
 
-``masking`` (masks, groups, freezing), ``accumulation`` (gradient accumulation),
-``hyperparams`` (hyperparameters in the state), ``phases`` (switching transformations),
-``averaging`` (parameter averages, Lookahead), ``guards`` (skipping non-finite steps),
-``loss_scale`` (dynamic loss scaling), ``sharding`` (multi-device: all-reduce, ZeRO-1) with
-the analysis that decides whether a transformation may run on slices (``elementwise``, the
-jaxpr walk in ``jaxpr_walk``, its ``marks`` and the ``primitive_table``).
+``masking`` (masks, groups, partitions, freezing), ``accumulation`` (gradient accumulation,
+skipping steps), ``microbatching`` (microbatches inside one step), ``hyperparams`` and
+``stateful_hyperparams`` (hyperparameters in the state), ``phases`` (switching
+transformations), ``conditional`` (transformations on some steps only), ``averaging``
+(parameter averages, Lookahead), ``guards`` (skipping non-finite steps), ``loss_scale``
+(dynamic loss scaling), ``monitoring`` (inspecting updates inside a chain), ``privacy``
+(DP-SGD), ``mechanic`` (Mechanic's learning-rate tuner), ``sharpness_aware`` (SAM),
+``sharding`` (multi-device: all-reduce, ZeRO-1) with the analysis that decides whether a
+transformation may run on slices (``elementwise``, the jaxpr walk in ``jaxpr_walk``, its
+``marks`` and the ``primitive_table``).
 """
 
 from gradxform.wrappers.accumulation import (
@@ -56,8 +60,8 @@ from gradxform.wrappers.masking import (
     partition,
     selective_transform,
 )
-from gradxform.wrappers.mechanize import MechanicState, mechanize
-from gradxform.wrappers.microbatch import microbatch
+from gradxform.wrappers.mechanic import MechanicState, mechanize
+from gradxform.wrappers.microbatching import microbatch
 from gradxform.wrappers.monitoring import (
     MonitorState,
     SnapshotState,
@@ -73,8 +77,8 @@ from gradxform.wrappers.privacy import (
     per_example_global_norm_clip,
     per_example_layer_norm_clip,
 )
-from gradxform.wrappers.sam import NormalizeState, SAMState, normalize, sam
 from gradxform.wrappers.sharding import ShardedState, cross_replica_mean, shard_optimizer_state
+from gradxform.wrappers.sharpness_aware import NormalizeState, SAMState, normalize, sam
 from gradxform.wrappers.stateful_hyperparams import (
     InjectStatefulHyperparamsState,
     WrappedSchedule,

@@ -13,7 +13,7 @@ from gradxform import _masks, _validate
 from gradxform._base import GradientTransformation, GradientTransformationExtraArgs
 from gradxform._types import ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link, torch_optimizer
-from gradxform.optimizers.adam import adamw
+from gradxform.optimizers.adam_family import adamw
 from gradxform.transforms.muon import (
     ADJUST_LR_FNS,
     NS_COEFFICIENTS,
