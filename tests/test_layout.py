@@ -118,3 +118,14 @@ def test_tree_utils_exports_only_its_functions():
 def test_typed_package_and_license_are_shipped():
     assert (PACKAGE / "py.typed").exists()
     assert (PACKAGE.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+@pytest.mark.parametrize("family", SUBPACKAGES)
+def test_no_exported_name_hides_a_module(family):
+    """``gx.optimizers.adam`` would be the function and hide the module ``adam.py`` (patching
+    and ``import gradxform.optimizers.adam as m`` would reach the function)."""
+    import pkgutil
+
+    package = getattr(gx, family)
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+    assert not modules & set(package.__all__)
