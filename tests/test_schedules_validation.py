@@ -144,11 +144,6 @@ INVALID = [
         "cosine_onecycle_schedule: `div_factor` must be a finite number > 0",
     ),
     (
-        lambda: gx.linear_onecycle_schedule(100, 1.0, 0.3, 0.85),  # Optax's pct_final
-        TypeError,
-        "positional argument",
-    ),
-    (
         lambda: gx.cosine_annealing_warm_restarts(1.0, t_0=0),
         ValueError,
         f"cosine_annealing_warm_restarts: `t_0` {_whole(1)}, got 0",
@@ -279,6 +274,16 @@ BAD = {
         (math.nan, ValueError, "nan"),
         (None, TypeError, "None"),
         ("0.3", TypeError, "'0.3'"),
+        (True, TypeError, "True"),
+        (jnp.ones(2), TypeError, "shape (2,)"),
+    ],
+    # Optax's pct_final: None (torch's schedule) or a fraction in [pct_start, 1].
+    "optional fraction": [
+        (-0.5, ValueError, "-0.5"),
+        (1.5, ValueError, "1.5"),
+        (0.1, ValueError, "0.1"),  # below pct_start
+        (math.nan, ValueError, "nan"),
+        ("0.85", TypeError, "'0.85'"),
         (True, TypeError, "True"),
         (jnp.ones(2), TypeError, "shape (2,)"),
     ],
@@ -422,6 +427,7 @@ SPECS = {
         transition_steps=(20, "steps"),
         peak_value=(1.0, "finite"),
         pct_start=(0.3, "static fraction"),
+        pct_final=(None, "optional fraction"),
         div_factor=(10.0, "positive"),
         final_div_factor=(100.0, "positive"),
         three_phase=(True, "bool"),
@@ -556,7 +562,6 @@ POSITIONAL_CALLS = [
     lambda: gx.cosine_annealing_warm_restarts(1.0, 10, 2),
     lambda: gx.cyclic_schedule(0.0, 1.0, 5),
     lambda: gx.cyclic_schedule(0.0, 1.0),
-    lambda: gx.linear_onecycle_schedule(100, 1.0, 0.3, 0.85),  # Optax's pct_final
     lambda: gx.cosine_onecycle_schedule(100, 1.0, 0.3, 25.0, 1e4, True),
     lambda: gx.chained_schedule(1.0, [gx.constant_schedule(1.0)]),
     lambda: gx.multiplicative_schedule(1.0, lambda k: 0.9),
