@@ -405,6 +405,32 @@ COVERED: dict[str, Callable[..., gx.GradientTransformation]] = {
 # ``@table`` runs a test once per entry, with the entry as the argument ``entry``.
 table = pytest.mark.parametrize("entry", [pytest.param(e, id=e.id) for e in OPTIMIZERS])
 
+# One entry of each kind of state and arithmetic, for the properties where the table's every
+# entry would test the same machinery again (``jax.pmap`` is ``jit`` of ``shard_map`` since JAX
+# 0.8, jax/_src/pmap.py, and every entry runs under ``shard_map``; MultiSteps' counting does not
+# depend on the inner optimizer, whose equality on a whole round every entry still checks):
+# momentum with Nesterov, coupled decay, Adam's bias corrections and AMSGrad's max, a mask,
+# factored moments, a matrix-only optimizer in a group, norms per leaf (LAMB), a ratio of norms
+# over all leaves (DoG), accumulators per axis (SM3), PRNG keys in the state (noisy SGD), the
+# loss in the update (MoMo), and the composed chain's global-norm clip.
+REPRESENTATIVE_IDS = (
+    "sgd_nesterov",
+    "adagrad_weight_decay",
+    "adam_amsgrad",
+    "adamw_masked",
+    "adafactor",
+    "muon_with_adamw",
+    "lamb",
+    "dog",
+    "sm3",
+    "noisy_sgd",
+    "momo",
+    "composed_chain",
+)
+representatives = pytest.mark.parametrize(
+    "entry", [pytest.param(e, id=e.id) for e in OPTIMIZERS if e.id in REPRESENTATIVE_IDS]
+)
+
 
 def assert_covers_every_optimizer(names: Iterable[str], what: str) -> None:
     """Asserts that ``names`` (the keys of per-optimizer data) are exactly ``FACTORIES``' names."""

@@ -333,7 +333,10 @@ def test_flat_path_equals_tree_path_bit_for_bit(name, precision, request):
         skip_if_update_needs_the_loss(
             ENTRIES[name],
             "this run feeds given gradients; L-BFGS concatenates the params into one vector "
-            "itself, and tests/test_lbfgs.py checks it on flat buffers against the tree",
+            "itself, and tests/test_lbfgs.py checks it on flat buffers against the tree"
+            if "value_and_grad_fn" in ENTRIES[name].update_args
+            else "this run feeds given gradients of no loss; MoMo's step size is a ratio of the "
+            "loss and of inner products over all leaves (tests/test_optax_contrib.py checks it)",
         )
     if precision == "float64":
         request.getfixturevalue("x64")

@@ -25,6 +25,7 @@ from optimizer_table import (
     is_optimizer,
     loss_update,
     optimizers_in_all,
+    representatives,
     skip_if_update_needs_the_loss,
     table,
 )
@@ -459,7 +460,9 @@ PARALLEL_RTOL = 1e-6
 PARALLEL_ATOL = 1e-6
 
 
-@table
+# Representatives only: jax.pmap is jit of shard_map (jax/_src/pmap.py), and every entry runs
+# under shard_map below, where the params are device-invariant (the stricter case).
+@representatives
 def test_pmap_equals_single_device_on_averaged_gradients(entry):
     _skip_if_update_evaluates_the_loss(entry)
     devices = _devices()
