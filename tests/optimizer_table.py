@@ -431,6 +431,16 @@ representatives = pytest.mark.parametrize(
     "entry", [pytest.param(e, id=e.id) for e in OPTIMIZERS if e.id in REPRESENTATIVE_IDS]
 )
 
+# Every optimizer once (its default entry, ``id`` = its name) plus the representatives: for the
+# properties of a program's structure (vmap, shard_map, jit, None leaves, dtypes of applied
+# updates), which an option of the same optimizer (a weight decay, dampening, a centred moment)
+# does not change; the options' numbers are compared with torch/Optax in their own tests, and
+# convergence, state dtypes, recompilation, injection and the update checks run every entry.
+every_optimizer = pytest.mark.parametrize(
+    "entry",
+    [pytest.param(e, id=e.id) for e in OPTIMIZERS if e.id == e.name or e.id in REPRESENTATIVE_IDS],
+)
+
 
 def assert_covers_every_optimizer(names: Iterable[str], what: str) -> None:
     """Asserts that ``names`` (the keys of per-optimizer data) are exactly ``FACTORIES``' names."""

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from optimizer_table import representatives, skip_if_update_needs_the_loss, table
+from optimizer_table import every_optimizer, representatives, skip_if_update_needs_the_loss
 
 import gradxform as gx
 
@@ -58,7 +58,7 @@ def _signature(tree):
     return jax.tree.map(lambda x: (x.shape, x.dtype, jax.typeof(x).weak_type), tree)
 
 
-@table
+@every_optimizer
 def test_multisteps_equals_one_step_on_the_concatenated_batch(x64, entry):
     # k per round from a schedule: rounds of 2, then 4 micro-batches.
     _check_multisteps(entry, lambda step: jnp.where(step < 1, 2, 4), [2, 4, 4])

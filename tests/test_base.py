@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from optimizer_table import loss_update, table
+from optimizer_table import every_optimizer, loss_update, table
 
 import gradxform as gx
 from tests.references import require_optax
@@ -437,7 +437,7 @@ def test_stateful_transformations_reject_integer_params_naming_themselves(make):
     assert "int32" in str(info.value)
 
 
-@table
+@every_optimizer
 def test_none_leaves_in_params_are_passed_over(entry):
     def loss(params):
         return jnp.sum((params["w"] @ params["x"] - 1.0) ** 2)

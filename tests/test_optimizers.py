@@ -22,6 +22,7 @@ from optimizer_table import (
     COVERED,
     FACTORIES,
     OPTIMIZERS,
+    every_optimizer,
     is_optimizer,
     loss_update,
     optimizers_in_all,
@@ -304,7 +305,7 @@ def test_mu_dtype_keeps_a_float32_first_moment_for_bfloat16_params(make):
 FIRST_UPDATE_IS_ZERO = {"adopt"}
 
 
-@table
+@every_optimizer
 @DTYPES
 def test_apply_updates_keeps_param_dtype(entry, dtype, request):
     dtype = _use_dtype(dtype, request)
@@ -343,25 +344,39 @@ def test_apply_updates_keeps_param_dtype(entry, dtype, request):
 # Transformations of the training step: jit, vmap, pmap, shard_map
 # --------------------------------------------------------------------------------------------
 
-# Three steps: the second and third start from a state that earlier updates wrote. Each run is
-# one function (steps unrolled) so that it compiles and dispatches once.
+# Three steps: the second and third start from a state that earlier updates wrote. Eager runs
+# take them one by one; a compiled run takes them in one ``fori_loop`` (one traced step, so the
+# program compiles faster than three unrolled steps; its carry must keep the state's types,
+# which test_no_recompilation_on_second_update checks for every entry anyway).
 NUM_STEPS = 3
 
 
 def _train(opt, loss, params, *loss_args, update_args=()):
-    """``NUM_STEPS`` training steps from ``opt.init(params)``; returns ``(params, state)``."""
+    """``NUM_STEPS`` training steps from ``opt.init(params)``, one by one; returns
+    ``(params, state)``."""
     state = opt.init(params)
     for _ in range(NUM_STEPS):
         params, state = _step(opt, loss, params, state, *loss_args, update_args=update_args)
     return params, state
 
 
-@table
+def _train_looped(opt, loss, params, *loss_args, update_args=()):
+    """``_train`` with the steps in one ``lax.fori_loop``, for compiled runs."""
+
+    def body(_, carry):
+        return _step(opt, loss, *carry, *loss_args, update_args=update_args)
+
+    return jax.lax.fori_loop(0, NUM_STEPS, body, (params, opt.init(params)))
+
+
+@every_optimizer
 def test_same_numbers_with_and_without_jit(entry, x64):
     opt = entry.make(entry.parabola_lr)
     params = _as_jnp(PARABOLA_START, jnp.float64)
-    run = functools.partial(_train, opt, _parabola_loss, update_args=entry.update_args)
-    eager, jitted = run(params), jax.jit(run)(params)
+    eager = _train(opt, _parabola_loss, params, update_args=entry.update_args)
+    jitted = jax.jit(
+        functools.partial(_train_looped, opt, _parabola_loss, update_args=entry.update_args)
+    )(params)
     # Eager mode runs each primitive on its own, jit fuses them; XLA's CPU backend may then
     # contract a * b + c (the moment updates) into one fused multiply-add, which rounds once
     # instead of twice. Measured: at most one ulp of the O(1) terms (2.2e-16), which is 3e-15
@@ -378,11 +393,11 @@ def _batched_starts():
     return jax.tree.map(lambda x: x[None] + shifts.reshape((-1,) + (1,) * x.ndim), PARABOLA_START)
 
 
-@table
+@every_optimizer
 def test_vmap_equals_separate_runs(entry):
     opt = entry.make(entry.parabola_lr)
     starts = _as_jnp(_batched_starts())
-    run = functools.partial(_train, opt, _parabola_loss, update_args=entry.update_args)
+    run = functools.partial(_train_looped, opt, _parabola_loss, update_args=entry.update_args)
 
     single = jax.jit(run)
     separate = [single(jax.tree.map(lambda x, i=i: x[i], starts)) for i in range(BATCH)]
@@ -415,7 +430,7 @@ def _averaged_gradient_reference(entry):
         ]
         return sum(losses) / NUM_DEVICES
 
-    run = jax.jit(functools.partial(_train, opt, mean_loss, update_args=entry.update_args))
+    run = jax.jit(functools.partial(_train_looped, opt, mean_loss, update_args=entry.update_args))
     return jax.device_get(run(_as_jnp(PARABOLA_START), _as_jnp(_replica_targets())))
 
 
@@ -423,11 +438,14 @@ def _data_parallel_train(opt, params, state, local_grad, local_loss, update_args
     """``NUM_STEPS`` data-parallel steps: average the replicas' gradients (and, for an update
     that takes the loss value, their losses: the mean loss's value), then update."""
     update = loss_update(opt, update_args, lambda p: jax.lax.pmean(local_loss(p), "data"))
-    for _ in range(NUM_STEPS):
+
+    def body(_, carry):
+        params, state = carry
         grads = jax.lax.pmean(local_grad(params), "data")
         updates, state = update(grads, state, params)
-        params = gx.apply_updates(params, updates)
-    return params, state
+        return gx.apply_updates(params, updates), state
+
+    return jax.lax.fori_loop(0, NUM_STEPS, body, (params, state))
 
 
 def _skip_if_update_evaluates_the_loss(entry):
@@ -495,7 +513,7 @@ def test_pmap_equals_single_device_on_averaged_gradients(entry):
         )
 
 
-@table
+@every_optimizer
 def test_shard_map_equals_single_device_on_averaged_gradients(entry):
     _skip_if_update_evaluates_the_loss(entry)
     mesh = Mesh(np.array(_devices()), ("data",))
