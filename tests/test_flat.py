@@ -122,40 +122,60 @@ def _unflatten_state(layout, state):
 # --- the two paths -----------------------------------------------------------------------------
 
 
-def _history(opt, params, grads_seq, layout=None):
-    """Params and state after each step of ``opt`` fed ``grads_seq`` (stacked), as a scan.
+def _histories(opts, params, grads_seq, layouts=None):
+    """Params and state after each step of every optimizer of ``opts`` (a dict) fed
+    ``grads_seq`` (stacked), all in one scan.
 
-    With ``layout`` the params are the flat buffers and each gradient tree is flattened before
-    the update; the history is returned viewed as the tree (``unflatten`` keeps the leading
-    step axis of the stacked buffers).
+    With ``layouts`` (a dict with the keys of ``opts``) the params are the flat buffers and
+    each gradient tree is flattened before the update; the histories are returned viewed as the
+    tree (``unflatten`` keeps the leading step axis of the stacked buffers). The optimizers
+    share nothing but the loop: one scan instead of one per optimizer compiles faster.
     """
-    if layout is not None:
-        params = layout.flatten(params)
+
+    def flatten(name, tree):
+        return tree if layouts is None else layouts[name].flatten(tree)
 
     def step(carry, grads):
-        params, state = carry
-        if layout is not None:
-            grads = layout.flatten(grads)
-        updates, state = opt.update(grads, state, params)
-        carry = (gx.apply_updates(params, updates), state)
-        return carry, carry
+        new = {}
+        for name, opt in opts.items():
+            params, state = carry[name]
+            updates, state = opt.update(flatten(name, grads), state, params)
+            new[name] = (gx.apply_updates(params, updates), state)
+        return new, new
 
-    _, (params_hist, state_hist) = jax.lax.scan(step, (params, opt.init(params)), grads_seq)
-    if layout is not None:
-        return layout.unflatten(params_hist), _unflatten_state(layout, state_hist)
-    return params_hist, state_hist
+    init = {}
+    for name, opt in opts.items():
+        start = flatten(name, params)
+        init[name] = (start, opt.init(start))
+    _, history = jax.lax.scan(step, init, grads_seq)
+    if layouts is None:
+        return history
+    return {
+        name: (layouts[name].unflatten(params_hist), _unflatten_state(layouts[name], state_hist))
+        for name, (params_hist, state_hist) in history.items()
+    }
+
+
+def _history(opt, params, grads_seq, layout=None):
+    """Params and state after each step of ``opt`` fed ``grads_seq`` (stacked), as a scan
+    (``_histories`` of one optimizer)."""
+    layouts = None if layout is None else {"": layout}
+    return _histories({"": opt}, params, grads_seq, layouts)[""]
 
 
 def _both_paths(runs, params, grads_seq):
     """``{name: (tree history, flat history)}`` for ``runs = {name: (tree optimizer, flat
-    optimizer, layout)}``, all optimizers in one program."""
-    run = jax.jit(
-        lambda p, g: {
-            name: (_history(tree_opt, p, g), _history(flat_opt, p, g, layout))
-            for name, (tree_opt, flat_opt, layout) in runs.items()
-        }
-    )
-    return jax.device_get(run(params, grads_seq))
+    optimizer, layout)}``, all optimizers in one program: every tree path in one scan, every
+    flat path in another."""
+
+    def run(p, g):
+        tree = _histories({name: r[0] for name, r in runs.items()}, p, g)
+        flat = _histories(
+            {name: r[1] for name, r in runs.items()}, p, g, {name: r[2] for name, r in runs.items()}
+        )
+        return {name: (tree[name], flat[name]) for name in runs}
+
+    return jax.device_get(jax.jit(run)(params, grads_seq))
 
 
 def _schedule(count):
@@ -313,8 +333,10 @@ ACROSS_LEAVES = ["composed_chain", "dog", "dowg"]
 def _table_run(precision):
     """Both paths of every optimizer (and of the global-norm clip) in one program.
 
-    One compile per precision instead of one per optimizer keeps this file fast; each
-    optimizer's two scans are independent computations inside it. float64 must be called
+    One compile per precision instead of one per optimizer keeps this file fast, and one scan
+    for all the tree paths and one for all the flat paths (instead of two per optimizer) cuts
+    that compile by a fifth; each optimizer's two paths are independent computations inside
+    it, in different loops. float64 must be called
     under the ``x64`` fixture.
     """
     params = _random_tree(SHAPES, 0, precision)
