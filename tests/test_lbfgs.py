@@ -785,6 +785,19 @@ def test_sharded_state_refuses_lbfgs():
         jax.jit(jax.shard_map(run, mesh=mesh, in_specs=P(), out_specs=P()))(_params())
 
 
+_TARGETS = [np.linspace(-100, 100, 6).reshape(2, 3), np.linspace(-3, 3, 4), np.float64(50.0)]
+
+
+@jax.jit
+def _targets_loss(p):
+    leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(p)]
+    return sum(jnp.sum((x - t) ** 2) / 2 for x, t in zip(leaves, _TARGETS, strict=True))
+
+
+# Jitted once for every example below (eagerly, each of its operations would compile).
+_targets_value_and_grad = jax.jit(jax.value_and_grad(_targets_loss))
+
+
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kwargs=VALID["lbfgs"])
 def test_any_valid_hyperparameters_give_finite_steps(kwargs):
@@ -795,14 +808,9 @@ def test_any_valid_hyperparameters_give_finite_steps(kwargs):
         "a": jnp.zeros((2, 3)),
         "b": [jnp.ones(4, jnp.bfloat16), None, jnp.full((), 2.0, jnp.float16)],
     }
-    targets = [np.linspace(-100, 100, 6).reshape(2, 3), np.linspace(-3, 3, 4), np.float64(50.0)]
-
-    def loss(p):
-        leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(p)]
-        return sum(jnp.sum((x - t) ** 2) / 2 for x, t in zip(leaves, targets, strict=True))
-
+    loss = _targets_loss
     opt = gx.lbfgs(**kwargs)
-    f = jax.value_and_grad(loss)
+    f = _targets_value_and_grad
     step = jax.jit(lambda g, s, p, v: opt.update(g, s, p, value=v, value_and_grad_fn=f))
     state = opt.init(params)
     signature, initial = _signature(state), float(loss(params))
