@@ -348,3 +348,11 @@ def safe_increment(count: jax.Array) -> jax.Array:
     """``count + 1`` for an int32 counter, saturating instead of wrapping around."""
     limit = jnp.iinfo(count.dtype).max
     return jnp.where(count < limit, count + 1, limit).astype(count.dtype)
+
+
+def nesterov_weights(b1: Any, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The scalars ``(b1 / (1 - b1^(t+1)), (1 - b1) / (1 - b1^t))`` of Optax's Nesterov
+    estimate ``b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)``, for ``count = t >= 1``:
+    computed once per update, so that each element takes one product per term."""
+    ahead = bias_correction(b1, safe_increment(count))
+    return b1 / ahead, (1 - b1) / bias_correction(b1, count)

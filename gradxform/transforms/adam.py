@@ -150,9 +150,7 @@ def scale_by_adam(
         correction1 = _tree.bias_correction(b1, count)
         correction2 = _tree.bias_correction(b2, count)
         if nesterov:
-            next_correction1 = _tree.bias_correction(b1, _tree.safe_increment(count))
-            moment_weight = b1 / next_correction1
-            gradient_weight = (1 - b1) / correction1
+            moment_weight, gradient_weight = _tree.nesterov_weights(b1, count)
 
         def leaf(g, m, v, v_max=None):
             dtype = _tree.compute_dtype(g.dtype, m.dtype, v.dtype)

@@ -38,18 +38,6 @@ def _squared_weighted(x: jax.Array, weight: Any, real: Any) -> jax.Array:
     return _tree.cast_scalar(weight, real) * _tree.abs_sq(x).astype(real)
 
 
-def nesterov_first_moment(
-    m: jax.Array, g: jax.Array, b1: Any, count: jax.Array, dtype: Any
-) -> jax.Array:
-    """Optax's Nesterov estimate ``b1 m_t / (1 - b1^(t+1)) + (1 - b1) g_t / (1 - b1^t)``."""
-    ahead = _tree.bias_correction(b1, _tree.safe_increment(count))
-    now = _tree.bias_correction(b1, count)
-    b1 = _tree.cast_scalar(b1, dtype)
-    return b1 * (m / _tree.cast_scalar(ahead, dtype)) + (1 - b1) * (
-        g / _tree.cast_scalar(now, dtype)
-    )
-
-
 def scale_by_belief(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -99,6 +87,8 @@ def scale_by_belief(
         count = _tree.safe_increment(state.count)
         correction1 = _tree.bias_correction(b1, count)
         correction2 = _tree.bias_correction(b2, count)
+        if nesterov:
+            moment_weight, gradient_weight = _tree.nesterov_weights(b1, count)
 
         def leaf(g, m, s):
             dtype = _tree.compute_dtype(g.dtype, m.dtype, s.dtype)
@@ -109,7 +99,10 @@ def scale_by_belief(
             new_s = belief + _tree.cast_scalar(b2, real) * _tree.as_real(s, real)
             new_s = new_s + _tree.cast_scalar(eps_root, real)
             if nesterov:
-                m_hat = nesterov_first_moment(new_m, g, b1, count, dtype)
+                m_hat = (
+                    _tree.cast_scalar(moment_weight, dtype) * new_m
+                    + _tree.cast_scalar(gradient_weight, dtype) * g
+                )
             else:
                 m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
             s_hat = new_s * _tree.cast_scalar(1 / correction2, real)
