@@ -6,6 +6,7 @@ Tolerance in float64: ``RTOL64 = 1e-12`` and ``ATOL64 = 1e-14`` (see
 steps, and what the ``atol`` is for).
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,3 +89,25 @@ def torch_history(
             scheduler.step()
         history.append({k: v.detach().numpy().copy() for k, v in tensors.items()})
     return history
+
+
+def assert_matches_torch(opt, make_torch, label: str) -> None:
+    """``opt`` and ``make_torch`` (a torch optimizer factory, see :func:`torch_history`) give the
+    same params after every step (float64, ``RTOL64``/``ATOL64``) on every gradient sequence of
+    ``GRADIENTS``, and the params moved: two unchanged trees would compare equal and prove
+    nothing."""
+    run = gradxform_runner(opt)
+    params0 = initial_params()
+    for variant, make_gradient in GRADIENTS.items():
+        gradient = make_gradient()
+        got = run(params0, gradient)
+        want = torch_history(make_torch, params0, gradient)
+        chex.assert_trees_all_close(
+            got,
+            want,
+            rtol=RTOL64,
+            atol=ATOL64,
+            strict=True,
+            custom_message=f"{label}, {variant} gradients",
+        )
+        assert all(not np.allclose(want[-1][k], params0[k], rtol=1e-3) for k in SHAPES)
