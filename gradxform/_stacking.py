@@ -14,11 +14,28 @@ not depend on how many other leaves share its shape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+import contextlib
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+_stack_by_default = [True]
+
+
+@contextlib.contextmanager
+def leaf_by_leaf() -> Iterator[None]:
+    """Within this context (while tracing), :func:`stacked_map` computes leaf by leaf.
+
+    For benchmarks and tests that compare the stacked program with a per-leaf one of the same
+    optimizer.
+    """
+    _stack_by_default.append(False)
+    try:
+        yield
+    finally:
+        _stack_by_default.pop()
 
 
 def _signature(args: tuple) -> Hashable:
@@ -32,7 +49,7 @@ def stacked_map(
     tree: Any,
     *rest: Any,
     is_leaf: Callable[[Any], bool] | None = None,
-    stack: bool = True,
+    stack: bool | None = None,
 ) -> Any:
     """``jax.tree.map(fn, tree, *rest)``, with one ``vmap``-ped call of ``fn`` per shape group.
 
@@ -41,20 +58,24 @@ def stacked_map(
     say). Calls whose arguments have the same tree structure, shapes and dtypes are stacked on a
     new leading axis and computed by one ``jax.vmap(fn)``; the results are split back in the
     order of the leaves. ``fn`` must treat its arguments as one leaf's (no reduction across
-    leaves). ``stack=False`` calls ``fn`` leaf by leaf instead (for comparison and benchmarks).
+    leaves). ``stack=False`` (or tracing within :func:`leaf_by_leaf`) calls ``fn`` leaf by leaf
+    instead, for comparisons and benchmarks.
 
     Args:
         fn: the computation for one leaf; returns any tree of arrays.
         tree: the tree whose leaves define the calls.
         *rest: trees with ``tree``'s structure as a prefix.
         is_leaf: as for ``jax.tree.flatten``.
-        stack: ``False`` to compute leaf by leaf, without ``vmap``.
+        stack: ``False`` to compute leaf by leaf, without ``vmap``; ``None`` stacks unless
+            traced within :func:`leaf_by_leaf`.
 
     Returns:
         A tree of ``tree``'s structure whose leaves are ``fn``'s results.
     """
     leaves, treedef = jax.tree.flatten(tree, is_leaf=is_leaf)
     calls = list(zip(leaves, *(treedef.flatten_up_to(r) for r in rest), strict=True))
+    if stack is None:
+        stack = _stack_by_default[-1]
     if not stack:
         return treedef.unflatten([fn(*args) for args in calls])
     groups: dict[Hashable, list[int]] = {}

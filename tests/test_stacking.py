@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradxform._stacking import stacked_map
+from gradxform._stacking import leaf_by_leaf, stacked_map
 
 
 def _symmetric(key, n):
@@ -57,6 +57,9 @@ def test_one_computation_per_distinct_shape_not_per_layer():
         jaxpr = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t))(tree).jaxpr
         assert _count(jaxpr, "eigh") == expected
         per_leaf = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t, stack=False))(tree)
+        assert _count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
+        with leaf_by_leaf():
+            per_leaf = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t))(tree)
         assert _count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
 
 
