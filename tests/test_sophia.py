@@ -80,7 +80,14 @@ def test_sophia_equals_the_authors_sophiag(x64, case):
     p0, grads, g_hats = _data(sum(map(ord, case)))
     options = {"b1": 0.965, "b2": 0.99, "rho": 0.04, "weight_decay": 0.1}
     want, clipped = _reference(
-        p0, grads, g_hats, interval, batch, betas=(0.965, 0.99), rho=0.04, weight_decay=0.1,
+        p0,
+        grads,
+        g_hats,
+        interval,
+        batch,
+        betas=(0.965, 0.99),
+        rho=0.04,
+        weight_decay=0.1,
         maximize=maximize,
     )
     # Both regimes of min(|m| / (rho H + eps), 1) are compared, not only the clipped one.

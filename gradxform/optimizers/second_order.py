@@ -79,7 +79,7 @@ def sophia(
     _validate.boolean(who, "maximize", maximize)
     return chain(
         *optional(maximize, scale(-1.0)),
-        scale_by_sophia(b1, b2, rho, eps=SOPHIA_EPS),
+        scale_by_sophia(b1, b2=b2, rho=rho, eps=SOPHIA_EPS),
         *decay_link(who, weight_decay),
         scale_by_learning_rate(learning_rate),
     )

@@ -51,9 +51,9 @@ def _refuse_complex(who: str, params: Any) -> None:
 
 def scale_by_sophia(
     b1: float = 0.965,
+    *,
     b2: float = 0.99,
     rho: float = 0.04,
-    *,
     eps: float = 1e-15,
 ) -> GradientTransformation:
     """SophiaG's update direction (Liu et al., 2023), as the authors' ``SophiaG.step``.
