@@ -43,9 +43,7 @@ def _refuse_complex(who: str, params: Any) -> None:
             raise TypeError(
                 f"{who}: parameter {_tree.path_name(path)} is complex ({dtype}); the authors' "
                 "SophiaG squares a complex gradient as a complex number (g * g, not |g|^2), "
-                "which gives no curvature to follow. To update the real and imaginary parts "
-                "as two real parameters, wrap the optimizer in "
-                "gradxform.split_real_and_imaginary (and pass their Hessian estimates as pairs)."
+                "which gives no curvature to follow; keep complex leaves out of its tree."
             )
 
 
