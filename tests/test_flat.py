@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from optimizer_table import ENTRIES, skip_if_update_needs_the_loss
+from optimizer_table import ENTRIES, needs_the_loss, skip_if_update_needs_the_loss
 
 import gradxform as gx
 
@@ -323,7 +323,7 @@ TABLE_RUN = [
 ]
 # Entries whose update needs the loss (L-BFGS) cannot run on the given gradients below: they
 # stay in the parametrization and skip there, saying why.
-NEEDS_THE_LOSS = {name for name, entry in ENTRIES.items() if entry.update_args}
+NEEDS_THE_LOSS = {name for name, entry in ENTRIES.items() if needs_the_loss(entry)}
 # The entries whose update reduces over all leaves: compared to a few ulps further below.
 # (DoG and DoWG: their step size is a ratio of norms over all leaves.)
 ACROSS_LEAVES = ["composed_chain", "dog", "dowg"]

@@ -72,7 +72,6 @@ OMITTED = {
             "schedule_free_adamw",
             "schedule_free_eval_params",
             "schedule_free_sgd",
-            "sophia",
         ],
         _FRONTIER,
     ),

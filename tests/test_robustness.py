@@ -327,6 +327,18 @@ VALID = {
             "adapt_lower_bound": st.booleans(),
         }
     ),
+    # Sophia's update runs without a Hessian estimate (its average stays 0: sign steps).
+    "sophia": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "rho": _number(0.0, 1.0),
+            "weight_decay": decay,
+            "hessian_update_interval": st.integers(1, 20),
+        },
+        optional={"maximize": st.booleans()},
+    ),
     "momo_adam": st.fixed_dictionaries(
         {
             "learning_rate": rate,
@@ -598,6 +610,10 @@ INVALID = {
     "momo": ({}, {
         "learning_rate": negative, "beta": outside_unit, "weight_decay": negative,
         "lower_bound": st.just(math.nan),
+    }),
+    "sophia": ({"learning_rate": 1e-3}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "rho": negative,
+        "weight_decay": negative,
     }),
     "momo_adam": ({}, {
         "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,

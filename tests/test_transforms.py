@@ -642,8 +642,9 @@ def test_complex_params(x64, make, reference):
 
 # Optimizers that refuse complex params, as their torch.optim class does: torch's Adafactor
 # raises "Adafactor does not support complex parameters" (tests/test_adafactor.py checks both).
-# Optax's scale_by_sm3 refuses complex params too (its error names scale_by_sm3).
-REFUSE_COMPLEX = {"adafactor", "sm3"}
+# Optax's scale_by_sm3 refuses complex params too (its error names scale_by_sm3). The authors'
+# SophiaG squares complex gradients as complex numbers (g * g): scale_by_sophia refuses them.
+REFUSE_COMPLEX = {"adafactor", "sm3", "sophia"}
 
 
 @table
@@ -818,6 +819,9 @@ TRANSFORM_CASES = [
     (gx.scale_by_rss, {"eps": -1e-10}, "eps"),
     (gx.scale_by_lion, {"b1": 1.0}, "b1"),
     (gx.scale_by_lion, {"b2": -0.01}, "b2"),
+    (gx.scale_by_sophia, {"b1": 1.0}, "b1"),
+    (gx.scale_by_sophia, {"rho": -1.0}, "rho"),
+    (gx.scale_by_sophia, {"eps": -1e-15}, "eps"),
     (gx.trace, {"decay": -0.9}, "decay"),
     (gx.trace, {"decay": 0.9, "dampening": -0.1}, "dampening"),
     (gx.trace, {"decay": 0.0, "nesterov": True}, "decay"),
@@ -1052,6 +1056,14 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"learning_rate": 1e-3, "momentum": 1.5}, "momentum"),
         ({"learning_rate": 1e-3, "weight_decay": -1e-2}, "weight_decay"),
         ({"learning_rate": 1e-3, "eps": -1e-6}, "eps"),
+    ],
+    "sophia": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"learning_rate": 1e-3, "b1": 1.0}, "b1"),
+        ({"learning_rate": 1e-3, "b2": -0.1}, "b2"),
+        ({"learning_rate": 1e-3, "rho": -0.04}, "rho"),
+        ({"learning_rate": 1e-3, "weight_decay": -0.1}, "weight_decay"),
+        ({"learning_rate": 1e-3, "hessian_update_interval": 0}, "hessian_update_interval"),
     ],
     "momo": [
         ({"learning_rate": -1.0}, "learning_rate"),

@@ -168,6 +168,9 @@ TRANSFORMS = {
     "madgrad": (lambda: gx.madgrad(0.1), True),
     "momo": (gx.momo, True),
     "momo_adam": (gx.momo_adam, True),
+    # Issue 12: the frontier optimizers, as their authors' code.
+    "scale_by_sophia": (gx.scale_by_sophia, True),
+    "sophia": (lambda: gx.sophia(0.1), True),
     "mechanize": (lambda: gx.mechanize(gx.adam(0.1)), True),
     "sam": (lambda: gx.sam(gx.adam(0.1), gx.chain(gx.normalize(), gx.scale(0.05))), True),
     # Stateless: integer updates are normalised in floating point.
@@ -233,6 +236,9 @@ NOT_TRANSFORMATIONS = {
     "asgd_averaged_params",
     "muon_labels",
     "value_and_grad_from_state",
+    # Sophia's Hessian estimate from a model's logits: a function of the params, not a
+    # transformation.
+    "gauss_newton_bartlett",
     "scale_gradient",  # an identity with a scaled backward pass, used inside a loss
 }
 

@@ -147,6 +147,7 @@ REQUIRED = {
     "scale_by_dog": {"init_step": ("heuristic", 1e-6)},
     "scale_by_madgrad": {"learning_rate": 0.1},
     "ademamix": {"learning_rate": 0.1},
+    "sophia": {"learning_rate": 0.1},
     "simplified_ademamix": {"learning_rate": 0.1},
     "adopt": {"learning_rate": 0.1},
     "acprop": {"learning_rate": 0.1},
@@ -340,6 +341,8 @@ POSITIONAL_EXEMPT = {
     "load_state": "the file, then the template",
     "from_torch_state": "the optimizer, then the params and torch's state_dict it converts",
     "to_torch_state": "the optimizer, then the state it converts and the params it is for",
+    "gauss_newton_bartlett": "jax.grad's order: the model's logits function, the params, the "
+    "key that samples the labels, then the logits function's arguments",
 }
 
 

@@ -8,7 +8,8 @@ RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor), ``orthogonalized`` (
 (noisy, sign and Polyak SGD, Signum, SM3), ``trust_ratio`` (LAMB, LARS, Fromage), and from
 Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``parameter_free``
 (DoG, DoWG, COCOB), ``model_based`` (MoMo). ``_links`` holds what the torch-named ones share
-(``maximize``, complex params as real pairs, the torch record).
+(``maximize``, complex params as real pairs, the torch record). Their authors' own, with the
+authors' numbers: ``second_order`` (Sophia).
 """
 
 from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
@@ -30,6 +31,7 @@ from gradxform.optimizers.orthogonalized import muon, muon_with_adamw
 from gradxform.optimizers.parameter_free import cocob, dog, dowg
 from gradxform.optimizers.quasi_newton import lbfgs
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
+from gradxform.optimizers.second_order import sophia
 from gradxform.optimizers.sgd_family import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
 from gradxform.optimizers.trust_ratio import fromage, lamb, lars
@@ -78,6 +80,7 @@ __all__ = [
     "signum",
     "simplified_ademamix",
     "sm3",
+    "sophia",
     "sparse_adam",
     "yogi",
 ]

@@ -7,6 +7,7 @@
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
 LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
 ``coin`` (COCOB), ``dog`` (DoG, DoWG), ``momo``, ``hutchinson`` (a diagonal Hessian estimate),
+``sophia`` (SophiaG's clipped step and its Gauss-Newton-Bartlett Hessian estimate),
 ``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
 params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
 step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
@@ -121,6 +122,7 @@ from gradxform.transforms.scaling import (
 )
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
+from gradxform.transforms.sophia import ScaleBySophiaState, gauss_newton_bartlett, scale_by_sophia
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
 from gradxform.transforms.torch_lbfgs import LbfgsState
 from gradxform.transforms.trust_ratio import scale_by_param_block_norm, scale_by_trust_ratio
@@ -166,6 +168,7 @@ __all__ = [
     "ScaleBySM3State",
     "ScaleByScheduleState",
     "ScaleBySimplifiedAdEMAMixState",
+    "ScaleBySophiaState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
     "SplitRealAndImaginaryArrays",
@@ -183,6 +186,7 @@ __all__ = [
     "clip_by_block_rms",
     "clip_by_global_norm",
     "ema",
+    "gauss_newton_bartlett",
     "hutchinson_estimator_diag_hessian",
     "keep_params_nonnegative",
     "muon_labels",
@@ -225,6 +229,7 @@ __all__ = [
     "scale_by_sign",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",
+    "scale_by_sophia",
     "scale_by_sparse_adam",
     "scale_by_stddev",
     "scale_by_trust_ratio",
