@@ -30,6 +30,7 @@ from gradxform.optimizers.orthogonalized import muon, muon_with_adamw
 from gradxform.optimizers.parameter_free import cocob, dog, dowg
 from gradxform.optimizers.quasi_newton import lbfgs
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
+from gradxform.optimizers.schedule_free import schedule_free_adamw, schedule_free_sgd
 from gradxform.optimizers.sgd_family import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
 from gradxform.optimizers.trust_ratio import fromage, lamb, lars
@@ -73,6 +74,8 @@ __all__ = [
     "radam",
     "rmsprop",
     "rprop",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
     "sgd",
     "sign_sgd",
     "signum",

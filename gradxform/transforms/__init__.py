@@ -6,7 +6,8 @@
 ``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
 LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
-``coin`` (COCOB), ``dog`` (DoG, DoWG), ``momo``, ``hutchinson`` (a diagonal Hessian estimate),
+``coin`` (COCOB), ``dog`` (DoG, DoWG), ``schedule_free`` (schedule-free averaging), ``momo``,
+``hutchinson`` (a diagonal Hessian estimate),
 ``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
 params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
 step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
@@ -119,6 +120,11 @@ from gradxform.transforms.scaling import (
     scale_gradient,
     set_to_zero,
 )
+from gradxform.transforms.schedule_free import (
+    ScheduleFreeState,
+    scale_by_schedule_free,
+    schedule_free_eval_params,
+)
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
@@ -168,6 +174,7 @@ __all__ = [
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
+    "ScheduleFreeState",
     "SplitRealAndImaginaryArrays",
     "SplitRealAndImaginaryState",
     "TraceState",
@@ -222,6 +229,7 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_schedule_free",
     "scale_by_sign",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",
@@ -231,6 +239,7 @@ __all__ = [
     "scale_by_yogi",
     "scale_by_zoom_linesearch",
     "scale_gradient",
+    "schedule_free_eval_params",
     "set_to_zero",
     "split_real_and_imaginary",
     "trace",
