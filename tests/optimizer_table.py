@@ -357,6 +357,8 @@ OPTIMIZERS: tuple[Entry, ...] = (
     # at 0.5 reaches 0 and 9.3e-10.
     Entry("dog", gx.dog, {"init_step": ("heuristic", 1e-4)}, 1.0, 1.0),
     Entry("dowg", gx.dowg, {}, 0.5, 0.5),
+    # Schedule-free: the train-mode params y are what the table sees.
+    Entry("schedule_free_adamw", gx.schedule_free_adamw, {}, 0.1, 0.01),
     # COCOB's lr scales the gradients, which its bets are invariant to (Rosenbrock 6.8e-4 at lr
     # 0.1, 1 and 10 with alpha = 100). alpha bounds the first bets relative to the largest
     # gradient seen; alpha = 10 lets them grow sooner: 2.9e-7 and 1.1e-4.
