@@ -43,7 +43,8 @@ def check_schedule_free(
 ) -> None:
     """The arguments of the averaging: ``b1`` in (0, 1) (eval divides by it), powers >= 0."""
     _validate.learning_rate(who, learning_rate)
-    _validate.count(who, "warmup_steps", warmup_steps, minimum=0)
+    # An array (injected) runs the general program, correct for 0 too.
+    _validate.count(who, "warmup_steps", warmup_steps, minimum=0, traced_ok=True)
     _validate.number(who, b1_name, b1, low=0, high=1, low_open=True, high_open=True)
     _validate.non_negative(who, "weight_lr_power", weight_lr_power)
     _validate.non_negative(who, "r", r)
@@ -94,18 +95,30 @@ def scale_by_schedule_free(
 def schedule_free_averaging(
     who: str,
     learning_rate: Any,
-    warmup_steps: int,
+    warmup_steps: Any,
     b1: Any,
     weight_lr_power: Any,
     r: Any,
+    *,
+    scaled: bool = False,
+    z_dtype: Any | None = None,
 ) -> GradientTransformation:
-    """:func:`scale_by_schedule_free` with errors naming ``who`` (arguments already checked)."""
+    """:func:`scale_by_schedule_free` with errors naming ``who`` (arguments already checked).
+
+    With ``scaled`` it takes Optax's input instead, a base optimizer's update ``u = -lr_k d``
+    already scaled by its own learning rate (:func:`gradxform.schedule_free`): then
+    ``z <- z + u``, ``y <- y + c (z - y) + (1 - b1 (1 - c)) u``, and the averaging weights
+    read ``learning_rate(k + 1)``, as Optax's counter starts at 1. ``z_dtype`` is the dtype of
+    ``z`` (default: each param's).
+    """
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
         scalar = _tree.default_float_dtype()
         # A copy, so that the state never aliases the params (donation must work).
-        z = jax.tree.map(lambda p: jnp.array(p, copy=True), params)
+        z = jax.tree.map(
+            lambda p: jnp.array(p, dtype=p.dtype if z_dtype is None else z_dtype, copy=True), params
+        )
         return ScheduleFreeState(
             count=jnp.zeros([], jnp.int32),
             b1=jnp.asarray(b1, scalar),
@@ -121,24 +134,30 @@ def schedule_free_averaging(
         require_params(who, params, "the update moves the params y towards the iterate z")
         scalar = _tree.default_float_dtype()
         k = state.count.astype(scalar)
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        if callable(learning_rate):
+            lr = learning_rate(_tree.safe_increment(state.count) if scaled else state.count)
+        else:
+            lr = learning_rate
         lr = jnp.asarray(lr, scalar)
-        if warmup_steps:
-            lr = lr * jnp.where(k < warmup_steps, (k + 1) / warmup_steps, 1.0)
+        if not _validate.is_static_zero(warmup_steps):
+            warmup = jnp.asarray(warmup_steps, scalar)
+            lr = lr * jnp.where(k < warmup, (k + 1) / jnp.where(k < warmup, warmup, 1.0), 1.0)
         lr_max = jnp.maximum(state.lr_max, lr)
         weight = jnp.power(lr_max, jnp.asarray(weight_lr_power, scalar))
         if not _validate.is_static_zero(r):
             weight = jnp.power(k + 1, jnp.asarray(r, scalar)) * weight
         weight_sum = state.weight_sum + weight
         c = jnp.where(weight_sum == 0, 0.0, weight / jnp.where(weight_sum == 0, 1.0, weight_sum))
-        step = lr * (state.b1 * (1 - c) - 1)
+        # The factors of the base step (d, or scaled u) in the steps of y and of z.
+        step = (1 - state.b1 * (1 - c)) if scaled else lr * (state.b1 * (1 - c) - 1)
+        z_step = 1.0 if scaled else -lr
 
         def leaf(d, y, z):
             dtype = _tree.compute_dtype(d.dtype, y.dtype, z.dtype)
             out_dtype = _tree.update_dtype(d, y, z)
             d, y32, z32 = d.astype(dtype), y.astype(dtype), z.astype(dtype)
             u = _tree.cast_scalar(c, dtype) * (z32 - y32) + _tree.cast_scalar(step, dtype) * d
-            new_z = z32 - _tree.cast_scalar(lr, dtype) * d
+            new_z = z32 + _tree.cast_scalar(z_step, dtype) * d
             return u.astype(out_dtype), new_z.astype(z.dtype)
 
         u, z = _tree.tree_map_multi(leaf, 2, updates, params, state.z)
