@@ -106,6 +106,7 @@ REQUIRED = {
     "scale_by_schedule_free": {"learning_rate": 0.1},
     "schedule_free_sgd": {"learning_rate": 0.1},
     "schedule_free_adamw": {"learning_rate": 0.1},
+    "schedule_free": {"base_optimizer": _INNER, "learning_rate": 0.1},
     "sgd": {"learning_rate": 0.1},
     "trace": {"decay": 0.9},
     "ema": {"decay": 0.9},
