@@ -370,6 +370,15 @@ OPTIMIZERS: tuple[Entry, ...] = (
     # at 0.5 reaches 0 and 9.3e-10.
     Entry("dog", gx.dog, {"init_step": ("heuristic", 1e-4)}, 1.0, 1.0),
     Entry("dowg", gx.dowg, {}, 0.5, 0.5),
+    # Schedule-free: the table sees the train-mode params y = b1 x + (1 - b1) z, where x is the
+    # average of all the iterates z (equal weights at a constant lr), so the first steps' path
+    # weighs on it as 1 / steps: it needs a larger lr than its base method to arrive early
+    # enough. SGD on Rosenbrock (f at 2e4 steps, bar 2.4e-4): lr 1e-3 1.4e-3, 2e-3 7.8e-4,
+    # 3e-3 3.5e-5, 5e-3 9.6e-8, 6e-3 7.3e-7, 8e-3 diverges (z's step is taken at y, not z);
+    # parabola at lr 0.1: 5.2e-7 from the minimum. AdamW's y keeps a fraction of z's ~lr
+    # steps across the valley: Rosenbrock 2.2e-4 at lr 1e-2 (at the bar), 2.0e-5 at 3e-3.
+    Entry("schedule_free_sgd", gx.schedule_free_sgd, {}, 0.1, 5e-3),
+    Entry("schedule_free_adamw", gx.schedule_free_adamw, {}, 0.1, 3e-3),
     # COCOB's lr scales the gradients, which its bets are invariant to (Rosenbrock 6.8e-4 at lr
     # 0.1, 1 and 10 with alpha = 100). alpha bounds the first bets relative to the largest
     # gradient seen; alpha = 10 lets them grow sooner: 2.9e-7 and 1.1e-4.

@@ -261,6 +261,28 @@ VALID = {
         },
         optional={"weight_decay": st.one_of(st.none(), decay)},
     ),
+    # Schedule-free: b1 (momentum) in (0, 1), as eval divides by it. AdamW's eps may be 0 as
+    # Adam's: it has no first moment, and g / sqrt(v_hat) <= 1 / sqrt(1 - b2) where v > 0.
+    "schedule_free_sgd": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "warmup_steps": st.integers(0, 3),
+            "momentum": _number(1e-3, 0.999),
+            "weight_decay": decay,
+        }
+    ),
+    "schedule_free_adamw": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "warmup_steps": st.integers(0, 3),
+            "b1": _number(1e-3, 0.999),
+            "b2": unit,
+            "eps": eps,
+            "weight_decay": decay,
+            "weight_lr_power": _number(0.0, 4.0),
+            "r": _number(0.0, 2.0),
+        }
+    ),
     "cocob": st.fixed_dictionaries(
         {
             "learning_rate": rate,
@@ -588,6 +610,15 @@ INVALID = {
     "dowg": ({}, {
         "learning_rate": negative, "eps": negative, "weight_decay": negative,
         "init_estim_sq_dist": negative,
+    }),
+    "schedule_free_sgd": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "warmup_steps": st.integers(max_value=-1),
+        "momentum": outside_open_unit, "weight_decay": negative,
+    }),
+    "schedule_free_adamw": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "warmup_steps": st.integers(max_value=-1),
+        "b1": outside_open_unit, "b2": outside_unit, "eps": negative, "weight_decay": negative,
+        "weight_lr_power": negative, "r": negative,
     }),
     "cocob": ({}, {
         "learning_rate": negative, "alpha": st.one_of(negative, st.just(0.0)), "eps": negative,

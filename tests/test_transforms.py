@@ -1013,6 +1013,23 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"eps": -1e-4}, "eps"),
         ({"weight_decay": -1e-2}, "weight_decay"),
     ],
+    "schedule_free_sgd": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 0.1, "warmup_steps": -1}, "warmup_steps"),
+        ({"learning_rate": 0.1, "momentum": 0.0}, "momentum"),
+        ({"learning_rate": 0.1, "momentum": 1.0}, "momentum"),
+        ({"learning_rate": 0.1, "weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "schedule_free_adamw": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 0.1, "warmup_steps": -1}, "warmup_steps"),
+        ({"learning_rate": 0.1, "b1": 0.0}, "b1"),
+        ({"learning_rate": 0.1, "b2": 1.0}, "b2"),
+        ({"learning_rate": 0.1, "eps": -1e-8}, "eps"),
+        ({"learning_rate": 0.1, "weight_decay": -1e-2}, "weight_decay"),
+        ({"learning_rate": 0.1, "weight_lr_power": -1.0}, "weight_lr_power"),
+        ({"learning_rate": 0.1, "r": -0.5}, "r"),
+    ],
     "cocob": [
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"alpha": 0.0}, "alpha"),

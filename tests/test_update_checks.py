@@ -152,6 +152,12 @@ TRANSFORMS = {
     "scale_by_dowg": (gx.scale_by_dowg, True),
     "dog": (gx.dog, True),
     "dowg": (gx.dowg, True),
+    "scale_by_schedule_free": (lambda: gx.scale_by_schedule_free(0.1), True),
+    "schedule_free_sgd": (lambda: gx.schedule_free_sgd(0.1), True),
+    "schedule_free_adamw": (lambda: gx.schedule_free_adamw(0.1), True),
+    # The base optimizer checks the gradients first (a stateless base such as sgd would scale
+    # integer ones into floating point before the averaging sees them, as cocob's link does).
+    "schedule_free": (lambda: gx.schedule_free(gx.adam(0.1, b1=0.0), 0.1), True),
     "scale_by_ademamix": (gx.scale_by_ademamix, True),
     "ademamix": (lambda: gx.ademamix(0.1), True),
     "scale_by_simplified_ademamix": (gx.scale_by_simplified_ademamix, True),
@@ -231,6 +237,7 @@ NOT_TRANSFORMATIONS = {
     "all_finite",
     "averaged_params",
     "lookahead_slow_params",
+    "schedule_free_eval_params",
     "current_loss_scale",
     "decay_matrices_only",
     "asgd_averaged_params",

@@ -103,6 +103,10 @@ def test_concrete_arrays_are_checked_and_traced_values_are_not():
 # The arguments a factory needs besides the one under test.
 _INNER = gx.sgd(0.1)
 REQUIRED = {
+    "scale_by_schedule_free": {"learning_rate": 0.1},
+    "schedule_free_sgd": {"learning_rate": 0.1},
+    "schedule_free_adamw": {"learning_rate": 0.1},
+    "schedule_free": {"base_optimizer": _INNER, "learning_rate": 0.1},
     "sgd": {"learning_rate": 0.1},
     "trace": {"decay": 0.9},
     "ema": {"decay": 0.9},

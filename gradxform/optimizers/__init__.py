@@ -31,6 +31,7 @@ from gradxform.optimizers.orthogonalized import muon, muon_with_adamw
 from gradxform.optimizers.parameter_free import cocob, dog, dowg
 from gradxform.optimizers.quasi_newton import lbfgs
 from gradxform.optimizers.rms import adadelta, adagrad, rmsprop
+from gradxform.optimizers.schedule_free import schedule_free_adamw, schedule_free_sgd
 from gradxform.optimizers.second_order import sophia
 from gradxform.optimizers.sgd_family import asgd, sgd
 from gradxform.optimizers.sign import lion, rprop
@@ -75,6 +76,8 @@ __all__ = [
     "radam",
     "rmsprop",
     "rprop",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
     "sgd",
     "sign_sgd",
     "signum",

@@ -6,8 +6,9 @@
 ``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
 LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
-``coin`` (COCOB), ``dog`` (DoG, DoWG), ``momo``, ``hutchinson`` (a diagonal Hessian estimate),
-``sophia`` (SophiaG's clipped step and its Gauss-Newton-Bartlett Hessian estimate),
+``coin`` (COCOB), ``dog`` (DoG, DoWG), ``schedule_free`` (schedule-free averaging), ``momo``,
+``hutchinson`` (a diagonal Hessian estimate), ``sophia`` (SophiaG's clipped step and its
+Gauss-Newton-Bartlett Hessian estimate),
 ``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
 params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
 step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
@@ -120,6 +121,11 @@ from gradxform.transforms.scaling import (
     scale_gradient,
     set_to_zero,
 )
+from gradxform.transforms.schedule_free import (
+    ScheduleFreeState,
+    scale_by_schedule_free,
+    schedule_free_eval_params,
+)
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from gradxform.transforms.sophia import ScaleBySophiaState, gauss_newton_bartlett, scale_by_sophia
@@ -171,6 +177,7 @@ __all__ = [
     "ScaleBySophiaState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
+    "ScheduleFreeState",
     "SplitRealAndImaginaryArrays",
     "SplitRealAndImaginaryState",
     "TraceState",
@@ -226,6 +233,7 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_schedule_free",
     "scale_by_sign",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",
@@ -236,6 +244,7 @@ __all__ = [
     "scale_by_yogi",
     "scale_by_zoom_linesearch",
     "scale_gradient",
+    "schedule_free_eval_params",
     "set_to_zero",
     "split_real_and_imaginary",
     "trace",

@@ -7,8 +7,9 @@ transformations), ``conditional`` (transformations on some steps only), ``averag
 (parameter averages, Lookahead), ``guards`` (skipping non-finite steps), ``loss_scale``
 (dynamic loss scaling), ``monitoring`` (inspecting updates inside a chain), ``privacy``
 (DP-SGD), ``mechanic`` (Mechanic's learning-rate tuner), ``sharpness_aware`` (SAM),
-``sharding`` (multi-device: all-reduce, ZeRO-1) with the analysis that decides whether a
-transformation may run on slices (``elementwise``, the jaxpr walk in ``jaxpr_walk``, its
+``schedule_free_wrapper`` (Optax's schedule-free around any optimizer), ``sharding``
+(multi-device: all-reduce, ZeRO-1) with the analysis that decides whether a transformation
+may run on slices (``elementwise``, the jaxpr walk in ``jaxpr_walk``, its
 ``marks`` and the ``primitive_table``).
 """
 
@@ -77,6 +78,7 @@ from gradxform.wrappers.privacy import (
     per_example_global_norm_clip,
     per_example_layer_norm_clip,
 )
+from gradxform.wrappers.schedule_free_wrapper import schedule_free
 from gradxform.wrappers.sharding import ShardedState, cross_replica_mean, shard_optimizer_state
 from gradxform.wrappers.sharpness_aware import NormalizeState, SAMState, normalize, sam
 from gradxform.wrappers.stateful_hyperparams import (
@@ -148,6 +150,7 @@ __all__ = [
     "per_example_layer_norm_clip",
     "periodic_update",
     "sam",
+    "schedule_free",
     "selective_transform",
     "shard_optimizer_state",
     "skip_large_updates",
