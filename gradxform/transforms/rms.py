@@ -152,12 +152,15 @@ def _rms(
         fields = {}
         if bias_correction:
             fields["count"] = _tree.safe_increment(state.count)
-            correction = _tree.bias_correction(decay, fields["count"])
+            # A reciprocal computed once, multiplied per element: XLA rewrites a division by a
+            # traced scalar into this product in some programs and not in others (the flat
+            # path's and the tree path's would round differently).
+            inverse_correction = 1 / _tree.bias_correction(decay, fields["count"])
 
         def corrected(moment):
             if not bias_correction:
                 return moment
-            return moment / _tree.cast_scalar(correction, moment.dtype)
+            return moment * _tree.cast_scalar(inverse_correction, moment.dtype)
 
         def leaf(g, v, c=None):
             dtype = _tree.compute_dtype(g.dtype, v.dtype)
