@@ -7,13 +7,15 @@ RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor), ``orthogonalized`` (
 ``optax_adaptive`` (AdaBelief, Adan, NovoGrad, Yogi, the optimistic methods), ``optax_sgd``
 (noisy, sign and Polyak SGD, Signum, SM3), ``trust_ratio`` (LAMB, LARS, Fromage), and from
 Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``parameter_free``
-(DoG, DoWG, COCOB), ``model_based`` (MoMo). ``_links`` holds what the torch-named ones share
-(``maximize``, complex params as real pairs, the torch record).
+(DoG, DoWG, COCOB), ``model_based`` (MoMo); with their authors' numbers,
+``learning_rate_free`` (Prodigy, D-Adaptation's AdamW). ``_links`` holds what the torch-named
+ones share (``maximize``, complex params as real pairs, the torch record).
 """
 
 from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.factored import adafactor
+from gradxform.optimizers.learning_rate_free import dadapt_adamw, prodigy
 from gradxform.optimizers.model_based import momo, momo_adam
 from gradxform.optimizers.optax_adam import adamaxw, nadamw
 from gradxform.optimizers.optax_adaptive import (
@@ -50,6 +52,7 @@ __all__ = [
     "amsgrad",
     "asgd",
     "cocob",
+    "dadapt_adamw",
     "dog",
     "dowg",
     "fromage",
@@ -70,6 +73,7 @@ __all__ = [
     "optimistic_adam_v2",
     "optimistic_gradient_descent",
     "polyak_sgd",
+    "prodigy",
     "radam",
     "rmsprop",
     "rprop",
