@@ -155,6 +155,7 @@ def scale_by_prodigy(
         d' = max(d_k, d_hat) while d_k = d0, else d_k;   d_max = max(d_max, d_hat)
         d_{k+1} = min(d_max, growth_rate d')
         u = dlr_k (m / (sqrt(v) + d_{k+1} eps) + weight_decay x)
+        (with b1 = 0: u = dlr_k (d_{k+1} g / (sqrt(v) + d_{k+1} eps) + weight_decay x))
 
     (``u`` is subtracted: :func:`gradxform.prodigy` chains ``scale(-1)``.) A step with
     ``lr = 0`` or ``sum |s| = 0`` changes nothing (see the module's docstring).
@@ -247,6 +248,9 @@ def scale_by_prodigy(
             dtype = m.dtype
             root = jnp.sqrt(v) + _tree.cast_scalar(new_d * eps, dtype)
             u = _tree.cast_scalar(dlr, dtype) * _tree.safe_divide(m, root, may_be_zero)
+            if not _validate.is_static_nonzero(b1):  # the reference's b1 = 0 steps along d' g
+                plain = _tree.safe_divide(g.astype(dtype), root, may_be_zero)
+                u = jnp.where(b1 == 0, _tree.cast_scalar(dlr * new_d, dtype) * plain, u)
             if decay is not None:
                 u = u + _tree.cast_scalar(decay, dtype) * x.astype(dtype)
             out.append(jnp.where(skip, 0, u).astype(_tree.update_dtype(g, m)))
