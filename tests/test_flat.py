@@ -326,7 +326,7 @@ TABLE_RUN = [
 NEEDS_THE_LOSS = {name for name, entry in ENTRIES.items() if entry.update_args}
 # The entries whose update reduces over all leaves: compared to a few ulps further below.
 # (DoG and DoWG: their step size is a ratio of norms over all leaves.)
-ACROSS_LEAVES = ["composed_chain", "dog", "dowg"]
+ACROSS_LEAVES = ["composed_chain", "dog", "dowg", "prodigy", "dadapt_adamw"]
 
 
 @functools.cache
