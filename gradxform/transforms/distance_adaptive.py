@@ -60,7 +60,9 @@ class ScaleByDAdaptAdamState(NamedTuple):
 
 
 def _growth_rate(who: str, name: str, value: Any) -> None:
-    if not (_validate.is_static_number(value) and float(value) == math.inf):
+    scalar = isinstance(value, jax.Array) and jnp.shape(value) == ()  # e.g. injected
+    concrete = _validate.is_static_number(value) or (scalar and not _validate.is_traced(value))
+    if not (concrete and float(value) == math.inf):
         _validate.at_least(who, name, value, 1.0)
 
 
