@@ -7,9 +7,9 @@
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
 LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
 ``coin`` (COCOB), ``dog`` (DoG, DoWG), ``distance_adaptive`` (D-Adaptation's Adam, Prodigy),
-``momo``, ``hutchinson`` (a diagonal Hessian estimate),
-``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
-params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
+``momo``, ``hutchinson`` (a diagonal Hessian estimate), ``noise``, ``decay`` (weight decay),
+``clipping``, ``constrain`` (NaN handling, non-negative params, centralisation), ``complex``
+(complex params as real pairs), ``plateau`` (reducing the
 step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
 ``torch_lbfgs`` (torch's whole L-BFGS step) with ``wolfe`` (its strong-Wolfe line search), and
 Optax's line searches: ``linesearch`` (backtracking) and ``zoom``.
