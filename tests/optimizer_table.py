@@ -417,6 +417,13 @@ OPTIMIZERS: tuple[Entry, ...] = (
         hovers=True,
         update_args=("hessian",),
     ),
+    # The authors' learning-rate-free Adams (tests/test_learning_rate_free.py). lr multiplies
+    # the estimated step d lr: at lr = 1 (their default) d overshoots these small problems
+    # (measured: Prodigy 3.6e-3 from the parabola's minimum and Rosenbrock f = 2.6; D-Adaptation
+    # 0.084 and 3.4e-4). Prodigy: 1.2e-7 at lr = 0.1 and f = 1.4e-5 at 0.05 (1.8e-4 at 0.1,
+    # 4.6e-3 at 0.03); D-Adaptation: 9.3e-6 at 0.3 (1.7e-4 at 0.1) and f = 3.6e-15 at 0.03.
+    Entry("prodigy", gx.prodigy, {}, 0.1, 0.05),
+    Entry("dadapt_adamw", gx.dadapt_adamw, {}, 0.3, 0.03),
 )
 
 ENTRIES: dict[str, Entry] = {entry.id: entry for entry in OPTIMIZERS}

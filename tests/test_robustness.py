@@ -414,6 +414,36 @@ VALID = {
         {"learning_rate": rate, "eta": _number(0.0, 1.0), "gamma": _number(0.0, 1.0)},
         optional={"key": st.integers(0, 2**31 - 1)},
     ),
+    # The authors' learning-rate-free Adams: d0 > 0, growth_rate >= 1 or inf.
+    "prodigy": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "eps": _number(1e-8, 1e-2),
+            "weight_decay": decay,
+            "d0": _number(1e-8, 1e-3),
+            "d_coef": _number(0.1, 10.0),
+            "growth_rate": st.one_of(st.just(math.inf), _number(1.0, 2.0)),
+        },
+        optional={
+            "beta3": st.one_of(st.none(), unit),
+            "safeguard_warmup": st.booleans(),
+            "use_bias_correction": st.booleans(),
+        },
+    ),
+    "dadapt_adamw": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "eps": _number(1e-8, 1e-2),
+            "weight_decay": decay,
+            "d0": _number(1e-8, 1e-3),
+            "growth_rate": st.one_of(st.just(math.inf), _number(1.0, 2.0)),
+        },
+        optional={"use_bias_correction": st.booleans()},
+    ),
     "sign_sgd": st.fixed_dictionaries({"learning_rate": rate}),
     "signum": st.fixed_dictionaries({"learning_rate": rate, "beta": _number(0.0, 1.0)}),
     "novograd": st.fixed_dictionaries(
@@ -530,6 +560,10 @@ below_one = st.one_of(
     st.just(math.nan),
     st.just(math.inf),
 )
+
+non_positive = st.one_of(negative, st.just(0.0))
+# growth_rate may be inf (no limit).
+below_one_finite = st.one_of(st.floats(max_value=0.999, allow_nan=False), st.just(math.nan))
 
 _ADAM_INVALID = {
     "learning_rate": negative,
@@ -685,6 +719,13 @@ INVALID = {
         "momentum": negative,
     }),
     "fromage": ({"learning_rate": 0.1}, {"learning_rate": negative, "min_norm": negative}),
+    "prodigy": ({}, {
+        **_ADAM_INVALID, "beta3": outside_unit, "d0": non_positive, "d_coef": non_positive,
+        "growth_rate": below_one_finite,
+    }),
+    "dadapt_adamw": ({}, {
+        **_ADAM_INVALID, "d0": non_positive, "growth_rate": below_one_finite,
+    }),
 }  # fmt: skip
 
 

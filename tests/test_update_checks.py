@@ -167,6 +167,11 @@ TRANSFORMS = {
     "scale_by_acprop": (gx.scale_by_acprop, True),
     "acprop": (lambda: gx.acprop(0.1), True),
     "scale_by_cocob": (gx.scale_by_cocob, True),
+    # The authors' learning-rate-free Adams (tests/test_learning_rate_free.py).
+    "scale_by_prodigy": (gx.scale_by_prodigy, True),
+    "scale_by_dadapt_adam": (gx.scale_by_dadapt_adam, True),
+    "prodigy": (gx.prodigy, True),
+    "dadapt_adamw": (gx.dadapt_adamw, True),
     # Its first link scales the gradients by the learning rate, which turns integer gradients
     # into floating-point ones before COCOB's state sees them (Optax's chain does the same).
     "cocob": (gx.cocob, False),

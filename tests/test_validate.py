@@ -280,6 +280,11 @@ VALID_EXCEPTIONS = {
     ("scale_by_zoom_linesearch", "curv_rtol"): [math.inf],
     ("scale_by_zoom_linesearch", "approx_dec_rtol"): [None],
     ("scale_by_backtracking_linesearch", "increase_factor"): [math.inf],
+    # The authors' default: no limit on the growth of d.
+    **{
+        (name, "growth_rate"): [math.inf]
+        for name in ("prodigy", "scale_by_prodigy", "dadapt_adamw", "scale_by_dadapt_adam")
+    },
 }
 
 

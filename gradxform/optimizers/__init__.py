@@ -9,12 +9,14 @@ RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor), ``orthogonalized`` (
 Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``parameter_free``
 (DoG, DoWG, COCOB), ``model_based`` (MoMo). ``_links`` holds what the torch-named ones share
 (``maximize``, complex params as real pairs, the torch record). Their authors' own, with the
-authors' numbers: ``second_order`` (Sophia).
+authors' numbers: ``schedule_free`` (schedule-free SGD and AdamW), ``learning_rate_free``
+(Prodigy, D-Adaptation's AdamW), ``second_order`` (Sophia).
 """
 
 from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.factored import adafactor
+from gradxform.optimizers.learning_rate_free import dadapt_adamw, prodigy
 from gradxform.optimizers.model_based import momo, momo_adam
 from gradxform.optimizers.optax_adam import adamaxw, nadamw
 from gradxform.optimizers.optax_adaptive import (
@@ -53,6 +55,7 @@ __all__ = [
     "amsgrad",
     "asgd",
     "cocob",
+    "dadapt_adamw",
     "dog",
     "dowg",
     "fromage",
@@ -73,6 +76,7 @@ __all__ = [
     "optimistic_adam_v2",
     "optimistic_gradient_descent",
     "polyak_sgd",
+    "prodigy",
     "radam",
     "rmsprop",
     "rprop",

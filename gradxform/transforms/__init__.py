@@ -6,9 +6,9 @@
 ``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
 LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
-``coin`` (COCOB), ``dog`` (DoG, DoWG), ``schedule_free`` (schedule-free averaging), ``momo``,
-``hutchinson`` (a diagonal Hessian estimate), ``sophia`` (SophiaG's clipped step and its
-Gauss-Newton-Bartlett Hessian estimate),
+``coin`` (COCOB), ``dog`` (DoG, DoWG), ``distance_adaptive`` (D-Adaptation's Adam, Prodigy),
+``schedule_free`` (schedule-free averaging), ``momo``, ``hutchinson`` (a diagonal Hessian
+estimate), ``sophia`` (SophiaG's clipped step and its Gauss-Newton-Bartlett Hessian estimate),
 ``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
 params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
 step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
@@ -64,6 +64,12 @@ from gradxform.transforms.constrain import (
     zero_nans,
 )
 from gradxform.transforms.decay import add_decayed_weights, add_l2
+from gradxform.transforms.distance_adaptive import (
+    ScaleByDAdaptAdamState,
+    ScaleByProdigyState,
+    scale_by_dadapt_adam,
+    scale_by_prodigy,
+)
 from gradxform.transforms.dog import (
     DoGState,
     DoWGState,
@@ -158,6 +164,7 @@ __all__ = [
     "ScaleByAsgdState",
     "ScaleByBacktrackingLinesearchState",
     "ScaleByBeliefState",
+    "ScaleByDAdaptAdamState",
     "ScaleByDistanceOverGradientsState",
     "ScaleByLBFGSState",
     "ScaleByLionState",
@@ -165,6 +172,7 @@ __all__ = [
     "ScaleByNadamState",
     "ScaleByNovogradState",
     "ScaleByOptimisticGradientState",
+    "ScaleByProdigyState",
     "ScaleByRStdDevState",
     "ScaleByRStdDevWithCountState",
     "ScaleByRmsState",
@@ -213,6 +221,7 @@ __all__ = [
     "scale_by_backtracking_linesearch",
     "scale_by_belief",
     "scale_by_cocob",
+    "scale_by_dadapt_adam",
     "scale_by_distance_over_gradients",
     "scale_by_dog",
     "scale_by_dowg",
@@ -228,6 +237,7 @@ __all__ = [
     "scale_by_param_block_norm",
     "scale_by_param_block_rms",
     "scale_by_polyak",
+    "scale_by_prodigy",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rprop",
