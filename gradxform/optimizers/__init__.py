@@ -14,6 +14,7 @@ Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``paramete
 from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.factored import adafactor
+from gradxform.optimizers.low_rank import galore, galore_adamw
 from gradxform.optimizers.model_based import momo, momo_adam
 from gradxform.optimizers.optax_adam import adamaxw, nadamw
 from gradxform.optimizers.optax_adaptive import (
@@ -53,6 +54,8 @@ __all__ = [
     "dog",
     "dowg",
     "fromage",
+    "galore",
+    "galore_adamw",
     "lamb",
     "lars",
     "lbfgs",
