@@ -11,9 +11,9 @@ from gradxform._base import GradientTransformation, chain
 from gradxform._types import MaskOrFn, ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link, optional
 from gradxform.transforms.adam import check_moments
+from gradxform.transforms.decay import decay_after_step
 from gradxform.transforms.galore import (
     check_galore,
-    decay_after_step,
     galore_projection,
     scale_by_adam_raw_eps,
     scale_by_galore,

@@ -1,12 +1,16 @@
-"""Weight decay: adding a multiple of the parameters to the updates."""
+"""Weight decay: adding a multiple of the parameters to the updates (or, as GaLore's reference
+does, of the new parameters after the step)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
-from gradxform._base import EmptyState, GradientTransformation, require_params
-from gradxform._types import MaskOrFn
+from gradxform._base import EmptyState, GradientTransformation, expect_state, require_params
+from gradxform._types import MaskOrFn, ScalarOrSchedule
 from gradxform.wrappers.masking import masked
 
 
@@ -65,3 +69,45 @@ def add_l2(weight_decay: float = 0.0, *, mask: MaskOrFn = None) -> GradientTrans
     """
     _validate.mask("add_l2", "mask", mask)
     return decayed_weights(weight_decay, mask, who="add_l2")
+
+
+class DecayAfterStepState(NamedTuple):
+    """``count`` (int32), for a learning-rate schedule."""
+
+    count: jax.Array
+
+
+def decay_after_step(
+    learning_rate: ScalarOrSchedule, weight_decay: Any, *, who: str
+) -> GradientTransformation:
+    """GaLore's reference decays the params after the step, ``p <- p' - lr * wd * p'`` with
+    ``p' = p + u``; as an update, after the learning rate::
+
+        u <- u - lr * wd * (p + u)
+
+    Not exported: it is :func:`gradxform.galore_adamw`'s decay link.
+    """
+    _validate.learning_rate(who, learning_rate)
+    _validate.non_negative(who, "weight_decay", weight_decay)
+
+    def init_fn(params):
+        del params
+        return DecayAfterStepState(jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        expect_state(who, state, DecayAfterStepState)
+        require_params(who, params, "its weight decay shrinks the new params p + u")
+        _checks.check_updates(who, updates, params, "param", inexact=False)
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def leaf(u, p):
+            dtype = _tree.compute_dtype(jnp.result_type(u), p.dtype)
+            shrink = _tree.cast_scalar(lr, dtype) * _tree.cast_scalar(weight_decay, dtype)
+            u = u.astype(dtype)
+            return u - shrink * (p.astype(dtype) + u)
+
+        new_state = DecayAfterStepState(_tree.safe_increment(state.count))
+        return jax.tree.map(leaf, updates, params), new_state
+
+    return GradientTransformation(init_fn, update_fn)

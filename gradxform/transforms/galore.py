@@ -30,10 +30,9 @@ from gradxform._base import (
     GradientTransformation,
     as_transformation,
     expect_state,
-    require_params,
 )
 from gradxform._tree import path_name
-from gradxform._types import MaskOrFn, ScalarOrSchedule
+from gradxform._types import MaskOrFn
 from gradxform.transforms.adam import ScaleByAdamState, check_moments, scale_by_adam
 
 # The reference's projection types: "std" projects a matrix with rows >= cols on the right
@@ -51,12 +50,6 @@ class GaLoreState(NamedTuple):
     count: jax.Array
     base_optimizer_state: Any
     projector: Any
-
-
-class DecayAfterStepState(NamedTuple):
-    """``count`` (int32), for a learning-rate schedule."""
-
-    count: jax.Array
 
 
 def projection_side(shape: tuple[int, ...], proj_type: str) -> str:
@@ -390,41 +383,5 @@ def scale_by_adam_raw_eps(
 
         u, mu, nu = _tree.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
         return u, ScaleByAdamState(count, mu, nu)
-
-    return GradientTransformation(init_fn, update_fn)
-
-
-def decay_after_step(
-    learning_rate: ScalarOrSchedule, weight_decay: Any, *, who: str
-) -> GradientTransformation:
-    """GaLore's reference decays the params after the step, ``p <- p' - lr * wd * p'`` with
-    ``p' = p + u``; as an update, after the learning rate::
-
-        u <- u - lr * wd * (p + u)
-
-    Not exported: it is :func:`gradxform.galore_adamw`'s decay link.
-    """
-    _validate.learning_rate(who, learning_rate)
-    _validate.non_negative(who, "weight_decay", weight_decay)
-
-    def init_fn(params):
-        del params
-        return DecayAfterStepState(jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        expect_state(who, state, DecayAfterStepState)
-        require_params(who, params, "its weight decay shrinks the new params p + u")
-        _checks.check_updates(who, updates, params, "param", inexact=False)
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-
-        def leaf(u, p):
-            dtype = _tree.compute_dtype(jnp.result_type(u), p.dtype)
-            shrink = _tree.cast_scalar(lr, dtype) * _tree.cast_scalar(weight_decay, dtype)
-            u = u.astype(dtype)
-            return u - shrink * (p.astype(dtype) + u)
-
-        new_state = DecayAfterStepState(_tree.safe_increment(state.count))
-        return jax.tree.map(leaf, updates, params), new_state
 
     return GradientTransformation(init_fn, update_fn)
