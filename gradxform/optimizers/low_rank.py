@@ -83,7 +83,7 @@ def galore_adamw(
     check_common(who, learning_rate, weight_decay)
     check_galore(who, rank, update_proj_gap, scale, proj_type, projected)
     check_moments(who, b1, b2, eps)
-    base = scale_by_adam_raw_eps(b1, b2, eps)
+    base = scale_by_adam_raw_eps(b1, b2=b2, eps=eps)
     return chain(
         galore_projection(who, rank, update_proj_gap, scale, base, proj_type, projected),
         scale_by_learning_rate(learning_rate),

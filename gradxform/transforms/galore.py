@@ -335,7 +335,7 @@ def scale_by_galore(
 
 
 def scale_by_adam_raw_eps(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+    b1: float = 0.9, *, b2: float = 0.999, eps: float = 1e-6
 ) -> GradientTransformation:
     """Adam with ``eps`` added to the root of the raw second moment and the bias corrections
     in the step size (Kingma & Ba's "efficient" order; transformers' ``AdamW``, which GaLore's
