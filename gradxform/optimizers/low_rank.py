@@ -63,8 +63,8 @@ def galore_adamw(
         ``None`` projects every 2-D leaf.
 
     Returns:
-      ``chain(scale_by_galore(base_optimizer=scale_by_adam_raw_eps), scale_by_learning_rate,
-      decay_after_step)``.
+      ``chain(scale_by_galore(base_optimizer=scale_by_adam_raw_eps), decay_after_step,
+      scale_by_learning_rate)``, the decay link a static 0 leaves out.
 
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
@@ -86,11 +86,11 @@ def galore_adamw(
     base = scale_by_adam_raw_eps(b1, b2=b2, eps=eps)
     return chain(
         galore_projection(who, rank, update_proj_gap, scale, base, proj_type, projected),
-        scale_by_learning_rate(learning_rate),
         *optional(
             not _validate.is_static_zero(weight_decay),
             decay_after_step(learning_rate, weight_decay, who=who),
         ),
+        scale_by_learning_rate(learning_rate),
     )
 
 

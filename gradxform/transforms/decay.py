@@ -81,11 +81,14 @@ def decay_after_step(
     learning_rate: ScalarOrSchedule, weight_decay: Any, *, who: str
 ) -> GradientTransformation:
     """GaLore's reference decays the params after the step, ``p <- p' - lr * wd * p'`` with
-    ``p' = p + u``; as an update, after the learning rate::
+    ``p' = p - lr * u``. Placed before the learning rate (which then scales the whole step)::
 
-        u <- u - lr * wd * (p + u)
+        u <- u + wd * (p - lr * u)      so that   p - lr * u_new = (p - lr * u) (1 - lr * wd)
 
-    Not exported: it is :func:`gradxform.galore_adamw`'s decay link.
+    Before rather than after the learning rate, so that the last link is the learning rate
+    whether or not the decay is there (an injected ``wd = 0`` then gives the plain program's
+    numbers bit for bit: XLA may fuse ``p + lr * u`` into one rounding only when nothing
+    comes between them). Not exported: it is :func:`gradxform.galore_adamw`'s decay link.
     """
     _validate.learning_rate(who, learning_rate)
     _validate.non_negative(who, "weight_decay", weight_decay)
@@ -97,15 +100,15 @@ def decay_after_step(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         expect_state(who, state, DecayAfterStepState)
-        require_params(who, params, "its weight decay shrinks the new params p + u")
+        require_params(who, params, "its weight decay shrinks the new params p - lr * u")
         _checks.check_updates(who, updates, params, "param", inexact=False)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
         def leaf(u, p):
             dtype = _tree.compute_dtype(jnp.result_type(u), p.dtype)
-            shrink = _tree.cast_scalar(lr, dtype) * _tree.cast_scalar(weight_decay, dtype)
             u = u.astype(dtype)
-            return u - shrink * (p.astype(dtype) + u)
+            new_p = p.astype(dtype) - _tree.cast_scalar(lr, dtype) * u
+            return u + _tree.cast_scalar(weight_decay, dtype) * new_p
 
         new_state = DecayAfterStepState(_tree.safe_increment(state.count))
         return jax.tree.map(leaf, updates, params), new_state
