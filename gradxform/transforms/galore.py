@@ -25,12 +25,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _checks, _masks, _stacking, _tree, _validate
+from gradxform import _checks, _masks, _tree, _validate
 from gradxform._base import (
     GradientTransformation,
     as_transformation,
     expect_state,
 )
+from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
 from gradxform._types import MaskOrFn
 from gradxform.transforms.adam import ScaleByAdamState, check_moments, scale_by_adam
@@ -213,7 +214,7 @@ def galore_projection(
                 dtype = jax.tree.leaves(p)[0].dtype
                 return orthogonal_factors(g, side, rank, dtype)
 
-            return _stacking.stacked_map(one, grads, old)
+            return stacked_map(one, grads, old)
 
         def keep(grads, old):
             del grads
@@ -226,7 +227,7 @@ def galore_projection(
         def low_rank(g, p):
             return project(g, p, projection_side(g.shape, proj_type))
 
-        lows = _stacking.stacked_map(low_rank, grads, new)
+        lows = stacked_map(low_rank, grads, new)
         inner = [u for _, u in with_paths]
         for i, low in zip(chosen, lows, strict=True):
             inner[i] = low
@@ -240,7 +241,7 @@ def galore_projection(
             out_dtype = _tree.update_dtype(g, n, *jax.tree.leaves(p))
             return (_tree.cast_scalar(scale, u.dtype) * u).astype(out_dtype)
 
-        full = _stacking.stacked_map(back, [directions[i] for i in chosen], new, grads)
+        full = stacked_map(back, [directions[i] for i in chosen], new, grads)
         for i, u in zip(chosen, full, strict=True):
             directions[i] = u
         all_projectors = list(projectors)
