@@ -10,18 +10,18 @@ separate them:
   Within one projection period a sign cancels (``R = G B^T`` and ``N B``), but the moments
   carry over when the projector is recomputed, so over several periods a flipped sign changes
   the trajectory (measured: 1.9e-2 apart after 100 steps with ``update_proj_gap=10``).
-  ``test_equals_the_reference_given_the_same_svd`` therefore gives the reference JAX's
-  float32 SVD (``torch.linalg.svd`` patched) and asks for the harness's float64 tolerance
-  (rtol 1e-12, atol 1e-14; measured: at most 6e-15 apart), every projection type, 10
-  projections in 100 steps.
-- the last bits of the float32 SVD: ``test_equals_the_reference_with_its_own_svd`` runs the
-  reference unpatched (MKL's SVD), over one projection period (``update_proj_gap=200`` > 100
-  steps) and over ten with MKL's singular vectors given JAX's signs. The tolerance comes from the
-  reference's own sensitivity: its SVD's float32 input perturbed by one ulp (``np.nextafter``,
-  both directions) moves its params by up to 3.1e-8 (one period) and 5.8e-8 (ten periods,
-  maxabs over 100 steps); gradxform is 2.0e-8 from it. ``atol=2e-7`` is about 3x the
-  reference's own spread; perturbing the float64 gradient by one float64 ulp moves it by
-  only 4e-16 (float32 rounding absorbs it), which is why the float32 input is perturbed.
+  ``test_equals_the_reference_given_the_same_svd`` therefore gives gradxform torch's
+  float32 SVD (``jnp.linalg.svd`` replaced by a host callback to ``torch.linalg.svd``) and asks
+  for the harness's float64 tolerance (rtol 1e-12, atol 1e-14; measured: at most 6e-15 apart),
+  10 projections in 100 steps.
+- the last bits of the float32 SVD: ``test_equals_the_reference_with_its_own_svd`` runs both
+  with their own SVDs (MKL's, JAX's LAPACK) over one projection period (``update_proj_gap=200``
+  > 100 steps), where signs cancel. The tolerance comes from the reference's own sensitivity:
+  its SVD's float32 input perturbed by one ulp (``np.nextafter``, both directions) moves its
+  params by up to 3.1e-8 (maxabs over the 100 steps); gradxform is 2.0e-8 from it.
+  ``atol=2e-7`` is about 6x the reference's own spread; perturbing the float64 gradient by one
+  float64 ulp moves it by only 4e-16 (float32 rounding absorbs it), which is why the float32
+  input is perturbed.
 
 Leaves: a tall (6, 4) and a wide (3, 7) matrix projected at rank 2 (< min(shape)), a (5,)
 bias in a param group without ``rank`` (plain Adam of the same form). Gradients ``g = a * p +
@@ -46,7 +46,7 @@ import gradxform as gx
 STEPS = 100
 SHAPES = {"tall": (6, 4), "wide": (3, 7), "bias": (5,)}
 LR = 0.01
-# The reference's own spread under a one-ulp change of its SVD's input is 3.1e-8 to 5.8e-8.
+# The reference's own spread under a one-ulp change of its SVD's float32 input: 3.1e-8.
 ATOL_OWN_SVD = 2e-7
 
 
