@@ -292,6 +292,15 @@ OPTIMIZERS: tuple[Entry, ...] = (
         hovers=True,
         covers=(gx.muon,),
     ),
+    # GaLore (tests/test_galore.py): the parabola's (2, 3) matrix is projected at its full rank
+    # 2 (rank 128 is capped), so each period is Adam in a rotated basis, and update_proj_gap=10
+    # recomputes the basis 600 times; the vector and Rosenbrock get the same Adam unprojected.
+    # galore_adamw's step is scale = 0.25 of Adam's: lr = 3e-2 reaches 1.1e-6 and f = 8.9e-14
+    # (Rosenbrock at 1e-2); galore (Optax's, scale 1) at 3e-3: 6.8e-6 and f = 2.3e-7. At rank
+    # 1 the matrix does not converge in 6000 steps (1.3 from the minimum at lr = 1e-2): the
+    # moments are not rotated when the basis changes (as in the reference).
+    Entry("galore_adamw", gx.galore_adamw, {"update_proj_gap": 10}, 3e-2, 1e-2),
+    Entry("galore", gx.galore, {"update_proj_gap": 10}, 3e-3, 3e-3),
     # Optax's catalogue (tests/test_optax_catalogue.py compares each with Optax). Adam's
     # relatives take Adam's rates (measured: AdaBelief 2.1e-7 from the parabola's minimum and
     # f = 8.9e-12; Adan 0 and 0; the optimistic Adams 4.0e-6 and f = 4.1e-5). Yogi's second

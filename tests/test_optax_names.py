@@ -59,15 +59,13 @@ OMITTED = {
     **dict.fromkeys(
         [
             "DAdaptAdamWState",
-            "GaLoreDimensionNumbers",
-            "GaLoreState",
             "ProdigyState",
             "SophiaState",
-            "galore",
-            "scale_by_galore",
         ],
         _FRONTIER,
     ),
+    "GaLoreDimensionNumbers": "gradxform's galore and scale_by_galore project 2-D leaves only "
+    "(weight_dimension_numbers must be None; `projected` selects the leaves)",
     "MuonDimensionNumbers": "gradxform's muon follows torch.optim.Muon (matrices chosen by "
     "muon_labels, not by Optax's dimension numbers); its state is ScaleByMuonState",
     "MuonState": "gradxform's muon follows torch.optim.Muon; its state is ScaleByMuonState",

@@ -264,8 +264,16 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
         assert not weak, f"{where} is weakly typed in init"
         if jnp.issubdtype(leaf_dtype, jnp.integer):
             assert leaf_dtype == jnp.int32, f"{where}: counters are int32, got {leaf_dtype}"
+        elif ".projector[" in where:
+            # GaLore's projectors (rank x cols or rows x rank, which may equal a param's
+            # shape) are float32 for bf16/f16 params, the params' dtype otherwise.
+            wanted = jnp.promote_types(dtype, jnp.float32)
+            assert leaf_dtype == wanted, f"{where}: {leaf_dtype} for {dtype} params"
         elif shape in param_shapes or shape in factored_shapes:
             # Moments follow their param's dtype (bf16 params give bf16 moments).
+            assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
+        elif ".base_optimizer_state." in where and len(shape) == 2:
+            # GaLore's moments of a projected matrix (its projected shape), in the param's dtype.
             assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
         else:
             # Scalar bookkeeping (e.g. NAdam's momentum product) is never below float32.

@@ -243,6 +243,30 @@ VALID = {
     # Optax), and an eps of 0 leaves AdEMAMix's slow moment, ADOPT's unclipped ratio and
     # ACProp's centred moment unbounded. A positive eps >= 1e-8 bounds every step by
     # |g| / eps <= 1e10, which float32 and bfloat16 hold (float16 needs eps >= 1e-2, see below).
+    # GaLore: eps stays positive, as Adam's would be needed to bound |m| / (sqrt(v) + eps) on a
+    # zero projected gradient; rank 1 projects the table's matrices below their rank.
+    "galore_adamw": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "eps": _number(1e-8, 1e-3),
+            "weight_decay": decay,
+            "rank": st.integers(1, 4),
+            "update_proj_gap": st.integers(1, 5),
+            "scale": _number(0.0, 1.0),
+            "proj_type": st.sampled_from(["std", "reverse_std", "left", "right", "full"]),
+        }
+    ),
+    "galore": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "rank": st.integers(1, 4),
+            "update_proj_gap": st.integers(1, 5),
+            "scale": _number(0.0, 1.0),
+            "weight_decay": decay,
+        }
+    ),
     "dog": st.fixed_dictionaries(
         {
             "learning_rate": rate,
@@ -639,6 +663,15 @@ INVALID = {
         "learning_rate": negative, "tolerance_grad": negative, "tolerance_change": negative,
         "max_iter": st.integers(max_value=0), "max_eval": st.integers(max_value=0),
         "history_size": st.integers(max_value=0),
+    }),
+    "galore_adamw": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit, "eps": negative,
+        "weight_decay": negative, "rank": st.integers(max_value=0),
+        "update_proj_gap": st.integers(max_value=0),
+    }),
+    "galore": ({"learning_rate": 0.1}, {
+        "learning_rate": negative, "weight_decay": negative, "rank": st.integers(max_value=0),
+        "update_proj_gap": st.integers(max_value=0),
     }),
     "dog": ({}, {"learning_rate": negative, "eps": negative, "weight_decay": negative}),
     "dowg": ({}, {

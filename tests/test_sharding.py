@@ -554,6 +554,9 @@ OPTIMIZER_PRIMITIVES = {
     "squeeze": "reshape",
     "stack": "moves",
     "sub": "elementwise",
+    # GaLore's projectors: an SVD mixes the rows and columns of a whole matrix, so a state
+    # sharded element by element cannot be updated slice by slice: refused ("moves").
+    "svd": "moves",
     "transpose": "transpose",
     "while": "while",
 }

@@ -1000,6 +1000,23 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"history_size": 0}, "history_size"),
         ({"line_search_fn": "wolfe"}, "line_search_fn"),
     ],
+    "galore_adamw": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 0.1, "rank": 0}, "rank"),
+        ({"learning_rate": 0.1, "update_proj_gap": 0}, "update_proj_gap"),
+        ({"learning_rate": 0.1, "scale": float("nan")}, "scale"),
+        ({"learning_rate": 0.1, "proj_type": "diagonal"}, "proj_type"),
+        ({"learning_rate": 0.1, "b1": 1.0}, "b1"),
+        ({"learning_rate": 0.1, "b2": -0.1}, "b2"),
+        ({"learning_rate": 0.1, "eps": -1e-6}, "eps"),
+        ({"learning_rate": 0.1, "weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "galore": [
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": 0.1, "rank": 0}, "rank"),
+        ({"learning_rate": 0.1, "update_proj_gap": 0}, "update_proj_gap"),
+        ({"learning_rate": 0.1, "weight_decay": -1e-2}, "weight_decay"),
+    ],
     "dog": [
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"eps": -1e-8}, "eps"),

@@ -148,6 +148,11 @@ TRANSFORMS = {
     "measure_with_ema": (lambda: gx.measure_with_ema(lambda u: u, 0.9), True),
     # optax.contrib's (tests/test_optax_contrib.py).
     "scale_by_distance_over_gradients": (gx.scale_by_distance_over_gradients, True),
+    # GaLore projects the matrix "b" (2, 2) and passes the vector "a" to its Adam.
+    "scale_by_galore": (lambda: gx.scale_by_galore(rank=1), True),
+    "scale_by_adam_raw_eps": (gx.scale_by_adam_raw_eps, True),
+    "galore_adamw": (lambda: gx.galore_adamw(0.1, rank=1, weight_decay=0.1), True),
+    "galore": (lambda: gx.galore(0.1, rank=1, weight_decay=0.1), True),
     "scale_by_dog": (lambda: gx.scale_by_dog(("heuristic", 1e-6)), True),
     "scale_by_dowg": (gx.scale_by_dowg, True),
     "dog": (gx.dog, True),

@@ -149,6 +149,8 @@ REQUIRED = {
     "unitwise_clip": {"g_norm": 1.0, "max_norm": 1.0, "grad": 1.0},
     "inject_stateful_hyperparams": {"inner_factory": gx.sgd},
     "scale_by_dog": {"init_step": ("heuristic", 1e-6)},
+    "galore_adamw": {"learning_rate": 0.1},
+    "galore": {"learning_rate": 0.1},
     "scale_by_madgrad": {"learning_rate": 0.1},
     "ademamix": {"learning_rate": 0.1},
     "sophia": {"learning_rate": 0.1},

@@ -17,6 +17,7 @@ from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.learning_rate_free import dadapt_adamw, prodigy
+from gradxform.optimizers.low_rank import galore, galore_adamw
 from gradxform.optimizers.model_based import momo, momo_adam
 from gradxform.optimizers.optax_adam import adamaxw, nadamw
 from gradxform.optimizers.optax_adaptive import (
@@ -59,6 +60,8 @@ __all__ = [
     "dog",
     "dowg",
     "fromage",
+    "galore",
+    "galore_adamw",
     "lamb",
     "lars",
     "lbfgs",

@@ -85,6 +85,7 @@ from gradxform.transforms.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradxform.transforms.galore import GaLoreState, scale_by_adam_raw_eps, scale_by_galore
 from gradxform.transforms.hutchinson import HutchinsonState, hutchinson_estimator_diag_hessian
 from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
 from gradxform.transforms.linesearch import (
@@ -148,6 +149,7 @@ __all__ = [
     "DoWGState",
     "EmaState",
     "FactoredState",
+    "GaLoreState",
     "HutchinsonState",
     "LbfgsState",
     "MadgradState",
@@ -212,6 +214,7 @@ __all__ = [
     "scale_by_adadelta",
     "scale_by_adafactor",
     "scale_by_adam",
+    "scale_by_adam_raw_eps",
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_ademamix",
@@ -226,6 +229,7 @@ __all__ = [
     "scale_by_dog",
     "scale_by_dowg",
     "scale_by_factored_rms",
+    "scale_by_galore",
     "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
