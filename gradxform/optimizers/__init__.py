@@ -7,12 +7,14 @@ RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor), ``orthogonalized`` (
 ``optax_adaptive`` (AdaBelief, Adan, NovoGrad, Yogi, the optimistic methods), ``optax_sgd``
 (noisy, sign and Polyak SGD, Signum, SM3), ``trust_ratio`` (LAMB, LARS, Fromage), and from
 Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``parameter_free``
-(DoG, DoWG, COCOB), ``model_based`` (MoMo). ``_links`` holds what the torch-named ones share
-(``maximize``, complex params as real pairs, the torch record).
+(DoG, DoWG, COCOB), ``model_based`` (MoMo). The authors' frontier optimizers, with their
+reference's numbers: ``eigenbasis`` (SOAP, as pytorch-optimizer). ``_links`` holds what the
+torch-named ones share (``maximize``, complex params as real pairs, the torch record).
 """
 
 from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
+from gradxform.optimizers.eigenbasis import soap
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.model_based import momo, momo_adam
 from gradxform.optimizers.optax_adam import adamaxw, nadamw
@@ -78,6 +80,7 @@ __all__ = [
     "signum",
     "simplified_ademamix",
     "sm3",
+    "soap",
     "sparse_adam",
     "yogi",
 ]
