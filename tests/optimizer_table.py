@@ -279,6 +279,9 @@ OPTIMIZERS: tuple[Entry, ...] = (
         hovers=True,
         covers=(gx.muon,),
     ),
+    # SOAP (tests/test_soap.py compares it with pytorch-optimizer's): Adam in the eigenbasis of
+    # its factors; its decoupled decay (default 0.01) moves the minimum, so it hovers like AdamW.
+    Entry("soap", gx.soap, {"precondition_frequency": 2}, 3e-3, 1e-3, hovers=True),
     # Optax's catalogue (tests/test_optax_catalogue.py compares each with Optax). Adam's
     # relatives take Adam's rates (measured: AdaBelief 2.1e-7 from the parabola's minimum and
     # f = 8.9e-12; Adan 0 and 0; the optimistic Adams 4.0e-6 and f = 4.1e-5). Yogi's second

@@ -247,6 +247,7 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
 
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     param_shapes = {np.shape(p) for p in jax.tree.leaves(params)}
+    param_axes = {d for s in param_shapes for d in s}
     # torch's Adafactor keeps a matrix's second moment as a row and a column statistic: the
     # param's shape with its last, or its second-to-last, axis reduced to 1.
     factored_shapes = {
@@ -267,6 +268,11 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
         elif shape in param_shapes or shape in factored_shapes:
             # Moments follow their param's dtype (bf16 params give bf16 moments).
             assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
+        elif len(shape) == 2 and shape[0] == shape[1] and shape[0] in param_axes:
+            # A matrix preconditioner's statistics (SOAP's factors and eigenbases, one square
+            # matrix per axis) are float32 for bf16/f16 params, the params' dtype otherwise.
+            wanted = jnp.promote_types(dtype, jnp.float32)
+            assert leaf_dtype == wanted, f"{where}: {leaf_dtype} for {dtype} params"
         else:
             # Scalar bookkeeping (e.g. NAdam's momentum product) is never below float32.
             assert shape == () and jnp.finfo(leaf_dtype).bits >= 32, f"{where}: {leaf_dtype}"
