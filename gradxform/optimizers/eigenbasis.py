@@ -18,7 +18,7 @@ def soap(
     *,
     b1: float = 0.95,
     b2: float = 0.95,
-    shampoo_beta: float = -1,
+    shampoo_beta: float = -1.0,
     eps: float = 1e-8,
     weight_decay: float = 0.01,
     precondition_frequency: int = 10,

@@ -321,10 +321,10 @@ def check_soap(
 
 def scale_by_soap(
     b1: float = 0.95,
-    b2: float = 0.95,
-    shampoo_beta: float = -1,
-    eps: float = 1e-8,
     *,
+    b2: float = 0.95,
+    shampoo_beta: float = -1.0,
+    eps: float = 1e-8,
     precondition_frequency: int = 10,
     max_precond_dim: int = 10000,
     merge_dims: bool = False,

@@ -21,8 +21,8 @@ class DecayAfterStepState(NamedTuple):
 
 def decay_after_step(
     learning_rate: ScalarOrSchedule,
-    weight_decay: float = 0.0,
     *,
+    weight_decay: float = 0.0,
     skip_first_step: bool = False,
 ) -> GradientTransformation:
     """Decoupled weight decay of the stepped params, as ``pytorch-optimizer`` applies it::
