@@ -229,6 +229,11 @@ def _use_dtype(dtype, request):
     return jnp.dtype(dtype)
 
 
+# Entries whose state may hold leaves of shapes other than their params' (Kronecker factors,
+# eigenbases, projections, low-rank moments): their dtype rule is in the test below.
+MATRIX_PRECONDITIONED = {"shampoo", "soap", "galore_adamw"}
+
+
 @table
 @DTYPES
 def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
@@ -247,7 +252,6 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
 
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     param_shapes = {np.shape(p) for p in jax.tree.leaves(params)}
-    param_axes = {d for s in param_shapes for d in s}
     # torch's Adafactor keeps a matrix's second moment as a row and a column statistic: the
     # param's shape with its last, or its second-to-last, axis reduced to 1.
     factored_shapes = {
@@ -268,11 +272,14 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
         elif shape in param_shapes or shape in factored_shapes:
             # Moments follow their param's dtype (bf16 params give bf16 moments).
             assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
-        elif len(shape) == 2 and shape[0] == shape[1] and shape[0] in param_axes:
-            # A matrix preconditioner's statistics (SOAP's factors and eigenbases, one square
-            # matrix per axis) are float32 for bf16/f16 params, the params' dtype otherwise.
+        elif entry.name in MATRIX_PRECONDITIONED and shape != ():
+            # Preconditioner statistics (Kronecker factors, eigenbases, projections, low-rank
+            # moments) have shapes of their own; eigh/QR/SVD and matrix roots lose too much in
+            # 16 bits, so they are at least float32 (the issue: float32 for bf16 params).
             wanted = jnp.promote_types(dtype, jnp.float32)
-            assert leaf_dtype == wanted, f"{where}: {leaf_dtype} for {dtype} params"
+            assert jnp.promote_types(leaf_dtype, wanted) == leaf_dtype, (
+                f"{where}: {leaf_dtype} for {dtype} params, at least {wanted} wanted"
+            )
         else:
             # Scalar bookkeeping (e.g. NAdam's momentum product) is never below float32.
             assert shape == () and jnp.finfo(leaf_dtype).bits >= 32, f"{where}: {leaf_dtype}"
@@ -307,8 +314,10 @@ def test_mu_dtype_keeps_a_float32_first_moment_for_bfloat16_params(make):
 
 
 # ADOPT's first update only initialises its second moment and is exactly 0 (Taniguchi et al.,
-# 2024, Algorithm 1; Optax's too): its second update is the first that moves the params.
-FIRST_UPDATE_IS_ZERO = {"adopt"}
+# 2024, Algorithm 1; Optax's too): its second update is the first that moves the params. SOAP's
+# first step only gathers its Kronecker factors and their eigenbases (pytorch-optimizer's SOAP
+# returns before updating the params, and applies no weight decay on it).
+FIRST_UPDATE_IS_ZERO = {"adopt", "soap"}
 
 
 @every_optimizer

@@ -187,6 +187,9 @@ def soap_direction(
     else:
         factor_decay = jnp.where(jnp.asarray(shampoo_beta) < 0, b2, shampoo_beta)
     frequency = precondition_frequency
+    # With eps = 0 an all-zero history gives 0 / 0 (NaN in the reference); the house rule
+    # (``_tree.safe_divide``) makes that step 0. A static non-zero eps needs no guard.
+    may_be_zero = not _validate.is_static_nonzero(eps)
 
     def layout(shape):
         return soap_layout(tuple(shape), max_precond_dim, merge_dims, precondition_1d)
@@ -232,9 +235,11 @@ def soap_direction(
             )
             denominator = jnp.sqrt(new_nu) + _tree.cast_scalar(eps, dtype)
             m = project(new_mu.reshape(work), bases, True)
-            d = project(m / denominator, bases, False).reshape(g.shape)
+            d = _tree.safe_divide(m, denominator, may_be_zero)
+            d = project(d, bases, False).reshape(g.shape)
             if normalize_grads:
-                d = d / (jnp.sqrt(jnp.mean(jnp.square(d))) + _tree.cast_scalar(eps, dtype))
+                rms = jnp.sqrt(jnp.mean(jnp.square(d)))
+                d = _tree.safe_divide(d, rms + _tree.cast_scalar(eps, dtype), may_be_zero)
             if correct_bias:
                 d = bias_scale(b1, b2, count, dtype) * d
             return (
