@@ -69,6 +69,11 @@ def _numpy_adam(params, grads, lrs, b1s, b2=0.999, eps=1e-8):
     return out
 
 
+# Numeric arguments that decide the program's shapes, kept static when injecting (as a user
+# must): SOAP's max_precond_dim decides which axes get a factor.
+STATIC_ARGS = {"soap": ("max_precond_dim",)}
+
+
 @table
 def test_injected_optimizer_equals_plain_one(x64, entry):
     if "value_and_grad_fn" in entry.update_args:
@@ -86,7 +91,9 @@ def test_injected_optimizer_equals_plain_one(x64, entry):
     # MoMo gets the loss value too: that of a quadratic whose gradient is the given one.
     plain = _run(entry.make(entry.parabola_lr), params, grads, entry.update_args)
     injected = _run(
-        gx.inject_hyperparams(entry.factory)(entry.parabola_lr, **entry.kwargs),
+        gx.inject_hyperparams(entry.factory, static_args=STATIC_ARGS.get(entry.name, ()))(
+            entry.parabola_lr, **entry.kwargs
+        ),
         params,
         grads,
         entry.update_args,
@@ -108,7 +115,9 @@ def test_init_and_update_build_the_same_structure_as_the_plain_optimizer(entry):
     # compiling, by tracing), and the inner state is the plain optimizer's given the same
     # hyperparameters as arrays (the general program: no link is dropped for a traced zero).
     params = jax.tree.map(lambda x: x.astype(jnp.float32), _params())
-    opt = gx.inject_hyperparams(entry.factory)(entry.parabola_lr, **entry.kwargs)
+    opt = gx.inject_hyperparams(entry.factory, static_args=STATIC_ARGS.get(entry.name, ()))(
+        entry.parabola_lr, **entry.kwargs
+    )
     state = opt.init(params)
     # MoMo's update also takes the loss value (here of the params as gradients: |p|^2 / 2).
     update = loss_update(opt, entry.update_args, _given_gradient_loss)

@@ -996,7 +996,6 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"weight_decay": -0.01}, "weight_decay"),
         ({"precondition_frequency": 0}, "precondition_frequency"),
         ({"max_precond_dim": 0}, "max_precond_dim"),
-        ({"merge_dims": 1}, "merge_dims"),
     ],
     "lbfgs": [
         ({"learning_rate": -1.0}, "learning_rate"),

@@ -8,25 +8,19 @@ Layout of a leaf. A leaf of rank >= 2 (its shape merged first with ``merge_dims`
 identity). A vector gets one factor only with ``precondition_1d``; a scalar gets none (with
 ``merge_dims`` a ``1 x 1`` factor, which changes nothing). A leaf without factors is Adam.
 
-Engineering. Every per-matrix computation is written for one leaf and mapped with
-:func:`gradxform._stacking.stacked_map`: the leaves of equal shapes are stacked and computed by
-one ``vmap``, so the program holds one eigendecomposition and one QR per distinct shape, not per
-layer. The expensive step (``eigh`` on the first step, one power-iteration step and a QR every
-``precondition_frequency`` steps) is one ``lax.switch`` on the step count, outside the ``vmap``;
-its branches take the factors and the bases and return the new bases and the eigenvalue order,
-so the moments are not routed through it. The count is traced: the refresh does not recompile.
+Engineering. Per-matrix work is written for one leaf and mapped with ``stacked_map``
+(``gradxform._stacking``): one ``vmap`` per distinct shape, so one eigendecomposition and one
+QR per shape, not per layer. The expensive step (``eigh`` on step 1, a power-iteration step
+and a QR every ``precondition_frequency`` steps) is one ``lax.switch`` on the traced count,
+outside the ``vmap``, taking and returning only the bases (and the eigenvalue order).
 
-Sharding (``jit`` with ``NamedSharding`` params on an ``Auto`` mesh; tested in
-tests/test_soap.py on rows sharded over 8 devices): ``init`` gives ``mu`` and ``nu``, of the
-param's shape, the param's sharding, and replicates the factors ``L_i`` and bases ``Q_i``
-(``(d_i, d_i)`` matrices that every shard needs whole: a projection contracts the sharded
-axis). ``update`` keeps these shardings when the step pins them (``out_shardings`` of the state
-as ``init`` gave it, as a training loop that donates its state does); left to XLA's
-propagation, it returned ``nu`` replicated and ``L`` row-sharded. The projections and
-``G G^T`` need whole rows: the compiled step all-gathers param-shaped arrays (measured: four
-all-gathers of the ``(16, 6)`` leaf, one of each ``(16, 16)`` factor). ``Explicit`` meshes are
-not supported: ``G G^T`` of a row-sharded ``G`` needs an ``out_sharding`` that the code does
-not give.
+Sharding (``jit``, ``NamedSharding`` params, ``Auto`` mesh; tested on rows over 8 devices):
+``init`` shards ``mu`` and ``nu`` like the param and replicates the ``(d_i, d_i)`` factors and
+bases (a projection contracts the sharded axis). ``update`` keeps that when the step pins the
+state's ``out_shardings`` to init's (left to XLA: ``nu`` replicated, ``L`` row-sharded). The
+projections and ``G G^T`` need whole rows: the step all-gathers param-shaped arrays (measured:
+four on a ``(16, 6)`` leaf). ``Explicit`` meshes fail: ``G G^T`` of a row-sharded ``G`` needs
+an ``out_sharding`` the code does not give.
 """
 
 from __future__ import annotations
@@ -194,8 +188,7 @@ def soap_direction(
     else:
         factor_decay = jnp.where(jnp.asarray(shampoo_beta) < 0, b2, shampoo_beta)
     frequency = precondition_frequency
-    # With eps = 0 an all-zero history gives 0 / 0 (NaN in the reference); the house rule
-    # (``_tree.safe_divide``) makes that step 0. A static non-zero eps needs no guard.
+    # eps = 0 and a zero history: 0 / 0 (NaN in the reference) gives 0 (``safe_divide``).
     may_be_zero = not _validate.is_static_nonzero(eps)
 
     def layout(shape):
@@ -366,7 +359,8 @@ def scale_by_soap(
     The first step only gathers statistics: ``L_1``, ``R_1`` and their eigenvectors ``Q``
     (by decreasing eigenvalue); its update is zero and the moments stay zero. ``lerp`` is
     torch's. As ``pytorch-optimizer``'s ``SOAP``, except that the QR runs in the factors'
-    dtype (float64 for float64 params), where the reference rounds it through float32.
+    dtype (float64 for float64 params), where the reference rounds it through float32,
+    and that 0 / 0 (eps = 0, a zero history) gives 0 where the reference gives NaN.
 
     Args:
       b1: the first moment's decay, in [0, 1).

@@ -61,7 +61,7 @@ def decayed_after_step(
         del extra_args
         expect_state(who, state, DecayAfterStepState)
         require_params(who, params, "the decay is a multiple of the stepped params")
-        _checks.check_updates(who, updates, params, "param", inexact=False)
+        _checks.check_updates(who, updates, params, "param")
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         active = state.count > 0 if skip_first_step else True
 
