@@ -301,6 +301,20 @@ OPTIMIZERS: tuple[Entry, ...] = (
     # moments are not rotated when the basis changes (as in the reference).
     Entry("galore_adamw", gx.galore_adamw, {"update_proj_gap": 10}, 3e-2, 1e-2),
     Entry("galore", gx.galore, {"update_proj_gap": 10}, 3e-3, 3e-3),
+    # SOAP (tests/test_soap.py compares it with pytorch-optimizer's): Adam in the eigenbasis of
+    # its factors. Its first step only gathers the factors, so on the parabola step 2's
+    # gradient G equals step 1's, which the bases diagonalise: Q_L^T G Q_R is zero off its
+    # diagonal up to rounding (3e-15 in float64, 8e-7 in float32), and Adam's ratio
+    # x / (sqrt(0.05) |x| + eps) turns that rounding into steps of ~lr at the default
+    # eps = 1e-8. Measured there: eager vs jit 6.8e-14 relative in float64, shard_map vs one
+    # device past 1e-6, and pytorch-optimizer's own SOAP moves w by 3.2e-3 (float32) and
+    # 1.5e-10 (float64) after 3 steps when the gradients move by one ulp. eps = 1e-2 damps the
+    # rounding below an ulp of the params (the reference: 1.2e-7 and 2.2e-16; eager vs jit
+    # 1.2e-16; shard_map 1.2e-7) and keeps both factors, the (3, 3) one rank-deficient after
+    # step 1. Measured: parabola 2.2e-4 from the minimum at lr = 1e-3 and 1e-2 alike (the decay
+    # after the step sets it; hovers); Rosenbrock (a vector: Adam's rule) f = 5.2e-8 at
+    # lr = 1e-3 (1.8e-6 at 3e-3).
+    Entry("soap", gx.soap, {"precondition_frequency": 2, "eps": 1e-2}, 3e-3, 1e-3, hovers=True),
     # Optax's catalogue (tests/test_optax_catalogue.py compares each with Optax). Adam's
     # relatives take Adam's rates (measured: AdaBelief 2.1e-7 from the parabola's minimum and
     # f = 8.9e-12; Adan 0 and 0; the optimistic Adams 4.0e-6 and f = 4.1e-5). Yogi's second

@@ -69,9 +69,10 @@ def _numpy_adam(params, grads, lrs, b1s, b2=0.999, eps=1e-8):
     return out
 
 
-# Numeric arguments that decide the state's shapes stay Python values when injected
-# (``static_args``): GaLore's rank is the projected moments' size.
-SHAPE_ARGS = {"galore_adamw": ("rank",), "galore": ("rank",)}
+# Numeric arguments that decide the state's or the program's shapes stay Python values when
+# injected (``static_args``, as a user must keep them): GaLore's rank is the projected moments'
+# size; SOAP's max_precond_dim decides which axes get a factor.
+STATIC_ARGS = {"galore_adamw": ("rank",), "galore": ("rank",), "soap": ("max_precond_dim",)}
 
 
 @table
@@ -91,7 +92,7 @@ def test_injected_optimizer_equals_plain_one(x64, entry):
     # MoMo gets the loss value too: that of a quadratic whose gradient is the given one.
     plain = _run(entry.make(entry.parabola_lr), params, grads, entry.update_args)
     injected = _run(
-        gx.inject_hyperparams(entry.factory, static_args=SHAPE_ARGS.get(entry.name, ()))(
+        gx.inject_hyperparams(entry.factory, static_args=STATIC_ARGS.get(entry.name, ()))(
             entry.parabola_lr, **entry.kwargs
         ),
         params,
@@ -115,7 +116,7 @@ def test_init_and_update_build_the_same_structure_as_the_plain_optimizer(entry):
     # compiling, by tracing), and the inner state is the plain optimizer's given the same
     # hyperparameters as arrays (the general program: no link is dropped for a traced zero).
     params = jax.tree.map(lambda x: x.astype(jnp.float32), _params())
-    opt = gx.inject_hyperparams(entry.factory, static_args=SHAPE_ARGS.get(entry.name, ()))(
+    opt = gx.inject_hyperparams(entry.factory, static_args=STATIC_ARGS.get(entry.name, ()))(
         entry.parabola_lr, **entry.kwargs
     )
     state = opt.init(params)

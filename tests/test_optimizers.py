@@ -229,6 +229,12 @@ def _use_dtype(dtype, request):
     return jnp.dtype(dtype)
 
 
+# Entries whose state may hold leaves of shapes other than their params' (Kronecker factors,
+# eigenbases, projections): their dtype rule is in the test below (GaLore's projectors and
+# projected moments have rules of their own there).
+MATRIX_PRECONDITIONED = {"shampoo", "soap", "galore_adamw"}
+
+
 @table
 @DTYPES
 def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
@@ -275,6 +281,14 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
         elif ".base_optimizer_state." in where and len(shape) == 2:
             # GaLore's moments of a projected matrix (its projected shape), in the param's dtype.
             assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
+        elif entry.name in MATRIX_PRECONDITIONED and shape != ():
+            # Preconditioner statistics (Kronecker factors, eigenbases, projections, low-rank
+            # moments) have shapes of their own; eigh/QR/SVD and matrix roots lose too much in
+            # 16 bits, so they are at least float32 (the issue: float32 for bf16 params).
+            wanted = jnp.promote_types(dtype, jnp.float32)
+            assert jnp.promote_types(leaf_dtype, wanted) == leaf_dtype, (
+                f"{where}: {leaf_dtype} for {dtype} params, at least {wanted} wanted"
+            )
         else:
             # Scalar bookkeeping (e.g. NAdam's momentum product) is never below float32.
             assert shape == () and jnp.finfo(leaf_dtype).bits >= 32, f"{where}: {leaf_dtype}"
@@ -309,8 +323,10 @@ def test_mu_dtype_keeps_a_float32_first_moment_for_bfloat16_params(make):
 
 
 # ADOPT's first update only initialises its second moment and is exactly 0 (Taniguchi et al.,
-# 2024, Algorithm 1; Optax's too): its second update is the first that moves the params.
-FIRST_UPDATE_IS_ZERO = {"adopt"}
+# 2024, Algorithm 1; Optax's too): its second update is the first that moves the params. SOAP's
+# first step only gathers its Kronecker factors and their eigenbases (pytorch-optimizer's SOAP
+# returns before updating the params, and applies no weight decay on it).
+FIRST_UPDATE_IS_ZERO = {"adopt", "soap"}
 
 
 @every_optimizer

@@ -227,6 +227,22 @@ VALID = {
         },
         optional={"adamw_learning_rate": rate},
     ),
+    "soap": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "b1": unit,
+            "b2": unit,
+            "shampoo_beta": st.one_of(st.just(-1.0), unit),
+            "eps": eps,
+            "weight_decay": decay,
+            "precondition_frequency": st.integers(1, 4),
+            "max_precond_dim": st.integers(1, 4),
+            "merge_dims": st.booleans(),
+            "precondition_1d": st.booleans(),
+            "normalize_grads": st.booleans(),
+            "correct_bias": st.booleans(),
+        }
+    ),
     "lbfgs": st.fixed_dictionaries(
         {
             "learning_rate": rate,
@@ -658,6 +674,12 @@ INVALID = {
         "learning_rate": negative, "weight_decay": negative, "momentum": outside_unit,
         "eps": negative, "adamw_learning_rate": negative, "adamw_b1": outside_unit,
         "adamw_b2": outside_unit, "adamw_eps": negative, "adamw_weight_decay": negative,
+    }),
+    "soap": ({}, {
+        "learning_rate": negative, "b1": outside_unit, "b2": outside_unit,
+        "shampoo_beta": st.one_of(st.floats(min_value=1.0), st.just(math.nan)), "eps": negative,
+        "weight_decay": negative, "precondition_frequency": st.integers(max_value=0),
+        "max_precond_dim": st.integers(max_value=0),
     }),
     "lbfgs": ({}, {
         "learning_rate": negative, "tolerance_grad": negative, "tolerance_change": negative,

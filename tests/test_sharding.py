@@ -500,7 +500,10 @@ def test_sums_are_accepted_only_of_values_zero_at_the_padding(name):
 # The check's decision on every primitive that gradxform's optimizers produce (the table of
 # tests/test_optimizers.py, and the clip with an axis). An optimizer that needs a primitive not
 # listed here fails the test below: decide in gradxform/wrappers/primitive_table.py whether
-# the primitive moves elements, then list it here with that decision.
+# the primitive moves elements, then list it here with that decision. SOAP brings the matrix
+# decompositions (eigh, qr: each result element depends on the whole matrix, so refused), the
+# sort of its estimated eigenvalues and the gather that reorders its second moment by it,
+# the flip of eigh's columns (rev), and iota (its identity bases and orders).
 OPTIMIZER_PRIMITIVES = {
     "abs": "elementwise",
     "add": "elementwise",
@@ -508,6 +511,7 @@ OPTIMIZER_PRIMITIVES = {
     "and": "elementwise",
     "bitcast_convert_type": "elementwise",
     "broadcast_in_dim": "broadcast_in_dim",
+    "clamp": "elementwise",
     "concatenate": "moves",
     "cond": "cond",
     "convert_element_type": "elementwise",
@@ -515,13 +519,16 @@ OPTIMIZER_PRIMITIVES = {
     "div": "elementwise",
     "dot_general": "dot_general",
     "dynamic_slice": "moves",
+    "eigh": "moves",
     "eq": "elementwise",
     "erf_inv": "elementwise",
     "exp": "elementwise",
     "expm1": "elementwise",
+    "gather": "moves",
     "ge": "elementwise",
     "gt": "elementwise",
     "integer_pow": "elementwise",
+    "iota": "position",
     "is_finite": "elementwise",
     "jit": "call",
     "le": "elementwise",
@@ -535,6 +542,7 @@ OPTIMIZER_PRIMITIVES = {
     "or": "elementwise",
     "pow": "elementwise",
     "psum": "collective",
+    "qr": "moves",
     "random_bits": "position",
     "random_split": "position",
     "random_unwrap": "position",
@@ -543,6 +551,7 @@ OPTIMIZER_PRIMITIVES = {
     "reduce_sum": "reduction",
     "rem": "elementwise",
     "reshape": "reshape",
+    "rev": "rev",
     "rsqrt": "elementwise",
     "scan": "scan",
     "scatter": "moves",
@@ -550,7 +559,9 @@ OPTIMIZER_PRIMITIVES = {
     "shift_right_logical": "elementwise",
     "sign": "elementwise",
     "slice": "moves",
+    "sort": "moves",
     "sqrt": "elementwise",
+    "square": "elementwise",
     "squeeze": "reshape",
     "stack": "moves",
     "sub": "elementwise",

@@ -991,6 +991,16 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"adamw_eps": -1e-8}, "adamw_eps"),
         ({"adamw_weight_decay": -0.01}, "adamw_weight_decay"),
     ],
+    "soap": [
+        ({"learning_rate": -3e-3}, "learning_rate"),
+        ({"b1": 1.0}, "b1"),
+        ({"b2": -0.1}, "b2"),
+        ({"shampoo_beta": 1.0}, "shampoo_beta"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -0.01}, "weight_decay"),
+        ({"precondition_frequency": 0}, "precondition_frequency"),
+        ({"max_precond_dim": 0}, "max_precond_dim"),
+    ],
     "lbfgs": [
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"max_iter": 0}, "max_iter"),

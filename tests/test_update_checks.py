@@ -98,6 +98,9 @@ TRANSFORMS = {
     "lion": (lambda: gx.lion(0.1), True),
     # Muon for the matrix "b", AdamW for the vector "a".
     "muon_with_adamw": (lambda: gx.muon_with_adamw(0.1), True),
+    "soap": (lambda: gx.soap(0.1), True),
+    "scale_by_soap": (gx.scale_by_soap, True),
+    "decay_after_step": (lambda: gx.decay_after_step(0.1, weight_decay=0.01), True),
     "lbfgs": (gx.lbfgs, True),
     "scale_by_lbfgs": (gx.scale_by_lbfgs, True),
     "scale_by_zoom_linesearch": (lambda: gx.scale_by_zoom_linesearch(5), True),

@@ -112,6 +112,7 @@ REQUIRED = {
     "ema": {"decay": 0.9},
     "scale": {"step_size": 0.1},
     "scale_by_learning_rate": {"learning_rate": 0.1},
+    "decay_after_step": {"learning_rate": 0.1},
     "scale_by_schedule": {"step_size_fn": lambda k: 0.1},
     "clip": {"max_delta": 1.0},
     "clip_by_global_norm": {"max_norm": 1.0},

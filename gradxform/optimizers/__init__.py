@@ -10,11 +10,13 @@ Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``paramete
 (DoG, DoWG, COCOB), ``model_based`` (MoMo). ``_links`` holds what the torch-named ones share
 (``maximize``, complex params as real pairs, the torch record). Their authors' own, with the
 authors' numbers: ``schedule_free`` (schedule-free SGD and AdamW), ``learning_rate_free``
-(Prodigy, D-Adaptation's AdamW), ``second_order`` (Sophia).
+(Prodigy, D-Adaptation's AdamW), ``second_order`` (Sophia), ``low_rank`` (GaLore),
+``eigenbasis`` (SOAP, as pytorch-optimizer).
 """
 
 from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
+from gradxform.optimizers.eigenbasis import soap
 from gradxform.optimizers.factored import adafactor
 from gradxform.optimizers.learning_rate_free import dadapt_adamw, prodigy
 from gradxform.optimizers.low_rank import galore, galore_adamw
@@ -90,6 +92,7 @@ __all__ = [
     "signum",
     "simplified_ademamix",
     "sm3",
+    "soap",
     "sophia",
     "sparse_adam",
     "yogi",

@@ -11,7 +11,6 @@ from gradxform._base import GradientTransformation, chain
 from gradxform._types import MaskOrFn, ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link, optional
 from gradxform.transforms.adam import check_moments
-from gradxform.transforms.decay import decay_after_step
 from gradxform.transforms.galore import (
     check_galore,
     galore_projection,
@@ -19,6 +18,7 @@ from gradxform.transforms.galore import (
     scale_by_galore,
 )
 from gradxform.transforms.scaling import scale_by_learning_rate
+from gradxform.transforms.stepped_decay import decay_before_learning_rate
 
 
 def galore_adamw(
@@ -63,7 +63,7 @@ def galore_adamw(
         ``None`` projects every 2-D leaf.
 
     Returns:
-      ``chain(scale_by_galore(base_optimizer=scale_by_adam_raw_eps), decay_after_step,
+      ``chain(scale_by_galore(base_optimizer=scale_by_adam_raw_eps), decay (before the rate),
       scale_by_learning_rate)``, the decay link a static 0 leaves out.
 
     Example:
@@ -88,7 +88,7 @@ def galore_adamw(
         galore_projection(who, rank, update_proj_gap, scale, base, proj_type, projected),
         *optional(
             not _validate.is_static_zero(weight_decay),
-            decay_after_step(learning_rate, weight_decay, who=who),
+            decay_before_learning_rate(learning_rate, weight_decay, who=who),
         ),
         scale_by_learning_rate(learning_rate),
     )

@@ -12,6 +12,7 @@ estimate), ``sophia`` (SophiaG's clipped step and its Gauss-Newton-Bartlett Hess
 ``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
 params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
 step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
+``soap_precondition`` (SOAP's eigenbasis Adam), ``stepped_decay`` (decay after the step),
 ``torch_lbfgs`` (torch's whole L-BFGS step) with ``wolfe`` (its strong-Wolfe line search), and
 Optax's line searches: ``linesearch`` (backtracking) and ``zoom``.
 """
@@ -135,8 +136,10 @@ from gradxform.transforms.schedule_free import (
 )
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
+from gradxform.transforms.soap_precondition import ScaleBySoapState, scale_by_soap
 from gradxform.transforms.sophia import ScaleBySophiaState, gauss_newton_bartlett, scale_by_sophia
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
+from gradxform.transforms.stepped_decay import DecayAfterStepState, decay_after_step
 from gradxform.transforms.torch_lbfgs import LbfgsState
 from gradxform.transforms.trust_ratio import scale_by_param_block_norm, scale_by_trust_ratio
 from gradxform.transforms.zoom import scale_by_zoom_linesearch
@@ -145,6 +148,7 @@ __all__ = [
     "AddNoiseState",
     "BacktrackingLinesearchInfo",
     "COCOBState",
+    "DecayAfterStepState",
     "DoGState",
     "DoWGState",
     "EmaState",
@@ -184,6 +188,7 @@ __all__ = [
     "ScaleBySM3State",
     "ScaleByScheduleState",
     "ScaleBySimplifiedAdEMAMixState",
+    "ScaleBySoapState",
     "ScaleBySophiaState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
@@ -202,6 +207,7 @@ __all__ = [
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "decay_after_step",
     "ema",
     "gauss_newton_bartlett",
     "hutchinson_estimator_diag_hessian",
@@ -251,6 +257,7 @@ __all__ = [
     "scale_by_sign",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",
+    "scale_by_soap",
     "scale_by_sophia",
     "scale_by_sparse_adam",
     "scale_by_stddev",

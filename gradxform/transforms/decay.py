@@ -3,14 +3,11 @@ does, of the new parameters after the step)."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
-import jax
-import jax.numpy as jnp
+from typing import Any
 
 from gradxform import _checks, _tree, _validate
-from gradxform._base import EmptyState, GradientTransformation, expect_state, require_params
-from gradxform._types import MaskOrFn, ScalarOrSchedule
+from gradxform._base import EmptyState, GradientTransformation, require_params
+from gradxform._types import MaskOrFn
 from gradxform.wrappers.masking import masked
 
 
@@ -69,48 +66,3 @@ def add_l2(weight_decay: float = 0.0, *, mask: MaskOrFn = None) -> GradientTrans
     """
     _validate.mask("add_l2", "mask", mask)
     return decayed_weights(weight_decay, mask, who="add_l2")
-
-
-class DecayAfterStepState(NamedTuple):
-    """``count`` (int32), for a learning-rate schedule."""
-
-    count: jax.Array
-
-
-def decay_after_step(
-    learning_rate: ScalarOrSchedule, weight_decay: Any, *, who: str
-) -> GradientTransformation:
-    """GaLore's reference decays the params after the step, ``p <- p' - lr * wd * p'`` with
-    ``p' = p - lr * u``. Placed before the learning rate (which then scales the whole step)::
-
-        u <- u + wd * (p - lr * u)      so that   p - lr * u_new = (p - lr * u) (1 - lr * wd)
-
-    Before rather than after the learning rate, so that the last link is the learning rate
-    whether or not the decay is there (an injected ``wd = 0`` then gives the plain program's
-    numbers bit for bit: XLA may fuse ``p + lr * u`` into one rounding only when nothing
-    comes between them). Not exported: it is :func:`gradxform.galore_adamw`'s decay link.
-    """
-    _validate.learning_rate(who, learning_rate)
-    _validate.non_negative(who, "weight_decay", weight_decay)
-
-    def init_fn(params):
-        del params
-        return DecayAfterStepState(jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        expect_state(who, state, DecayAfterStepState)
-        require_params(who, params, "its weight decay shrinks the new params p - lr * u")
-        _checks.check_updates(who, updates, params, "param", inexact=False)
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-
-        def leaf(u, p):
-            dtype = _tree.compute_dtype(jnp.result_type(u), p.dtype)
-            u = u.astype(dtype)
-            new_p = p.astype(dtype) - _tree.cast_scalar(lr, dtype) * u
-            return u + _tree.cast_scalar(weight_decay, dtype) * new_p
-
-        new_state = DecayAfterStepState(_tree.safe_increment(state.count))
-        return jax.tree.map(leaf, updates, params), new_state
-
-    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,120 @@
+"""Decoupled weight decay applied to the stepped params, ``p <- (p + u) (1 - lr wd)``: after
+the learning rate as ``pytorch-optimizer``'s SOAP applies it (:func:`decay_after_step`), and
+before it as GaLore's reference does (:func:`decay_before_learning_rate`)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradxform import _checks, _tree, _validate
+from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import ScalarOrSchedule
+
+
+class DecayAfterStepState(NamedTuple):
+    """``count`` (int32): the learning rate's schedule step."""
+
+    count: jax.Array
+
+
+def decay_after_step(
+    learning_rate: ScalarOrSchedule,
+    *,
+    weight_decay: float = 0.0,
+    skip_first_step: bool = False,
+) -> GradientTransformation:
+    """Decoupled weight decay of the stepped params, as ``pytorch-optimizer`` applies it::
+
+        p <- (p + u) (1 - lr * weight_decay),   that is   u <- u - lr * weight_decay * (p + u)
+
+    for the update ``u`` of the links before it (the learning rate included): the decay
+    comes after the step rather than beside it (AdamW's ``p - lr wd p + u``); the two differ
+    by ``lr * wd * u``.
+
+    Args:
+      learning_rate: ``lr``, a number or a schedule of the step count.
+      weight_decay: ``wd`` (>= 0).
+      skip_first_step: no decay on the first step (SOAP's, which only gathers statistics).
+
+    Returns:
+      A transformation whose state is :class:`DecayAfterStepState`. Needs ``params``.
+    """
+    who = "decay_after_step"
+    _validate.learning_rate(who, learning_rate)
+    _validate.non_negative(who, "weight_decay", weight_decay)
+    _validate.boolean(who, "skip_first_step", skip_first_step)
+    return decayed_after_step(who, learning_rate, weight_decay, skip_first_step)
+
+
+def decayed_after_step(
+    who: str, learning_rate: Any, weight_decay: Any, skip_first_step: bool
+) -> GradientTransformation:
+    """:func:`decay_after_step` with errors naming ``who``."""
+
+    def init_fn(params):
+        del params
+        return DecayAfterStepState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        expect_state(who, state, DecayAfterStepState)
+        require_params(who, params, "the decay is a multiple of the stepped params")
+        _checks.check_updates(who, updates, params, "param")
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        active = state.count > 0 if skip_first_step else True
+
+        def leaf(u, p):
+            dtype = _tree.compute_dtype(u.dtype, p.dtype)
+            c = _tree.cast_scalar(lr, dtype) * _tree.cast_scalar(weight_decay, dtype)
+            u = u.astype(dtype)
+            decayed = u - c * (p.astype(dtype) + u)
+            return jnp.where(active, decayed, u).astype(_tree.update_dtype(u, p))
+
+        return jax.tree.map(leaf, updates, params), DecayAfterStepState(
+            count=_tree.safe_increment(state.count)
+        )
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def decay_before_learning_rate(
+    learning_rate: ScalarOrSchedule, weight_decay: Any, *, who: str
+) -> GradientTransformation:
+    """GaLore's reference decays the params after the step, ``p <- p' - lr * wd * p'`` with
+    ``p' = p - lr * u``. Placed before the learning rate (which then scales the whole step)::
+
+        u <- u + wd * (p - lr * u)      so that   p - lr * u_new = (p - lr * u) (1 - lr * wd)
+
+    Before rather than after the learning rate, so that the last link is the learning rate
+    whether or not the decay is there (an injected ``wd = 0`` then gives the plain program's
+    numbers bit for bit: XLA may fuse ``p + lr * u`` into one rounding only when nothing
+    comes between them). Not exported: it is :func:`gradxform.galore_adamw`'s decay link;
+    :func:`decay_after_step` is the same decay placed after the learning rate (SOAP's).
+    """
+    _validate.learning_rate(who, learning_rate)
+    _validate.non_negative(who, "weight_decay", weight_decay)
+
+    def init_fn(params):
+        del params
+        return DecayAfterStepState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        expect_state(who, state, DecayAfterStepState)
+        require_params(who, params, "its weight decay shrinks the new params p - lr * u")
+        _checks.check_updates(who, updates, params, "param")
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def leaf(u, p):
+            dtype = _tree.compute_dtype(jnp.result_type(u), p.dtype)
+            u = u.astype(dtype)
+            new_p = p.astype(dtype) - _tree.cast_scalar(lr, dtype) * u
+            return u + _tree.cast_scalar(weight_decay, dtype) * new_p
+
+        new_state = DecayAfterStepState(count=_tree.safe_increment(state.count))
+        return jax.tree.map(leaf, updates, params), new_state
+
+    return GradientTransformation(init_fn, update_fn)
