@@ -3,7 +3,8 @@
 ``scaling`` (constant factors, learning rates, schedules, zeros, normalisation), ``momentum``
 (trace, ema), ``adam`` (Adam, AMSGrad, Adamax, NAdam), ``radam``, ``adadelta``, ``rprop``,
 ``asgd``, ``sparse`` (lazy Adam), ``rms`` (RMSProp, Adagrad), ``sign`` (Lion, sign),
-``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
+``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz),
+``shampoo_precondition`` (Shampoo's Kronecker factors), ``adaptive`` (AdaBelief,
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
 LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
 ``coin`` (COCOB), ``dog`` (DoG, DoWG), ``momo``, ``hutchinson`` (a diagonal Hessian estimate),
@@ -119,6 +120,7 @@ from gradxform.transforms.scaling import (
     scale_gradient,
     set_to_zero,
 )
+from gradxform.transforms.shampoo_precondition import ScaleByShampooState, scale_by_shampoo
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from gradxform.transforms.sparse import ScaleBySparseAdamState, scale_by_sparse_adam
@@ -165,6 +167,7 @@ __all__ = [
     "ScaleByRssState",
     "ScaleBySM3State",
     "ScaleByScheduleState",
+    "ScaleByShampooState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySparseAdamState",
     "ScaleByZoomLinesearchState",
@@ -222,6 +225,7 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_shampoo",
     "scale_by_sign",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",

@@ -152,7 +152,7 @@ def newton_schulz(
     return x.T if transpose else x
 
 
-def _lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
+def torch_lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
     """``start + weight (end - start)`` with torch's rounding: for ``|weight| >= 0.5`` it is
     computed from the other end, ``end - (1 - weight) (end - start)``."""
     difference = end - start
@@ -216,8 +216,8 @@ def muon_direction(
             g, m_old = g.astype(dtype), m.astype(dtype)
             if torch_arithmetic:
                 weight = 1 - beta if _validate.is_static_number(beta) else 1 - jnp.asarray(beta)
-                new_m = _lerp(m_old, g, _tree.cast_scalar(weight, dtype))
-                u = _lerp(g, new_m, _tree.cast_scalar(beta, dtype)) if nesterov else new_m
+                new_m = torch_lerp(m_old, g, _tree.cast_scalar(weight, dtype))
+                u = torch_lerp(g, new_m, _tree.cast_scalar(beta, dtype)) if nesterov else new_m
             else:
                 new_m = _tree.moment_update(m_old, g, beta, dtype)
                 u = new_m / _tree.cast_scalar(correction, dtype)
