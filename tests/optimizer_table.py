@@ -279,6 +279,11 @@ OPTIMIZERS: tuple[Entry, ...] = (
         hovers=True,
         covers=(gx.muon,),
     ),
+    # Shampoo's roots of the accumulated factors make it a full-matrix AdaGrad per dimension:
+    # its step shrinks like lr / sqrt(t), so it needs a larger rate than Adam's. Measured: the
+    # parabola 7.4e-6 from its minimum at lr = 0.3 (1.2e-4 at 0.1), Rosenbrock f = 2.3e-10 at
+    # lr = 0.3 (1.5e-5 at 0.1, 0.086 at 0.03).
+    Entry("shampoo", gx.shampoo, {}, 0.3, 0.3),
     # Optax's catalogue (tests/test_optax_catalogue.py compares each with Optax). Adam's
     # relatives take Adam's rates (measured: AdaBelief 2.1e-7 from the parabola's minimum and
     # f = 8.9e-12; Adan 0 and 0; the optimistic Adams 4.0e-6 and f = 4.1e-5). Yogi's second

@@ -315,7 +315,7 @@ NOT_PER_ELEMENT_STATE = {
 # Entries that are not element-wise, left out: Muon orthogonalises each matrix, and a flat
 # buffer is a vector (the recipe's default labels give every buffer to AdamW), so the flat path
 # would run another optimizer.
-MATRIX_ENTRIES = {"muon_with_adamw"}
+MATRIX_ENTRIES = {"muon_with_adamw", "shampoo"}
 TABLE_RUN = [
     name
     for name in (*ENTRIES, *FLAT_EXTRAS)

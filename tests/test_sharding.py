@@ -554,6 +554,7 @@ OPTIMIZER_PRIMITIVES = {
     "squeeze": "reshape",
     "stack": "moves",
     "sub": "elementwise",
+    "svd": "moves",
     "transpose": "transpose",
     "while": "while",
 }

@@ -973,6 +973,14 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"d": 0.5}, "d"),
         ({"weight_decay": -1e-2}, "weight_decay"),
     ],
+    "shampoo": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"preconditioning_compute_steps": 0}, "preconditioning_compute_steps"),
+        ({"matrix_eps": -1e-6}, "matrix_eps"),
+        ({"weight_decouple": 1}, "weight_decouple"),
+    ],
     "muon_with_adamw": [
         ({"learning_rate": -0.02}, "learning_rate"),
         ({"weight_decay": -0.1}, "weight_decay"),

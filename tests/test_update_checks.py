@@ -98,6 +98,8 @@ TRANSFORMS = {
     "lion": (lambda: gx.lion(0.1), True),
     # Muon for the matrix "b", AdamW for the vector "a".
     "muon_with_adamw": (lambda: gx.muon_with_adamw(0.1), True),
+    "shampoo": (lambda: gx.shampoo(0.1), True),
+    "scale_by_shampoo": (gx.scale_by_shampoo, True),
     "lbfgs": (gx.lbfgs, True),
     "scale_by_lbfgs": (gx.scale_by_lbfgs, True),
     "scale_by_zoom_linesearch": (lambda: gx.scale_by_zoom_linesearch(5), True),

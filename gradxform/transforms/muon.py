@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
+from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
 
 # Keller Jordan's quintic coefficients, torch's and Optax's default.
@@ -231,7 +232,9 @@ def muon_direction(
             )
             return o.astype(out_dtype), new_m.astype(m.dtype)
 
-        u, mu = _tree.tree_map_multi(leaf, 2, updates, state.mu)
+        # Same-shape matrices share one batched iteration (compile time O(distinct shapes)).
+        pairs = stacked_map(leaf, updates, state.mu)
+        u, mu = (jax.tree.map(lambda _, p, i=i: p[i], updates, pairs) for i in (0, 1))
         return u, ScaleByMuonState(count=count, mu=mu)
 
     return GradientTransformation(init_fn, update_fn)
