@@ -979,7 +979,6 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"weight_decay": -0.1}, "weight_decay"),
         ({"preconditioning_compute_steps": 0}, "preconditioning_compute_steps"),
         ({"matrix_eps": -1e-6}, "matrix_eps"),
-        ({"weight_decouple": 1}, "weight_decouple"),
     ],
     "muon_with_adamw": [
         ({"learning_rate": -0.02}, "learning_rate"),

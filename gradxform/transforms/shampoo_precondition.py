@@ -21,6 +21,7 @@ caller's ``out_shardings`` say otherwise.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -53,7 +54,8 @@ def inverse_root(matrix: jax.Array, exponent: jax.Array) -> jax.Array:
 
 
 def _unfold(g: jax.Array, axis: int) -> jax.Array:
-    return jnp.moveaxis(g, axis, 0).reshape(g.shape[axis], -1)
+    rest = math.prod(g.shape) // g.shape[axis] if g.shape[axis] else 0
+    return jnp.moveaxis(g, axis, 0).reshape(g.shape[axis], rest)
 
 
 def _accumulate(g: jax.Array, statistics: tuple) -> tuple:
