@@ -222,6 +222,14 @@ def _dtype_params(dtype):
 
 DTYPES = pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 
+# Entries whose state holds matrix-preconditioner statistics (Kronecker factors, eigenbases,
+# projections, low-rank moments): leaves of shapes that are neither a param's nor scalar. The
+# issue keeps such statistics in float32 for bf16/f16 params (their roots and decompositions
+# lose everything in bf16) and never below the param's precision, so for these entries such a
+# leaf must be promote_types(param dtype, float32) or wider; every other entry keeps the rule
+# that only params' shapes, factored shapes and scalars may appear.
+MATRIX_PRECONDITIONED = {"shampoo", "soap", "galore_adamw"}
+
 
 def _use_dtype(dtype, request):
     if dtype == "float64":
@@ -267,6 +275,12 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
         elif shape in param_shapes or shape in factored_shapes:
             # Moments follow their param's dtype (bf16 params give bf16 moments).
             assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
+        elif shape != () and entry.name in MATRIX_PRECONDITIONED:
+            floor = jnp.promote_types(dtype, jnp.float32)
+            assert jnp.promote_types(leaf_dtype, floor) == leaf_dtype, (
+                f"{where}: preconditioner statistics {leaf_dtype} for {dtype} params "
+                f"(at least {floor})"
+            )
         else:
             # Scalar bookkeeping (e.g. NAdam's momentum product) is never below float32.
             assert shape == () and jnp.finfo(leaf_dtype).bits >= 32, f"{where}: {leaf_dtype}"
