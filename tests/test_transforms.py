@@ -643,7 +643,8 @@ def test_complex_params(x64, make, reference):
 # Optimizers that refuse complex params, as their torch.optim class does: torch's Adafactor
 # raises "Adafactor does not support complex parameters" (tests/test_adafactor.py checks both).
 # Optax's scale_by_sm3 refuses complex params too (its error names scale_by_sm3).
-REFUSE_COMPLEX = {"adafactor", "sm3"}
+# pytorch-optimizer's Shampoo raises NoComplexParameterError for a complex param.
+REFUSE_COMPLEX = {"adafactor", "shampoo", "sm3"}
 
 
 @table

@@ -105,7 +105,7 @@ def _check_real(who: str, params: Any) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if jnp.iscomplexobj(leaf):
             raise TypeError(
-                f"{who}: the parameter at {path_name(path)} is complex "
+                f"{who}: parameter {path_name(path)} is complex "
                 f"({jnp.result_type(leaf)}); Shampoo (as pytorch-optimizer's) preconditions "
                 "real tensors."
             )
