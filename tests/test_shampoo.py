@@ -21,8 +21,8 @@ of order 1). gradxform against the reference, measured with this test's runner: 
 The reference mutates the gradient it is given (``grad.lerp_``, ``grad.add_``) and keeps it as
 its momentum: each step gets fresh gradient tensors. The gradients are precomputed (random),
 so that both runners see the same ones whatever the params; weight decay still reads the
-params. The runner compiles one step and runs it 100 times (the ``k = 3`` case counts its
-traces: the periodic root does not recompile).
+params. The runner compiles init and the 100 steps as one ``lax.scan`` per case (the step is
+traced once, with the count traced: the ``k = 3`` case's periodic root does not recompile).
 """
 
 from __future__ import annotations
@@ -93,18 +93,25 @@ def test_equals_pytorch_optimizer_shampoo(x64, case):
     want = _reference(kwargs, params0, grads)
     opt = gx.shampoo(LR, **kwargs)
 
-    @jax.jit
     @chex.assert_max_traces(n=1)
-    def step(params, state, g):
+    def step(carry, g):
+        params, state = carry
         updates, state = opt.update(g, state, params)
-        return gx.apply_updates(params, updates), state
+        params = gx.apply_updates(params, updates)
+        return (params, state), params
 
-    params = {k: jnp.asarray(v) for k, v in params0.items()}
-    state, got = opt.init(params), []
-    for g in grads:
-        params, state = step(params, state, g)
-        got.append({k: np.asarray(v) for k, v in params.items()})
-    chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL[case], strict=True)
+    @jax.jit
+    def run(params, grads):
+        # init and the 100 steps in one program: one compilation per case. The step count is
+        # the scan's carry, traced: the k = 3 case's periodic root cannot depend on its value.
+        return jax.lax.scan(step, (params, opt.init(params)), grads)[1]
+
+    stack = lambda history: {k: np.stack([h[k] for h in history]) for k in SHAPES}  # noqa: E731
+    got = run({k: jnp.asarray(v) for k, v in params0.items()}, stack(grads))
+    # Every step's params compared (the leading axis of each leaf is the step).
+    chex.assert_trees_all_close(
+        jax.device_get(got), stack(want), rtol=RTOL, atol=ATOL[case], strict=True
+    )
     # Every leaf moved, the scalar (which is not preconditioned) included.
     assert all(np.abs(want[-1][k] - params0[k]).max() > 1e-2 for k in SHAPES)
 
@@ -119,13 +126,18 @@ def _count(jaxpr, name):
 
 
 def _update_jaxpr(opt, params):
-    state = opt.init(params)
+    # Shapes only: nothing is computed or compiled, the update is traced once.
+    params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+    state = jax.eval_shape(opt.init, params)
     return jax.make_jaxpr(lambda g, s, p: opt.update(g, s, p))(params, state, params).jaxpr
 
 
 def test_one_svd_per_distinct_factor_shape_not_per_layer():
     def tree(layers, shapes):
-        return {f"layer{i}": [jnp.ones(s) for s in shapes] for i in range(layers)}
+        return {
+            f"layer{i}": [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+            for i in range(layers)
+        }
 
     opt = gx.shampoo(0.1)
     one = _count(_update_jaxpr(opt, tree(1, [(8, 8)])), "svd")
@@ -135,7 +147,7 @@ def test_one_svd_per_distinct_factor_shape_not_per_layer():
 
 
 def test_periodic_root_is_one_cond_around_the_svd():
-    params = {f"w{i}": jnp.ones((4, 3)) for i in range(3)}
+    params = {f"w{i}": jax.ShapeDtypeStruct((4, 3), jnp.float32) for i in range(3)}
     jaxpr = _update_jaxpr(gx.shampoo(0.1, preconditioning_compute_steps=2), params)
     conds = [e for e in jaxpr.eqns if e.primitive.name == "cond"]
     assert len(conds) == 1 and _count(jaxpr, "svd") == 2
@@ -152,8 +164,9 @@ def test_statistics_float32_for_bfloat16_params():
     dtype = jnp.bfloat16
     params = {"w": jnp.ones((4, 3), dtype), "b": jnp.ones(3, dtype), "s": jnp.ones((), dtype)}
     opt = gx.scale_by_shampoo(momentum=0.5)
-    state = opt.init(params)
-    updates, new_state = jax.jit(opt.update)(params, state)
+    # Types only (what jit would cache on), so nothing is compiled.
+    state = jax.eval_shape(opt.init, params)
+    updates, new_state = jax.eval_shape(opt.update, params, state)
     chex.assert_trees_all_equal_dtypes(state, new_state)
     for factor in jax.tree.leaves((state.statistics, state.roots)):
         assert factor.dtype == jnp.float32
@@ -169,15 +182,16 @@ def test_sharded_momentum_and_update_stay_sharded_and_factors_replicated():
     params = {"w": jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)}
     grads = {"w": jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)}
     opt = gx.shampoo(0.1, momentum=0.5)
-    step = jax.jit(lambda g, s, p: opt.update(g, s, p))
-    want = step(grads, opt.init(params), params)
+    init, step = jax.jit(opt.init), jax.jit(lambda g, s, p: opt.update(g, s, p))
+    # Two steps on one device first: each of init and step compiles once per placement.
+    want = step(grads, init(params), params)
+    want = step(grads, want[1], params)
     with jax.set_mesh(mesh):
         params, grads = jax.device_put((params, grads), by_rows)
-        state = jax.jit(opt.init)(params)
+        state = init(params)
         (init_state, *_) = state
         got = step(grads, state, params)
         got = step(grads, got[1], params)
-        want = step(grads, want[1], jax.device_get(params))
     updates, (shampoo_state, *_) = got
     for what, leaf in [
         ("initial momentum", init_state.momentum["w"]),
