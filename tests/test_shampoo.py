@@ -116,6 +116,31 @@ def test_equals_pytorch_optimizer_shampoo(x64, case):
     assert all(np.abs(want[-1][k] - params0[k]).max() > 1e-2 for k in SHAPES)
 
 
+def test_injected_compute_steps_runs_the_general_program():
+    # An injected preconditioning_compute_steps is a float array in the state: the same cond,
+    # on count % k with k traced, gives the plain optimizer's params (roots zero, so no
+    # movement, until step k = 3).
+    rng = np.random.default_rng(5)
+    params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+    grads = {"w": jnp.asarray(rng.normal(size=(7, 4, 3)), jnp.float32)}
+    kwargs = dict(momentum=0.5, preconditioning_compute_steps=3)
+
+    def run(opt):
+        def body(carry, g):
+            p, s = carry
+            u, s = opt.update(g, s, p)
+            p = gx.apply_updates(p, u)
+            return (p, s), p
+
+        return jax.jit(lambda p, g: jax.lax.scan(body, (p, opt.init(p)), g)[1])(params, grads)
+
+    plain = run(gx.shampoo(0.1, **kwargs))
+    injected = run(gx.inject_hyperparams(gx.shampoo)(0.1, **kwargs))
+    chex.assert_trees_all_equal(injected, plain)
+    moved = np.abs(plain["w"] - params["w"]).max(axis=(1, 2))
+    assert np.all(moved[:2] == 0) and np.all(moved[2:] > 0), moved
+
+
 def _count(jaxpr, name):
     total = 0
     for eqn in jaxpr.eqns:

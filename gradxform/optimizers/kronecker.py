@@ -40,8 +40,9 @@ def shampoo(
       weight_decay: the decay ``lambda`` (>= 0).
       weight_decouple: decay the params (AdamW's way) rather than the gradient.
       fixed_decay: with ``weight_decouple``, decay by ``weight_decay`` not scaled by ``lr``.
-      preconditioning_compute_steps: recompute the inverse roots every this many steps (a
-        Python int >= 1); the update is zero until the first computation, as in the reference.
+      preconditioning_compute_steps: recompute the inverse roots every this many steps (>= 1;
+        an array, e.g. injected, runs the general program); the update is zero until the first
+        computation, as in the reference.
       matrix_eps: the factors start from ``matrix_eps * I`` (>= 0).
 
     Returns:

@@ -115,7 +115,7 @@ def shampoo_direction(
     who: str,
     momentum: Any,
     weight_decay: Any,
-    preconditioning_compute_steps: int,
+    preconditioning_compute_steps: Any,
     matrix_eps: Any,
 ) -> GradientTransformation:
     """:func:`scale_by_shampoo` with errors naming ``who`` (the optimizer users call)."""
@@ -174,11 +174,15 @@ def shampoo_direction(
             del roots
             return stacked_map(inverse_root, statistics, exponents)
 
-        if preconditioning_compute_steps == 1:
+        if isinstance(preconditioning_compute_steps, int) and preconditioning_compute_steps == 1:
             roots = refresh(statistics, state.roots)
         else:
+            # An array (an injected hyperparameter, stored as a float) runs the general program.
+            every = preconditioning_compute_steps
+            if not isinstance(every, int):
+                every = jnp.asarray(every).astype(jnp.int32)
             roots = jax.lax.cond(
-                count % preconditioning_compute_steps == 0,
+                count % every == 0,
                 refresh,
                 lambda statistics, roots: roots,
                 statistics,
@@ -200,7 +204,9 @@ def check_shampoo(
     """The arguments of Shampoo's preconditioner."""
     _validate.probability(who, "momentum", momentum)
     _validate.non_negative(who, "weight_decay", weight_decay)
-    _validate.count(who, "preconditioning_compute_steps", preconditioning_compute_steps)
+    _validate.count(
+        who, "preconditioning_compute_steps", preconditioning_compute_steps, traced_ok=True
+    )
     _validate.non_negative(who, "matrix_eps", matrix_eps)
 
 
@@ -232,8 +238,9 @@ def scale_by_shampoo(
     Args:
       momentum: the weight of the previous direction, in [0, 1).
       weight_decay: coupled (L2) decay added to the mixed gradient (>= 0); needs ``params``.
-      preconditioning_compute_steps: recompute the roots every this many steps (a Python int
-        >= 1); the count is traced, so the step does not recompile.
+      preconditioning_compute_steps: recompute the roots every this many steps (>= 1); the
+        count is traced, so the step does not recompile. A Python int 1 drops the ``cond``; an
+        array (e.g. injected) runs the general program.
       matrix_eps: the multiple of the identity the factors start from (>= 0).
 
     Returns:
