@@ -522,6 +522,7 @@ OPTIMIZER_PRIMITIVES = {
     "ge": "elementwise",
     "gt": "elementwise",
     "integer_pow": "elementwise",
+    "iota": "position",
     "is_finite": "elementwise",
     "jit": "call",
     "le": "elementwise",
