@@ -1,7 +1,7 @@
 """Compile time and step time of the matrix optimizers, stacked against per-leaf, by depth.
 
     python -m benchmarks.matrix_compile            # 4, 12 and 48 layers
-    python -m benchmarks.matrix_compile --quick    # 4 and 12 layers, fewer optimizers' peers
+    python -m benchmarks.matrix_compile --quick    # 4 and 12 layers, 3 timed steps (not 5)
 
 The tree is transformer-shaped: per layer the attention's q, k, v, o (256 x 256), the MLP's
 256 x 1024 and 1024 x 256, and two layer-norm vectors (256); plus an embedding 1024 x 256. For
@@ -12,6 +12,11 @@ program (same-shape matrices share one ``vmap``-ped computation, gradxform's def
 per-leaf one (traced within ``gradxform._stacking.leaf_by_leaf()``), and for Optax's nearest
 equivalent where there is one: ``optax.contrib.muon`` for Muon. Optax 0.2.8 has no Shampoo and
 no SOAP, in its core or contrib; those rows have no peer.
+
+Shampoo runs with ``preconditioning_compute_steps=ROOT_EVERY``: its roots (an SVD per factor)
+are compiled, inside the step's ``cond``, but the timed steps (the 2nd to the 6th) do not
+compute them. They are the steady-state step between two root computations: on a 2-core CPU
+one float32 SVD of a 1024 x 1024 factor takes ~10 s (measured), and the 12-layer tree has 25.
 
 Results: a table on stdout (times and the per-leaf / stacked ratios), and the raw numbers as
 JSON under ``--out`` (default ``benchmarks/results/<machine>-matrix-compile.json``).
@@ -41,6 +46,7 @@ except ImportError:  # pragma: no cover - optional peer
     optax = None
 
 WIDTH, HIDDEN, VOCAB = 256, 1024, 1024
+ROOT_EVERY = 1000
 
 
 def transformer_tree(layers: int) -> dict:
@@ -70,7 +76,7 @@ def optimizers() -> dict:
             lambda: gx.muon_with_adamw(0.02),
             (lambda: optax.contrib.muon(0.02)) if optax is not None else None,
         ),
-        "shampoo": (lambda: gx.shampoo(1e-3), None),
+        "shampoo": (lambda: gx.shampoo(1e-3, preconditioning_compute_steps=ROOT_EVERY), None),
     }
     if hasattr(gx, "soap"):
         found["soap"] = (lambda: gx.soap(3e-3), None)
@@ -89,13 +95,16 @@ def measure(make, params, *, per_leaf: bool, steps: int) -> dict:
         return gx.apply_updates(params, updates), state
 
     state = jax.jit(opt.init)(params)
+    # ``step`` is a new function on every call: JAX's trace cache is keyed on the function and
+    # the arguments' types, not on leaf_by_leaf, so a reused function would return the stacked
+    # trace for the per-leaf variant too (measured: identical jaxprs).
     start = time.perf_counter()
     if per_leaf:
         with leaf_by_leaf():
-            lowered = jax.jit(step).lower(params, state, grads)
+            traced = jax.jit(step).trace(params, state, grads)
     else:
-        lowered = jax.jit(step).lower(params, state, grads)
-    compiled = lowered.compile()
+        traced = jax.jit(step).trace(params, state, grads)
+    compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
     params, state = jax.block_until_ready(compiled(params, state, grads))
     times = []
@@ -103,7 +112,23 @@ def measure(make, params, *, per_leaf: bool, steps: int) -> dict:
         start = time.perf_counter()
         params, state = jax.block_until_ready(compiled(params, state, grads))
         times.append(time.perf_counter() - start)
-    return {"compile_s": compile_s, "step_s": statistics.median(times)}
+    counts = {name: _count(traced.jaxpr.jaxpr, name) for name in COUNTED}
+    return {"compile_s": compile_s, "step_s": statistics.median(times), "equations": counts}
+
+
+# Equations counted in each variant's jaxpr (sub-jaxprs included, a loop body once): the
+# per-leaf program holds one decomposition, or Newton-Schulz iteration, per matrix, the
+# stacked one one per distinct shape.
+COUNTED = ("svd", "eigh", "qr", "dot_general")
+
+
+def _count(jaxpr, name: str) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += eqn.primitive.name == name
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            total += _count(sub, name)
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +170,9 @@ def _line(row: dict) -> str:
         f"{row['optimizer']:>16} {row['layers']:>3} layers | stacked compile "
         f"{s['compile_s']:7.2f}s step {s['step_s'] * 1e3:8.2f}ms | per-leaf compile "
         f"{p['compile_s']:7.2f}s ({p['compile_s'] / s['compile_s']:5.2f}x) step "
-        f"{p['step_s'] * 1e3:8.2f}ms ({p['step_s'] / s['step_s']:5.2f}x) | {optax_part}"
+        f"{p['step_s'] * 1e3:8.2f}ms ({p['step_s'] / s['step_s']:5.2f}x) | {optax_part} | "
+        f"svd/dot equations stacked {s['equations']['svd']}/{s['equations']['dot_general']}, "
+        f"per-leaf {p['equations']['svd']}/{p['equations']['dot_general']}"
     )
 
 
