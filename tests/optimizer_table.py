@@ -315,6 +315,21 @@ OPTIMIZERS: tuple[Entry, ...] = (
     # after the step sets it; hovers); Rosenbrock (a vector: Adam's rule) f = 5.2e-8 at
     # lr = 1e-3 (1.8e-6 at 3e-3).
     Entry("soap", gx.soap, {"precondition_frequency": 2, "eps": 1e-2}, 3e-3, 1e-3, hovers=True),
+    # Shampoo's roots of the accumulated factors make it a full-matrix AdaGrad per dimension:
+    # its step shrinks like lr / sqrt(t), so it needs a larger rate than Adam's. The factors
+    # start from matrix_eps * I and gain one rank-1 term per step, so in the first steps they
+    # are near-singular: with the default 1e-6 their condition numbers after 3 steps are 2.9e7
+    # (the vector's 3x3) and 2.7e8 (the matrix's 3x3), past float32's 1 / eps = 8.4e6, and the
+    # float32 SVD returns the small singular values with no correct digit; their inverse roots
+    # turn the 2e-7 relative difference between gradients averaged by an all-reduce and by the
+    # mean loss into params 0.46 apart after 3 steps (test_shard_map_equals_single_device_...).
+    # Measured, the worst leaf's |difference| / (1e-6 + 1e-6 |value|) of that test (1 fails)
+    # is 15 at matrix_eps = 1e-2 and 2.0 at 0.1 (both in the roots), 0.67 at 0.3, and 0.31 at
+    # 1, where the condition numbers are at most 2.4e2 and the worst leaf is a factor's sum of
+    # products, element-wise arithmetic, not the roots. matrix_eps = 1 converges as well:
+    # the parabola 7.7e-6 from its minimum at lr = 0.3 (1.2e-4 at 0.1), Rosenbrock f = 2.3e-10
+    # at lr = 0.3 (4.1e-5 at 0.1); at 1e-6 they were 7.4e-6 and 2.3e-10.
+    Entry("shampoo", gx.shampoo, {"matrix_eps": 1.0}, 0.3, 0.3),
     # Optax's catalogue (tests/test_optax_catalogue.py compares each with Optax). Adam's
     # relatives take Adam's rates (measured: AdaBelief 2.1e-7 from the parabola's minimum and
     # f = 8.9e-12; Adan 0 and 0; the optimistic Adams 4.0e-6 and f = 4.1e-5). Yogi's second

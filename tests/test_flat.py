@@ -315,9 +315,9 @@ NOT_PER_ELEMENT_STATE = {
 # Entries that are not element-wise, left out: Muon orthogonalises each matrix, and a flat
 # buffer is a vector (the recipe's default labels give every buffer to AdamW), so the flat path
 # would run another optimizer; GaLore projects each matrix (a flat buffer, a vector, would not
-# be projected); SOAP rotates each matrix into its factors' eigenbasis (a flat buffer is one
-# vector, which it preconditions as Adam).
-MATRIX_ENTRIES = {"muon_with_adamw", "galore_adamw", "galore", "soap"}
+# be projected); SOAP rotates each matrix into its factors' eigenbasis and Shampoo multiplies
+# it by a root of each axis's factor (a flat buffer is one vector).
+MATRIX_ENTRIES = {"muon_with_adamw", "galore_adamw", "galore", "soap", "shampoo"}
 TABLE_RUN = [
     name
     for name in (*ENTRIES, *FLAT_EXTRAS)

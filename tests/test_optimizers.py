@@ -222,6 +222,14 @@ def _dtype_params(dtype):
 
 DTYPES = pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 
+# Entries whose state holds matrix-preconditioner statistics (Kronecker factors, eigenbases,
+# projections, low-rank moments): leaves of shapes that are neither a param's nor scalar. The
+# issue keeps such statistics in float32 for bf16/f16 params (their roots and decompositions
+# lose everything in bf16) and never below the param's precision, so for these entries such a
+# leaf must be promote_types(param dtype, float32) or wider; every other entry keeps the rule
+# that only params' shapes, factored shapes and scalars may appear.
+MATRIX_PRECONDITIONED = {"shampoo", "soap", "galore_adamw"}
+
 
 def _use_dtype(dtype, request):
     if dtype == "float64":

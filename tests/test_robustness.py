@@ -210,6 +210,17 @@ VALID = {
     ),
     # Muon on the matrices (2-D leaves, empty ones included), AdamW on the rest. AdamW's eps
     # stays >= 1e-2: the float16 bound of the test below is keyed on `eps`, which is Muon's here.
+    "shampoo": st.fixed_dictionaries(
+        {
+            "learning_rate": rate,
+            "momentum": unit,
+            "weight_decay": decay,
+            "weight_decouple": st.booleans(),
+            "fixed_decay": st.booleans(),
+            "preconditioning_compute_steps": st.integers(1, 3),
+            "matrix_eps": _number(1e-6, 1.0),
+        }
+    ),
     "muon_with_adamw": st.fixed_dictionaries(
         {
             "learning_rate": rate,
@@ -669,6 +680,10 @@ INVALID = {
             st.tuples(st.one_of(st.none(), st.just(1e-3)), negative),
             st.tuples(negative, st.just(1e-3)),
         ),
+    }),
+    "shampoo": ({}, {
+        "learning_rate": negative, "momentum": outside_unit, "weight_decay": negative,
+        "matrix_eps": negative, "preconditioning_compute_steps": st.integers(max_value=0),
     }),
     "muon_with_adamw": ({}, {
         "learning_rate": negative, "weight_decay": negative, "momentum": outside_unit,

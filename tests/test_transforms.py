@@ -644,7 +644,8 @@ def test_complex_params(x64, make, reference):
 # raises "Adafactor does not support complex parameters" (tests/test_adafactor.py checks both).
 # Optax's scale_by_sm3 refuses complex params too (its error names scale_by_sm3). The authors'
 # SophiaG squares complex gradients as complex numbers (g * g): scale_by_sophia refuses them.
-REFUSE_COMPLEX = {"adafactor", "sm3", "sophia"}
+# pytorch-optimizer's Shampoo raises NoComplexParameterError for a complex param.
+REFUSE_COMPLEX = {"adafactor", "shampoo", "sm3", "sophia"}
 
 
 @table
@@ -976,6 +977,13 @@ INVALID_OPTIMIZER_ARGUMENTS = {
         ({"eps": (-1e-30, 1e-3)}, "eps"),
         ({"d": 0.5}, "d"),
         ({"weight_decay": -1e-2}, "weight_decay"),
+    ],
+    "shampoo": [
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"preconditioning_compute_steps": 0}, "preconditioning_compute_steps"),
+        ({"matrix_eps": -1e-6}, "matrix_eps"),
     ],
     "muon_with_adamw": [
         ({"learning_rate": -0.02}, "learning_rate"),

@@ -101,6 +101,8 @@ TRANSFORMS = {
     "soap": (lambda: gx.soap(0.1), True),
     "scale_by_soap": (gx.scale_by_soap, True),
     "decay_after_step": (lambda: gx.decay_after_step(0.1, weight_decay=0.01), True),
+    "shampoo": (lambda: gx.shampoo(0.1), True),
+    "scale_by_shampoo": (gx.scale_by_shampoo, True),
     "lbfgs": (gx.lbfgs, True),
     "scale_by_lbfgs": (gx.scale_by_lbfgs, True),
     "scale_by_zoom_linesearch": (lambda: gx.scale_by_zoom_linesearch(5), True),

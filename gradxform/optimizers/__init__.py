@@ -3,6 +3,7 @@
 torch.optim's, with torch's defaults and numbers: ``sgd_family`` (SGD, ASGD), ``adam_family``
 (Adam, AdamW, AMSGrad, Adamax, NAdam, RAdam, SparseAdam), ``rms`` (Adagrad, Adadelta,
 RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor), ``orthogonalized`` (Muon),
+``kronecker`` (pytorch-optimizer's Shampoo),
 ``quasi_newton`` (L-BFGS). Optax's, with Optax's numbers: ``optax_adam`` (NAdamW, AdamaxW),
 ``optax_adaptive`` (AdaBelief, Adan, NovoGrad, Yogi, the optimistic methods), ``optax_sgd``
 (noisy, sign and Polyak SGD, Signum, SM3), ``trust_ratio`` (LAMB, LARS, Fromage), and from
@@ -18,6 +19,7 @@ from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.eigenbasis import soap
 from gradxform.optimizers.factored import adafactor
+from gradxform.optimizers.kronecker import shampoo
 from gradxform.optimizers.learning_rate_free import dadapt_adamw, prodigy
 from gradxform.optimizers.low_rank import galore, galore_adamw
 from gradxform.optimizers.model_based import momo, momo_adam
@@ -88,6 +90,7 @@ __all__ = [
     "schedule_free_adamw",
     "schedule_free_sgd",
     "sgd",
+    "shampoo",
     "sign_sgd",
     "signum",
     "simplified_ademamix",

@@ -3,7 +3,8 @@
 ``scaling`` (constant factors, learning rates, schedules, zeros, normalisation), ``momentum``
 (trace, ema), ``adam`` (Adam, AMSGrad, Adamax, NAdam), ``radam``, ``adadelta``, ``rprop``,
 ``asgd``, ``sparse`` (lazy Adam), ``rms`` (RMSProp, Adagrad), ``sign`` (Lion, sign),
-``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
+``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz),
+``shampoo_precondition`` (Shampoo's Kronecker factors), ``adaptive`` (AdaBelief,
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
 LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
 ``coin`` (COCOB), ``dog`` (DoG, DoWG), ``distance_adaptive`` (D-Adaptation's Adam, Prodigy),
@@ -134,6 +135,7 @@ from gradxform.transforms.schedule_free import (
     scale_by_schedule_free,
     schedule_free_eval_params,
 )
+from gradxform.transforms.shampoo_precondition import ScaleByShampooState, scale_by_shampoo
 from gradxform.transforms.sign import ScaleByLionState, scale_by_lion, scale_by_sign
 from gradxform.transforms.sm3 import ScaleBySM3State, scale_by_sm3
 from gradxform.transforms.soap_precondition import ScaleBySoapState, scale_by_soap
@@ -187,6 +189,7 @@ __all__ = [
     "ScaleByRssState",
     "ScaleBySM3State",
     "ScaleByScheduleState",
+    "ScaleByShampooState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySoapState",
     "ScaleBySophiaState",
@@ -254,6 +257,7 @@ __all__ = [
     "scale_by_rss",
     "scale_by_schedule",
     "scale_by_schedule_free",
+    "scale_by_shampoo",
     "scale_by_sign",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",

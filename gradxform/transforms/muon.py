@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
+from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
 
 # Keller Jordan's quintic coefficients, torch's and Optax's default.
@@ -152,7 +153,7 @@ def newton_schulz(
     return x.T if transpose else x
 
 
-def _lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
+def torch_lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
     """``start + weight (end - start)`` with torch's rounding: for ``|weight| >= 0.5`` it is
     computed from the other end, ``end - (1 - weight) (end - start)``."""
     difference = end - start
@@ -216,8 +217,8 @@ def muon_direction(
             g, m_old = g.astype(dtype), m.astype(dtype)
             if torch_arithmetic:
                 weight = 1 - beta if _validate.is_static_number(beta) else 1 - jnp.asarray(beta)
-                new_m = _lerp(m_old, g, _tree.cast_scalar(weight, dtype))
-                u = _lerp(g, new_m, _tree.cast_scalar(beta, dtype)) if nesterov else new_m
+                new_m = torch_lerp(m_old, g, _tree.cast_scalar(weight, dtype))
+                u = torch_lerp(g, new_m, _tree.cast_scalar(beta, dtype)) if nesterov else new_m
             else:
                 new_m = _tree.moment_update(m_old, g, beta, dtype)
                 u = new_m / _tree.cast_scalar(correction, dtype)
@@ -231,7 +232,9 @@ def muon_direction(
             )
             return o.astype(out_dtype), new_m.astype(m.dtype)
 
-        u, mu = _tree.tree_map_multi(leaf, 2, updates, state.mu)
+        # Same-shape matrices share one batched iteration (compile time O(distinct shapes)).
+        pairs = stacked_map(leaf, updates, state.mu)
+        u, mu = (jax.tree.map(lambda _, p, i=i: p[i], updates, pairs) for i in (0, 1))
         return u, ScaleByMuonState(count=count, mu=mu)
 
     return GradientTransformation(init_fn, update_fn)

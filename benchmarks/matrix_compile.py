@@ -1,0 +1,180 @@
+"""Compile time and step time of the matrix optimizers, stacked against per-leaf, by depth.
+
+    python -m benchmarks.matrix_compile            # 4, 12 and 48 layers
+    python -m benchmarks.matrix_compile --quick    # 4 and 12 layers, 3 timed steps (not 5)
+
+The tree is transformer-shaped: per layer the attention's q, k, v, o (256 x 256), the MLP's
+256 x 1024 and 1024 x 256, and two layer-norm vectors (256); plus an embedding 1024 x 256. For
+each matrix optimizer of gradxform (``muon_with_adamw``, ``shampoo``, and ``soap`` and
+``galore_adamw`` when this gradxform has them) it measures the lowering plus compilation of
+the jitted ``update`` + ``apply_updates`` and the time of one compiled step, for the stacked
+program (same-shape matrices share one ``vmap``-ped computation, gradxform's default) and the
+per-leaf one (traced within ``gradxform._stacking.leaf_by_leaf()``), and for Optax's nearest
+equivalent where there is one: ``optax.contrib.muon`` for Muon. Optax 0.2.8 has no Shampoo and
+no SOAP, in its core or contrib; those rows have no peer.
+
+Shampoo runs with ``preconditioning_compute_steps=ROOT_EVERY``: its roots (an SVD per factor)
+are compiled, inside the step's ``cond``, but the timed steps (the 2nd to the 6th) do not
+compute them. They are the steady-state step between two root computations: on a 2-core CPU
+one float32 SVD of a 1024 x 1024 factor takes ~10 s (measured), and the 12-layer tree has 25.
+
+Results: a table on stdout (times and the per-leaf / stacked ratios), and the raw numbers as
+JSON under ``--out`` (default ``benchmarks/results/<machine>-matrix-compile.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gradxform as gx
+from benchmarks.run import machine_description
+from gradxform._stacking import leaf_by_leaf
+
+try:
+    import optax
+    import optax.contrib
+except ImportError:  # pragma: no cover - optional peer
+    optax = None
+
+WIDTH, HIDDEN, VOCAB = 256, 1024, 1024
+ROOT_EVERY = 1000
+
+
+def transformer_tree(layers: int) -> dict:
+    """The benchmark's params (float32), ``layers`` blocks and an embedding."""
+    rng = np.random.default_rng(0)
+
+    def matrix(rows, cols):
+        return jnp.asarray(rng.normal(size=(rows, cols)) / np.sqrt(cols), jnp.float32)
+
+    blocks = {
+        f"layer{i}": {
+            **{name: matrix(WIDTH, WIDTH) for name in ("q", "k", "v", "o")},
+            "mlp_in": matrix(WIDTH, HIDDEN),
+            "mlp_out": matrix(HIDDEN, WIDTH),
+            "ln1": jnp.ones(WIDTH, jnp.float32),
+            "ln2": jnp.ones(WIDTH, jnp.float32),
+        }
+        for i in range(layers)
+    }
+    return {"embedding": matrix(VOCAB, WIDTH), **blocks}
+
+
+def optimizers() -> dict:
+    """gradxform's matrix optimizers present in this build, with their Optax peer (or None)."""
+    found = {
+        "muon_with_adamw": (
+            lambda: gx.muon_with_adamw(0.02),
+            (lambda: optax.contrib.muon(0.02)) if optax is not None else None,
+        ),
+        "shampoo": (lambda: gx.shampoo(1e-3, preconditioning_compute_steps=ROOT_EVERY), None),
+    }
+    if hasattr(gx, "soap"):
+        found["soap"] = (lambda: gx.soap(3e-3), None)
+    if hasattr(gx, "galore_adamw"):
+        found["galore_adamw"] = (lambda: gx.galore_adamw(1e-3, rank=64), None)
+    return found
+
+
+def measure(make, params, *, per_leaf: bool, steps: int) -> dict:
+    """Seconds to lower + compile the jitted step, and the median of ``steps`` steps."""
+    opt = make()
+    grads = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
+
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return gx.apply_updates(params, updates), state
+
+    state = jax.jit(opt.init)(params)
+    # ``step`` is a new function on every call: JAX's trace cache is keyed on the function and
+    # the arguments' types, not on leaf_by_leaf, so a reused function would return the stacked
+    # trace for the per-leaf variant too (measured: identical jaxprs).
+    start = time.perf_counter()
+    if per_leaf:
+        with leaf_by_leaf():
+            traced = jax.jit(step).trace(params, state, grads)
+    else:
+        traced = jax.jit(step).trace(params, state, grads)
+    compiled = traced.lower().compile()
+    compile_s = time.perf_counter() - start
+    params, state = jax.block_until_ready(compiled(params, state, grads))
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        params, state = jax.block_until_ready(compiled(params, state, grads))
+        times.append(time.perf_counter() - start)
+    counts = {name: _count(traced.jaxpr.jaxpr, name) for name in COUNTED}
+    return {"compile_s": compile_s, "step_s": statistics.median(times), "equations": counts}
+
+
+# Equations counted in each variant's jaxpr (sub-jaxprs included, a loop body once): the
+# per-leaf program holds one decomposition, or Newton-Schulz iteration, per matrix, the
+# stacked one one per distinct shape.
+COUNTED = ("svd", "eigh", "qr", "dot_general")
+
+
+def _count(jaxpr, name: str) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += eqn.primitive.name == name
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            total += _count(sub, name)
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 and 12 layers only")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--machine", default="cpu-2core-epyc")
+    args = parser.parse_args(argv)
+    depths = (4, 12) if args.quick else (4, 12, 48)
+    steps = 3 if args.quick else 5
+    rows = []
+    for depth in depths:
+        params = transformer_tree(depth)
+        for name, (ours, peer) in optimizers().items():
+            row = {"optimizer": name, "layers": depth}
+            row["stacked"] = measure(ours, params, per_leaf=False, steps=steps)
+            row["per_leaf"] = measure(ours, params, per_leaf=True, steps=steps)
+            row["optax"] = (
+                None if peer is None else measure(peer, params, per_leaf=False, steps=steps)
+            )
+            rows.append(row)
+            print(_line(row), flush=True)
+    out = args.out or Path("benchmarks/results") / f"{args.machine}-matrix-compile.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"machine": machine_description(), "quick": args.quick, "rows": rows}
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _line(row: dict) -> str:
+    s, p, o = row["stacked"], row["per_leaf"], row["optax"]
+    optax_part = (
+        "optax: none in 0.2.8"
+        if o is None
+        else f"optax compile {o['compile_s']:7.2f}s step {o['step_s'] * 1e3:8.2f}ms"
+    )
+    return (
+        f"{row['optimizer']:>16} {row['layers']:>3} layers | stacked compile "
+        f"{s['compile_s']:7.2f}s step {s['step_s'] * 1e3:8.2f}ms | per-leaf compile "
+        f"{p['compile_s']:7.2f}s ({p['compile_s'] / s['compile_s']:5.2f}x) step "
+        f"{p['step_s'] * 1e3:8.2f}ms ({p['step_s'] / s['step_s']:5.2f}x) | {optax_part} | "
+        f"svd/dot equations stacked {s['equations']['svd']}/{s['equations']['dot_general']}, "
+        f"per-leaf {p['equations']['svd']}/{p['equations']['dot_general']}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
