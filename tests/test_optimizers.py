@@ -227,7 +227,8 @@ DTYPES = pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 # issue keeps such statistics in float32 for bf16/f16 params (their roots and decompositions
 # lose everything in bf16) and never below the param's precision, so for these entries such a
 # leaf must be promote_types(param dtype, float32) or wider; every other entry keeps the rule
-# that only params' shapes, factored shapes and scalars may appear.
+# that only params' shapes, factored shapes and scalars may appear. (GaLore's projectors and
+# projected moments have rules of their own in the test.)
 MATRIX_PRECONDITIONED = {"shampoo", "soap", "galore_adamw"}
 
 
@@ -235,12 +236,6 @@ def _use_dtype(dtype, request):
     if dtype == "float64":
         request.getfixturevalue("x64")
     return jnp.dtype(dtype)
-
-
-# Entries whose state may hold leaves of shapes other than their params' (Kronecker factors,
-# eigenbases, projections): their dtype rule is in the test below (GaLore's projectors and
-# projected moments have rules of their own there).
-MATRIX_PRECONDITIONED = {"shampoo", "soap", "galore_adamw"}
 
 
 @table
