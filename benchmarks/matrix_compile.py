@@ -8,9 +8,10 @@ The tree is transformer-shaped: per layer the attention's q, k, v, o (256 x 256)
 each matrix optimizer of gradxform (``muon_with_adamw``, ``shampoo``, and ``soap`` and
 ``galore_adamw`` when this gradxform has them) it measures the lowering plus compilation of
 the jitted ``update`` + ``apply_updates`` and the time of one compiled step, for the stacked
-program (same-shape matrices share one ``vmap``-ped computation, gradxform's default) and the
-per-leaf one (traced within ``gradxform._stacking.leaf_by_leaf()``), and for Optax's nearest
-equivalent where there is one: ``optax.contrib.muon`` for Muon. Optax 0.2.8 has no Shampoo and
+program (same-shape matrices share one ``vmap``-ped computation; traced within
+``gradxform._stacking.stacked_by_shape()``) and the per-leaf one (gradxform's default, which
+these numbers chose), and for Optax's nearest equivalent where there is one:
+``optax.contrib.muon`` for Muon. Optax 0.2.8 has no Shampoo and
 no SOAP, in its core or contrib; those rows have no peer.
 
 Shampoo runs with ``preconditioning_compute_steps=ROOT_EVERY``: its roots (an SVD per factor)
@@ -37,7 +38,7 @@ import numpy as np
 
 import gradxform as gx
 from benchmarks.run import machine_description
-from gradxform._stacking import leaf_by_leaf
+from gradxform._stacking import leaf_by_leaf, stacked_by_shape
 
 try:
     import optax
@@ -96,13 +97,10 @@ def measure(make, params, *, per_leaf: bool, steps: int) -> dict:
 
     state = jax.jit(opt.init)(params)
     # ``step`` is a new function on every call: JAX's trace cache is keyed on the function and
-    # the arguments' types, not on leaf_by_leaf, so a reused function would return the stacked
-    # trace for the per-leaf variant too (measured: identical jaxprs).
+    # the arguments' types, not on the stacking context, so a reused function would return the
+    # first variant's trace for the other too (measured: identical jaxprs).
     start = time.perf_counter()
-    if per_leaf:
-        with leaf_by_leaf():
-            traced = jax.jit(step).trace(params, state, grads)
-    else:
+    with leaf_by_leaf() if per_leaf else stacked_by_shape():
         traced = jax.jit(step).trace(params, state, grads)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start

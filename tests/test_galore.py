@@ -42,6 +42,7 @@ import pytest
 from torch_harness import ATOL64, RTOL64
 
 import gradxform as gx
+from gradxform._stacking import stacked_by_shape
 
 STEPS = 100
 SHAPES = {"tall": (6, 4), "wide": (3, 7), "bias": (5,)}
@@ -228,7 +229,12 @@ def test_one_svd_per_distinct_shape_inside_one_cond(layers, shapes):
         f"layer{i}_{j}": jnp.ones((32 + 16 * j, 32)) for i in range(layers) for j in range(shapes)
     }
     params["bias"] = jnp.ones(32)
-    jaxpr = _update_jaxpr(params)
+    # Leaf by leaf (the default: gradxform/_stacking.py) one SVD per matrix, stacked one per
+    # shape; either way all inside the one cond.
+    assert _count(_update_jaxpr(params), "svd") == layers * shapes
+    assert _count_in_conds(_update_jaxpr(params), "svd") == layers * shapes
+    with stacked_by_shape():
+        jaxpr = _update_jaxpr(params)
     assert _count(jaxpr, "svd") == shapes
     # Every SVD is inside the one cond: none runs on the steps that keep the projectors (a
     # cond under vmap would have become a select of both branches, its SVD outside any cond).

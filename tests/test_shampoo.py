@@ -36,6 +36,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gradxform as gx
+from gradxform._stacking import stacked_by_shape
 
 STEPS = 100
 # Tall, wide, vector, scalar and a 3-D tensor; the factors are 4x4 and 2x2 only, so the
@@ -165,19 +166,23 @@ def test_one_svd_per_distinct_factor_shape_not_per_layer():
         }
 
     opt = gx.shampoo(0.1)
-    one = _count(_update_jaxpr(opt, tree(1, [(8, 8)])), "svd")
-    assert one == 1
-    assert _count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == one
-    assert _count(_update_jaxpr(opt, tree(48, [(8, 8), (16, 16)])), "svd") == 2 * one
+    # Stacked (within stacked_by_shape); leaf by leaf (the default: gradxform/_stacking.py).
+    with stacked_by_shape():
+        one = _count(_update_jaxpr(opt, tree(1, [(8, 8)])), "svd")
+        assert one == 1
+        assert _count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == one
+        assert _count(_update_jaxpr(opt, tree(48, [(8, 8), (16, 16)])), "svd") == 2 * one
+    assert _count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == 48 * 2
 
 
 def test_periodic_root_is_one_cond_around_the_svd():
     params = {f"w{i}": jax.ShapeDtypeStruct((4, 3), jnp.float32) for i in range(3)}
     jaxpr = _update_jaxpr(gx.shampoo(0.1, preconditioning_compute_steps=2), params)
     conds = [e for e in jaxpr.eqns if e.primitive.name == "cond"]
-    assert len(conds) == 1 and _count(jaxpr, "svd") == 2
+    # Leaf by leaf (the default): one SVD per factor, 3 leaves x 2 axes.
+    assert len(conds) == 1 and _count(jaxpr, "svd") == 6
     (cond,) = conds
-    assert sum(_count(b.jaxpr, "svd") for b in cond.params["branches"]) == 2
+    assert sum(_count(b.jaxpr, "svd") for b in cond.params["branches"]) == 6
     # The branches compute or keep the roots and nothing else: no select between them, and
     # nothing outside selects over the cond's results.
     assert all(_count(b.jaxpr, "select_n") == 0 for b in cond.params["branches"])

@@ -44,6 +44,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gradxform as gx
+from gradxform._stacking import stacked_by_shape
 
 torch = pytest.importorskip("torch")
 soap_module = pytest.importorskip("pytorch_optimizer.optimizer.soap")
@@ -212,11 +213,20 @@ def test_one_decomposition_per_distinct_shape_inside_the_switch():
     many = {f"w{i}": jnp.ones((4, 3)) for i in range(48)}
     two_shapes = {**many, "v": jnp.ones((2, 5))}
     optimizer = gx.soap(precondition_frequency=2)
-    counts = [_count(_update_jaxpr(optimizer, t), decompositions) for t in (one, many, two_shapes)]
+    # Stacked (within stacked_by_shape): one batched decomposition per shape; leaf by leaf
+    # (the default, faster on XLA's CPU backend: gradxform/_stacking.py) one per leaf.
+    with stacked_by_shape():
+        counts = [
+            _count(_update_jaxpr(optimizer, t), decompositions) for t in (one, many, two_shapes)
+        ]
     assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == 2 * counts[0], counts
+    # A new optimizer: the traces above are cached for the old one's functions.
+    per_leaf = _update_jaxpr(gx.soap(precondition_frequency=2), many)
+    assert _count(per_leaf, decompositions) == 48 * counts[0]
     # Every decomposition is inside the cond, and nothing selects between its results and
     # others (a cond under vmap would have become a select computing both branches).
-    jaxpr = _update_jaxpr(optimizer, two_shapes)
+    with stacked_by_shape():
+        jaxpr = _update_jaxpr(optimizer, two_shapes)
     assert _count(jaxpr, decompositions, into_cond=False) == 0
     assert _count(jaxpr, {"cond"}) == 1
     cond = next(e for e in jaxpr.eqns if e.primitive.name == "cond")
