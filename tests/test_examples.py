@@ -61,15 +61,20 @@ def test_quickstart_exit_status(monkeypatch, capsys, accuracy, status):
     assert f"test accuracy: {100 * accuracy:.1f}%" in capsys.readouterr().out
 
 
+# The PNGs each example writes beside `--out`, besides `--out` itself.
+ALSO_WRITTEN = {"compare_optimizers": ["compare_frontier.png"]}
+
+
 @pytest.mark.parametrize("name", ["compare_optimizers", "trajectories", "lr_sweep"])
 def test_plotting_example_writes_png(tmp_path, name):
     _require("sklearn", "tqdm", "matplotlib")
     example = _example(name)
     out = tmp_path / "nested" / f"{name}.png"
     assert example.main(["--quick", "--out", str(out)]) == 0
-    assert out.is_file() and out.stat().st_size > 0
-    width, height = _png_size(out)
-    assert width > 500 and height > 300
+    for path in [out, *(out.with_name(other) for other in ALSO_WRITTEN.get(name, []))]:
+        assert path.is_file() and path.stat().st_size > 0
+        width, height = _png_size(path)
+        assert width > 500 and height > 300
 
 
 def test_lr_sweep_matches_separate_runs():

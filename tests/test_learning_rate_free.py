@@ -283,3 +283,21 @@ def test_bias_correction_gives_optax_contrib(name, x64):
             _assert_every_step_close(mine, {k: v[i] for k, v in theirs.items()}, rtols[1], case)
             compared += 1
     assert compared >= 2
+
+
+@pytest.mark.parametrize("name", ["prodigy", "dadapt_adamw"])
+def test_state_can_be_donated(name):
+    # Prodigy's init once put one array in both `d` and `d_max`, and a jitted step that donates
+    # the state then failed ("donate the same buffer twice").
+    optimizer = getattr(gx, name)(1.0)
+    params = {"w": jnp.ones(3)}
+    state = optimizer.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        updates, state = optimizer.update(jax.tree.map(jnp.ones_like, params), state, params)
+        return gx.apply_updates(params, updates), state
+
+    for _ in range(2):
+        params, state = step(params, state)
+    assert np.all(np.isfinite(params["w"]))

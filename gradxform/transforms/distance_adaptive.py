@@ -194,12 +194,12 @@ def scale_by_prodigy(
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
         dtype = scalar_dtype(params)
-        start = jnp.asarray(d0, dtype)
+        # Two new arrays (copies of an array d0 too): leaves sharing a buffer cannot be donated.
         return ScaleByProdigyState(
             count=jnp.zeros([], jnp.int32),
             steps=jnp.zeros([], jnp.int32),
-            d=start,
-            d_max=start,
+            d=jnp.array(d0, dtype),
+            d_max=jnp.array(d0, dtype),
             numerator=jnp.zeros([], dtype),
             mu=_tree.tree_zeros_like(params),
             nu=_tree.tree_zeros_like(params),
@@ -332,7 +332,7 @@ def scale_by_dadapt_adam(
         return ScaleByDAdaptAdamState(
             count=jnp.zeros([], jnp.int32),
             steps=jnp.zeros([], jnp.int32),
-            d=jnp.asarray(d0, dtype),
+            d=jnp.array(d0, dtype),
             numerator=jnp.zeros([], dtype),
             mu=_tree.tree_zeros_like(params),
             nu=_tree.tree_zeros_like(params),
