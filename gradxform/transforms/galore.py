@@ -6,9 +6,9 @@ of GaLore's reference code, whose ``eps`` is added to the root of the raw second
 Engineering. The projectors are recomputed every ``update_proj_gap`` steps inside the jitted
 step (the count is traced, nothing recompiles) under ONE ``lax.cond`` on the count, outside any
 ``vmap``: a real conditional, whose branches take the projected leaves' gradients and the old
-projectors and return only the projectors. In it, leaves of the same shape are stacked and
-their SVDs run as one batched computation (:func:`gradxform._stacking.stacked_map`), and so do
-the projections, so the program holds one SVD per distinct shape, not one per layer. The SVD is
+projectors and return only the projectors. The SVDs and the projections go through
+:func:`gradxform._stacking.stacked_map`: one per leaf by default, one batched computation per
+distinct shape within ``stacked_by_shape()``. The SVD is
 taken of the gradient in float32, as the reference takes it; projectors are kept in the
 param's dtype for float32 and float64 params, in float32 for bfloat16 and float16 ones.
 

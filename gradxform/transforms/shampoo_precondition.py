@@ -2,12 +2,12 @@
 ``Shampoo`` computes it: one Kronecker factor per dimension of every tensor, its inverse root
 from an SVD, and the momentum that mixes the previous preconditioned direction into the gradient.
 
-Compile time does not grow with depth: the statistics update, the inverse roots and the
-preconditioning are each one ``vmap``-ped computation per distinct shape
-(:func:`gradxform._stacking.stacked_map`); the inverse roots of every factor of one shape, from
-all params, share one batched SVD. The periodic root (every ``preconditioning_compute_steps``
-steps) is one ``lax.cond`` on the step count, outside the batched computation, whose branches
-take the factors and the old roots and return only the roots.
+The statistics update, the inverse roots and the preconditioning go through
+:func:`gradxform._stacking.stacked_map`: leaf by leaf by default, or, within
+``stacked_by_shape()``, one ``vmap``-ped computation per distinct shape, where the inverse roots
+of every factor of one shape, from all params, share one batched SVD. The periodic root (every
+``preconditioning_compute_steps`` steps) is one ``lax.cond`` on the step count, outside any
+``vmap``, whose branches take the factors and the old roots and return only the roots.
 
 Sharding (under ``jit`` with params sharded over explicit mesh axes): the momentum, the
 update and the mixing of the gradient with the momentum are sharded like the param; the
