@@ -12,7 +12,7 @@ Engineering. Per-matrix work is written for one leaf and mapped with ``stacked_m
 (``gradxform._stacking``): leaf by leaf by default (faster on XLA's CPU backend, measured),
 one ``vmap`` per shape within ``stacked_by_shape()``. The expensive step (``eigh`` on step 1,
 a power-iteration step and a QR every ``precondition_frequency`` steps) is one ``lax.switch``
-on the traced count, outside any ``vmap``, taking and returning only the bases.
+on the traced count, outside any ``vmap``, taking and returning only the bases (and order).
 
 Sharding (``jit``, ``NamedSharding`` params, ``Auto`` mesh; tested on rows over 8 devices):
 ``init`` shards ``mu`` and ``nu`` like the param and replicates the ``(d_i, d_i)`` factors and
