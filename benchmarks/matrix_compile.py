@@ -11,8 +11,8 @@ the jitted ``update`` + ``apply_updates`` and the time of one compiled step, for
 program (same-shape matrices share one ``vmap``-ped computation; traced within
 ``gradxform._stacking.stacked_by_shape()``) and the per-leaf one (gradxform's default, which
 these numbers chose), and for Optax's nearest equivalent where there is one:
-``optax.contrib.muon`` for Muon. Optax 0.2.8 has no Shampoo and
-no SOAP, in its core or contrib; those rows have no peer.
+``optax.contrib.muon`` for Muon, ``optax.contrib.galore`` for GaLore. Optax 0.2.8 has no
+Shampoo and no SOAP, in its core or contrib; those rows have no peer.
 
 Shampoo runs with ``preconditioning_compute_steps=ROOT_EVERY``: its roots (an SVD per factor)
 are compiled, inside the step's ``cond``, but the timed steps (the 2nd to the 6th) do not
@@ -82,7 +82,12 @@ def optimizers() -> dict:
     if hasattr(gx, "soap"):
         found["soap"] = (lambda: gx.soap(3e-3), None)
     if hasattr(gx, "galore_adamw"):
-        found["galore_adamw"] = (lambda: gx.galore_adamw(1e-3, rank=64), None)
+        # Optax's contrib GaLore (other side, Adam's eps outside the root, scale 1) at the same
+        # rank and gap: the nearest equivalent.
+        found["galore_adamw"] = (
+            lambda: gx.galore_adamw(1e-3, rank=64),
+            (lambda: optax.contrib.galore(1e-3, rank=64)) if optax is not None else None,
+        )
     return found
 
 

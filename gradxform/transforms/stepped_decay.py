@@ -4,6 +4,7 @@ before it as GaLore's reference does (:func:`decay_before_learning_rate`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -54,30 +55,15 @@ def decayed_after_step(
 ) -> GradientTransformation:
     """:func:`decay_after_step` with errors naming ``who``."""
 
-    def init_fn(params):
-        del params
-        return DecayAfterStepState(count=jnp.zeros([], jnp.int32))
+    def leaf(u, p, lr, count):
+        dtype = _tree.compute_dtype(u.dtype, p.dtype)
+        c = _tree.cast_scalar(lr, dtype) * _tree.cast_scalar(weight_decay, dtype)
+        u32 = u.astype(dtype)
+        decayed = u32 - c * (p.astype(dtype) + u32)
+        active = count > 0 if skip_first_step else True
+        return jnp.where(active, decayed, u32).astype(_tree.update_dtype(u, p))
 
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        expect_state(who, state, DecayAfterStepState)
-        require_params(who, params, "the decay is a multiple of the stepped params")
-        _checks.check_updates(who, updates, params, "param")
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        active = state.count > 0 if skip_first_step else True
-
-        def leaf(u, p):
-            dtype = _tree.compute_dtype(u.dtype, p.dtype)
-            c = _tree.cast_scalar(lr, dtype) * _tree.cast_scalar(weight_decay, dtype)
-            u = u.astype(dtype)
-            decayed = u - c * (p.astype(dtype) + u)
-            return jnp.where(active, decayed, u).astype(_tree.update_dtype(u, p))
-
-        return jax.tree.map(leaf, updates, params), DecayAfterStepState(
-            count=_tree.safe_increment(state.count)
-        )
-
-    return GradientTransformation(init_fn, update_fn)
+    return _stepped(who, learning_rate, "the decay is a multiple of the stepped params", leaf)
 
 
 def decay_before_learning_rate(
@@ -97,6 +83,21 @@ def decay_before_learning_rate(
     _validate.learning_rate(who, learning_rate)
     _validate.non_negative(who, "weight_decay", weight_decay)
 
+    def leaf(u, p, lr, count):
+        del count
+        dtype = _tree.compute_dtype(jnp.result_type(u), p.dtype)
+        u = u.astype(dtype)
+        new_p = p.astype(dtype) - _tree.cast_scalar(lr, dtype) * u
+        return u + _tree.cast_scalar(weight_decay, dtype) * new_p
+
+    return _stepped(who, learning_rate, "its weight decay shrinks the new params p - lr * u", leaf)
+
+
+def _stepped(
+    who: str, learning_rate: Any, why: str, leaf: Callable[..., jax.Array]
+) -> GradientTransformation:
+    """The transformation both decays share: ``leaf(u, p, lr, count)`` per leaf, a count."""
+
     def init_fn(params):
         del params
         return DecayAfterStepState(count=jnp.zeros([], jnp.int32))
@@ -104,17 +105,10 @@ def decay_before_learning_rate(
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         expect_state(who, state, DecayAfterStepState)
-        require_params(who, params, "its weight decay shrinks the new params p - lr * u")
+        require_params(who, params, why)
         _checks.check_updates(who, updates, params, "param")
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-
-        def leaf(u, p):
-            dtype = _tree.compute_dtype(jnp.result_type(u), p.dtype)
-            u = u.astype(dtype)
-            new_p = p.astype(dtype) - _tree.cast_scalar(lr, dtype) * u
-            return u + _tree.cast_scalar(weight_decay, dtype) * new_p
-
-        new_state = DecayAfterStepState(count=_tree.safe_increment(state.count))
-        return jax.tree.map(leaf, updates, params), new_state
+        decayed = jax.tree.map(lambda u, p: leaf(u, p, lr, state.count), updates, params)
+        return decayed, DecayAfterStepState(count=_tree.safe_increment(state.count))
 
     return GradientTransformation(init_fn, update_fn)
