@@ -3,7 +3,6 @@
 torch.optim's, with torch's defaults and numbers: ``sgd_family`` (SGD, ASGD), ``adam_family``
 (Adam, AdamW, AMSGrad, Adamax, NAdam, RAdam, SparseAdam), ``rms`` (Adagrad, Adadelta,
 RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor), ``orthogonalized`` (Muon),
-``kronecker`` (pytorch-optimizer's Shampoo),
 ``quasi_newton`` (L-BFGS). Optax's, with Optax's numbers: ``optax_adam`` (NAdamW, AdamaxW),
 ``optax_adaptive`` (AdaBelief, Adan, NovoGrad, Yogi, the optimistic methods), ``optax_sgd``
 (noisy, sign and Polyak SGD, Signum, SM3), ``trust_ratio`` (LAMB, LARS, Fromage), and from
@@ -12,7 +11,7 @@ Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``paramete
 (``maximize``, complex params as real pairs, the torch record). Their authors' own, with the
 authors' numbers: ``schedule_free`` (schedule-free SGD and AdamW), ``learning_rate_free``
 (Prodigy, D-Adaptation's AdamW), ``second_order`` (Sophia), ``low_rank`` (GaLore),
-``eigenbasis`` (SOAP, as pytorch-optimizer).
+``eigenbasis`` (SOAP) and ``kronecker`` (Shampoo), as pytorch-optimizer computes them.
 """
 
 from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam

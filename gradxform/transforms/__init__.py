@@ -3,19 +3,20 @@
 ``scaling`` (constant factors, learning rates, schedules, zeros, normalisation), ``momentum``
 (trace, ema), ``adam`` (Adam, AMSGrad, Adamax, NAdam), ``radam``, ``adadelta``, ``rprop``,
 ``asgd``, ``sparse`` (lazy Adam), ``rms`` (RMSProp, Adagrad), ``sign`` (Lion, sign),
-``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz),
-``shampoo_precondition`` (Shampoo's Kronecker factors), ``adaptive`` (AdaBelief,
+``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
 LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
-``coin`` (COCOB), ``dog`` (DoG, DoWG), ``distance_adaptive`` (D-Adaptation's Adam, Prodigy),
-``schedule_free`` (schedule-free averaging), ``momo``, ``hutchinson`` (a diagonal Hessian
-estimate), ``sophia`` (SophiaG's clipped step and its Gauss-Newton-Bartlett Hessian estimate),
+``coin`` (COCOB), ``dog`` (DoG, DoWG), ``momo``, ``hutchinson`` (a diagonal Hessian estimate),
 ``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
 params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
 step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
-``soap_precondition`` (SOAP's eigenbasis Adam), ``stepped_decay`` (decay after the step),
 ``torch_lbfgs`` (torch's whole L-BFGS step) with ``wolfe`` (its strong-Wolfe line search), and
-Optax's line searches: ``linesearch`` (backtracking) and ``zoom``.
+Optax's line searches: ``linesearch`` (backtracking) and ``zoom``. The frontier optimizers'
+blocks: ``schedule_free`` (schedule-free averaging), ``distance_adaptive`` (D-Adaptation's
+Adam, Prodigy), ``sophia`` (SophiaG's clipped step and its Gauss-Newton-Bartlett Hessian
+estimate), ``galore`` (low-rank projection), ``soap_precondition`` (SOAP's eigenbasis Adam),
+``shampoo_precondition`` (Shampoo's Kronecker factors), ``stepped_decay`` (decay of the
+stepped params).
 """
 
 from gradxform.transforms.adadelta import ScaleByAdaDeltaState, scale_by_adadelta
