@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jaxpr_counts import count, count_in_conds
 from torch_harness import ATOL64, RTOL64
 
 import gradxform as gx
@@ -200,25 +201,6 @@ def test_galore_equals_optax_contrib(x64):
 # The program: one SVD per distinct shape, in one cond, compiled once.
 
 
-def _count(jaxpr, name):
-    """How many ``name`` equations ``jaxpr`` holds, sub-jaxprs included."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        total += eqn.primitive.name == name
-        total += sum(_count(sub, name) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
-    return total
-
-
-def _count_in_conds(jaxpr, name):
-    """How many of them lie within the branches of a ``cond``."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        subs = jax.extend.core.jaxprs_in_params(eqn.params)
-        count = _count if eqn.primitive.name == "cond" else _count_in_conds
-        total += sum(count(sub, name) for sub in subs)
-    return total
-
-
 def _update_jaxpr(params):
     opt = gx.galore_adamw(1e-3, rank=8, update_proj_gap=10)
     state = opt.init(params)
@@ -233,15 +215,15 @@ def test_one_svd_per_distinct_shape_inside_one_cond(layers, shapes):
     params["bias"] = jnp.ones(32)
     # Leaf by leaf (the default: gradxform/_stacking.py) one SVD per matrix, stacked one per
     # shape; either way all inside the one cond.
-    assert _count(_update_jaxpr(params), "svd") == layers * shapes
-    assert _count_in_conds(_update_jaxpr(params), "svd") == layers * shapes
+    assert count(_update_jaxpr(params), "svd") == layers * shapes
+    assert count_in_conds(_update_jaxpr(params), "svd") == layers * shapes
     with stacked_by_shape():
         jaxpr = _update_jaxpr(params)
-    assert _count(jaxpr, "svd") == shapes
+    assert count(jaxpr, "svd") == shapes
     # Every SVD is inside the one cond: none runs on the steps that keep the projectors (a
     # cond under vmap would have become a select of both branches, its SVD outside any cond).
-    assert _count_in_conds(jaxpr, "svd") == shapes
-    assert _count(jaxpr, "cond") == 1
+    assert count_in_conds(jaxpr, "svd") == shapes
+    assert count(jaxpr, "cond") == 1
 
 
 def test_compiles_once_over_two_periods():

@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jaxpr_counts import count
 
 import gradxform as gx
 from gradxform._stacking import stacked_by_shape
@@ -142,15 +143,6 @@ def test_injected_compute_steps_runs_the_general_program():
     assert np.all(moved[:2] == 0) and np.all(moved[2:] > 0), moved
 
 
-def _count(jaxpr, name):
-    total = 0
-    for eqn in jaxpr.eqns:
-        total += eqn.primitive.name == name
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            total += _count(sub, name)
-    return total
-
-
 def _update_jaxpr(opt, params):
     # Shapes only: nothing is computed or compiled, the update is traced once.
     params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
@@ -168,11 +160,11 @@ def test_one_svd_per_distinct_factor_shape_not_per_layer():
     opt = gx.shampoo(0.1)
     # Stacked (within stacked_by_shape); leaf by leaf (the default: gradxform/_stacking.py).
     with stacked_by_shape():
-        one = _count(_update_jaxpr(opt, tree(1, [(8, 8)])), "svd")
+        one = count(_update_jaxpr(opt, tree(1, [(8, 8)])), "svd")
         assert one == 1
-        assert _count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == one
-        assert _count(_update_jaxpr(opt, tree(48, [(8, 8), (16, 16)])), "svd") == 2 * one
-    assert _count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == 48 * 2
+        assert count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == one
+        assert count(_update_jaxpr(opt, tree(48, [(8, 8), (16, 16)])), "svd") == 2 * one
+    assert count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == 48 * 2
 
 
 def test_periodic_root_is_one_cond_around_the_svd():
@@ -180,12 +172,12 @@ def test_periodic_root_is_one_cond_around_the_svd():
     jaxpr = _update_jaxpr(gx.shampoo(0.1, preconditioning_compute_steps=2), params)
     conds = [e for e in jaxpr.eqns if e.primitive.name == "cond"]
     # Leaf by leaf (the default): one SVD per factor, 3 leaves x 2 axes.
-    assert len(conds) == 1 and _count(jaxpr, "svd") == 6
+    assert len(conds) == 1 and count(jaxpr, "svd") == 6
     (cond,) = conds
-    assert sum(_count(b.jaxpr, "svd") for b in cond.params["branches"]) == 6
+    assert sum(count(b.jaxpr, "svd") for b in cond.params["branches"]) == 6
     # The branches compute or keep the roots and nothing else: no select between them, and
     # nothing outside selects over the cond's results.
-    assert all(_count(b.jaxpr, "select_n") == 0 for b in cond.params["branches"])
+    assert all(count(b.jaxpr, "select_n") == 0 for b in cond.params["branches"])
     outputs = set(cond.outvars)
     assert not any(e.primitive.name == "select_n" and outputs & set(e.invars) for e in jaxpr.eqns)
 

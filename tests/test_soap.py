@@ -42,6 +42,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jaxpr_counts import count
 
 import gradxform as gx
 from gradxform._stacking import stacked_by_shape
@@ -189,19 +190,6 @@ def test_equals_reference_with_its_float32_qr(case, monkeypatch):
         np.testing.assert_allclose(got[k], want[k], rtol=0, atol=ATOL32, err_msg=k)
 
 
-def _count(jaxpr, names, *, into_cond=True):
-    """Equations of the primitives ``names`` in ``jaxpr`` and its sub-jaxprs (not those within
-    a ``cond`` unless ``into_cond``)."""
-    total = 0
-    for eqn in jaxpr.eqns:
-        total += eqn.primitive.name in names
-        if eqn.primitive.name == "cond" and not into_cond:
-            continue
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            total += _count(sub, names, into_cond=into_cond)
-    return total
-
-
 def _update_jaxpr(optimizer, params):
     state = optimizer.init(params)
     return jax.make_jaxpr(optimizer.update)(params, state, params).jaxpr
@@ -217,18 +205,18 @@ def test_one_decomposition_per_distinct_shape_inside_the_switch():
     # (the default, faster on XLA's CPU backend: gradxform/_stacking.py) one per leaf.
     with stacked_by_shape():
         counts = [
-            _count(_update_jaxpr(optimizer, t), decompositions) for t in (one, many, two_shapes)
+            count(_update_jaxpr(optimizer, t), decompositions) for t in (one, many, two_shapes)
         ]
     assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == 2 * counts[0], counts
     # A new optimizer: the traces above are cached for the old one's functions.
     per_leaf = _update_jaxpr(gx.soap(precondition_frequency=2), many)
-    assert _count(per_leaf, decompositions) == 48 * counts[0]
+    assert count(per_leaf, decompositions) == 48 * counts[0]
     # Every decomposition is inside the cond, and nothing selects between its results and
     # others (a cond under vmap would have become a select computing both branches).
     with stacked_by_shape():
         jaxpr = _update_jaxpr(optimizer, two_shapes)
-    assert _count(jaxpr, decompositions, into_cond=False) == 0
-    assert _count(jaxpr, {"cond"}) == 1
+    assert count(jaxpr, decompositions, into_cond=False) == 0
+    assert count(jaxpr, {"cond"}) == 1
     cond = next(e for e in jaxpr.eqns if e.primitive.name == "cond")
     results = set(cond.outvars)
     selects = [e for e in jaxpr.eqns if e.primitive.name == "select_n"]

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxpr_counts import count
 
 from gradxform._stacking import leaf_by_leaf, stacked_by_shape, stacked_map
 
@@ -16,21 +17,12 @@ def _eigenvalues(x):
     return jnp.linalg.eigh(x)[0]
 
 
-def _tree(count, shapes=((8, 8),)):
-    keys = jax.random.split(jax.random.key(0), count * len(shapes))
+def _tree(layers, shapes=((8, 8),)):
+    keys = jax.random.split(jax.random.key(0), layers * len(shapes))
     return {
         f"layer{i}": [_symmetric(keys[i * len(shapes) + j], s[0]) for j, s in enumerate(shapes)]
-        for i in range(count)
+        for i in range(layers)
     }
-
-
-def _count(jaxpr, name):
-    total = 0
-    for eqn in jaxpr.eqns:
-        total += eqn.primitive.name == name
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            total += _count(sub, name)
-    return total
 
 
 def test_equals_tree_map_leaf_by_leaf():
@@ -56,18 +48,18 @@ def test_one_computation_per_distinct_shape_not_per_layer():
         tree = _tree(48, shapes)
         with stacked_by_shape():
             jaxpr = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t))(tree).jaxpr
-        assert _count(jaxpr, "eigh") == expected
+        assert count(jaxpr, "eigh") == expected
         jaxpr = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t, stack=True))(tree).jaxpr
-        assert _count(jaxpr, "eigh") == expected
+        assert count(jaxpr, "eigh") == expected
         # Leaf by leaf: the default, also within stacked_by_shape when asked for explicitly.
         per_leaf = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t))(tree)
-        assert _count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
+        assert count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
         with stacked_by_shape(), leaf_by_leaf():
             per_leaf = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t))(tree)
-        assert _count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
+        assert count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
         with stacked_by_shape():
             per_leaf = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t, stack=False))(tree)
-        assert _count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
+        assert count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
 
 
 def test_a_leaf_alone_gives_the_numbers_it_gives_in_a_group():
@@ -82,7 +74,7 @@ def test_dtypes_are_grouped_apart_and_kept():
     got = stacked_map(lambda x: x * 2, tree, stack=True)
     assert [x.dtype for x in got] == [jnp.float32, jnp.bfloat16, jnp.float32]
     jaxpr = jax.make_jaxpr(lambda t: stacked_map(lambda x: x * 2, t, stack=True))(tree).jaxpr
-    assert _count(jaxpr, "mul") == 2
+    assert count(jaxpr, "mul") == 2
 
 
 def test_empty_tree():
