@@ -356,3 +356,14 @@ def nesterov_weights(b1: Any, count: jax.Array) -> tuple[jax.Array, jax.Array]:
     computed once per update, so that each element takes one product per term."""
     ahead = bias_correction(b1, safe_increment(count))
     return b1 / ahead, (1 - b1) / bias_correction(b1, count)
+
+
+def torch_lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
+    """``start + weight (end - start)`` with torch's rounding: for ``|weight| >= 0.5`` it is
+    computed from the other end, ``end - (1 - weight) (end - start)``."""
+    difference = end - start
+    small = start + weight * difference
+    large = end - (1 - weight) * difference
+    if _validate.is_static_number(weight):
+        return small if abs(float(weight)) < 0.5 else large
+    return jnp.where(jnp.abs(weight) < 0.5, small, large)

@@ -153,17 +153,6 @@ def newton_schulz(
     return x.T if transpose else x
 
 
-def torch_lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
-    """``start + weight (end - start)`` with torch's rounding: for ``|weight| >= 0.5`` it is
-    computed from the other end, ``end - (1 - weight) (end - start)``."""
-    difference = end - start
-    small = start + weight * difference
-    large = end - (1 - weight) * difference
-    if _validate.is_static_number(weight):
-        return small if abs(float(weight)) < 0.5 else large
-    return jnp.where(jnp.abs(weight) < 0.5, small, large)
-
-
 def check_matrices(who: str, params: Any) -> None:
     """Raises ``ValueError`` naming the first leaf that is not a matrix, ``TypeError`` for a
     complex one (torch's Muon refuses both)."""
@@ -217,8 +206,12 @@ def muon_direction(
             g, m_old = g.astype(dtype), m.astype(dtype)
             if torch_arithmetic:
                 weight = 1 - beta if _validate.is_static_number(beta) else 1 - jnp.asarray(beta)
-                new_m = torch_lerp(m_old, g, _tree.cast_scalar(weight, dtype))
-                u = torch_lerp(g, new_m, _tree.cast_scalar(beta, dtype)) if nesterov else new_m
+                new_m = _tree.torch_lerp(m_old, g, _tree.cast_scalar(weight, dtype))
+                u = (
+                    _tree.torch_lerp(g, new_m, _tree.cast_scalar(beta, dtype))
+                    if nesterov
+                    else new_m
+                )
             else:
                 new_m = _tree.moment_update(m_old, g, beta, dtype)
                 u = new_m / _tree.cast_scalar(correction, dtype)

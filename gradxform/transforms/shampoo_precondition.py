@@ -31,7 +31,6 @@ from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
-from gradxform.transforms.muon import torch_lerp
 
 
 class ScaleByShampooState(NamedTuple):
@@ -152,7 +151,7 @@ def shampoo_direction(
             if mixes:
                 # The buffer starts as the first gradient, so the first step is g itself.
                 weight = _tree.cast_scalar(momentum, dtype)
-                mixed = torch_lerp(g, m.astype(dtype), weight)
+                mixed = _tree.torch_lerp(g, m.astype(dtype), weight)
                 use = state.count > 0
                 if not _validate.is_static_number(momentum):
                     use = use & (weight > 0)

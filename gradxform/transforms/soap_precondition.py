@@ -78,17 +78,6 @@ def soap_layout(
     return work, tuple(d <= max_precond_dim for d in work)
 
 
-def torch_lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
-    """``start + weight (end - start)`` rounded as torch's ``lerp`` (from ``end`` when
-    ``|weight| >= 0.5``)."""
-    difference = end - start
-    small = start + weight * difference
-    large = end - (1 - weight) * difference
-    if _validate.is_static_number(weight):
-        return small if abs(float(weight)) < 0.5 else large
-    return jnp.where(jnp.abs(weight) < 0.5, small, large)
-
-
 def project(x: jax.Array, bases: tuple, forward: bool) -> jax.Array:
     """``x`` (in the working shape) times ``Q_i^T`` (``forward``) or ``Q_i`` along each axis
     ``i`` with a basis; the others are left as they are."""
@@ -110,7 +99,7 @@ def factor_statistics(g: jax.Array, factors: tuple, weight: Any) -> tuple:
             continue
         others = [a for a in range(g.ndim) if a != i]
         outer = jnp.tensordot(g, g, axes=(others, others), precision=HIGHEST)
-        new.append(torch_lerp(f, outer.astype(f.dtype), _tree.cast_scalar(weight, f.dtype)))
+        new.append(_tree.torch_lerp(f, outer.astype(f.dtype), _tree.cast_scalar(weight, f.dtype)))
     return tuple(new)
 
 
@@ -227,8 +216,8 @@ def soap_direction(
             work = layout(g.shape)[0]
             g = g.astype(dtype)
             w = g.reshape(work)
-            new_mu = torch_lerp(mu.astype(dtype), g, _tree.cast_scalar(1 - b1, dtype))
-            new_nu = torch_lerp(
+            new_mu = _tree.torch_lerp(mu.astype(dtype), g, _tree.cast_scalar(1 - b1, dtype))
+            new_nu = _tree.torch_lerp(
                 nu.astype(dtype).reshape(work),
                 jnp.square(project(w, bases, True)),
                 _tree.cast_scalar(1 - b2, dtype),
