@@ -25,11 +25,20 @@ Element-wise transformations give the same numbers on the flat buffers as on the
 tests check this bit for bit). Transformations that look at a leaf's shape (``adaptive_grad_clip``
 and ``clip_by_block_rms``, whose units are rows or leaves) and masks given per leaf need the
 tree: masks are translated with :meth:`FlatLayout.mask` after grouping the leaves by the mask.
+
+Models of Flax NNX and Equinox are pytrees, and their parameters flatten as they are: an
+``nnx.State`` (``nnx.split(model, nnx.Param, ...)`` or ``nnx.state(model, nnx.Param)``) and an
+Equinox module's array leaves (``eqx.filter(model, eqx.is_array)``, or the first half of
+``eqx.partition``) come back from :meth:`FlatLayout.unflatten` as the same ``State`` or module,
+bitwise, ready for ``nnx.merge`` or ``eqx.combine``. Neither library is imported here: the
+checks that name them look them up in ``sys.modules``, where they are only if the caller
+already imported them.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
@@ -55,6 +64,37 @@ def _label_leaves(groups: Groups, params: Any, treedef) -> list[Hashable]:
         return [None] * treedef.num_leaves
     labels = groups(params) if is_mask_function(groups) else groups
     return broadcast_prefix(labels, params, "flatten_params", "groups")[0]
+
+
+def _check_arrays_only(params: Any) -> None:
+    """Raises ``TypeError`` for a whole model or a leaf that is not an array, saying what to pass.
+
+    A Flax NNX module is a pytree whose leaves include batch statistics, RNG keys and counters,
+    which are not parameters; an Equinox module's leaves include its activation functions.
+    """
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is not None and isinstance(params, nnx.Module):
+        raise TypeError(
+            f"flatten_params: got the Flax NNX module {type(params).__name__} itself; pass its "
+            "parameters, `nnx.state(model, nnx.Param)` (or the `nnx.Param` part of `nnx.split`), "
+            "and rebuild the model with `nnx.merge(graphdef, layout.unflatten(flat), ...)`"
+        )
+    eqx = sys.modules.get("equinox")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex)) or hasattr(
+            leaf, "__jax_array__"
+        ):
+            continue
+        hint = "pass only the arrays to optimize"
+        if eqx is not None:
+            hint = (
+                "for an Equinox module pass `eqx.filter(model, eqx.is_array)` (or the first half "
+                "of `eqx.partition(model, eqx.is_array)`) and rebuild it with `eqx.combine`"
+            )
+        raise TypeError(
+            f"flatten_params: the leaf at {_tree.path_name(path)} is a {type(leaf).__name__}, "
+            f"not an array; {hint}"
+        )
 
 
 def _buffer_key(dtype: np.dtype, label: Hashable) -> str:
@@ -155,8 +195,20 @@ def flatten_params(
 
         flat[key] = concatenate([ravel(p) for p in leaves if key(p) == key])
 
+    A Flax NNX ``State`` and an Equinox module filtered to its arrays are parameter trees
+    like any other, and :meth:`FlatLayout.unflatten` gives them back as a ``State`` or module::
+
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)   # Flax NNX
+        params, static = eqx.partition(model, eqx.is_array)         # Equinox
+        flat, layout = gx.flatten_params(params)
+        # in the loss: nnx.merge(graphdef, layout.unflatten(flat), rest)
+        #          or: eqx.combine(layout.unflatten(flat), static)
+
     Args:
-      params: the parameter tree (floating-point leaves).
+      params: the parameter tree (floating-point leaves): a tree of arrays, an ``nnx.State``
+        or an Equinox module's array leaves. Not a whole NNX module (its batch statistics and
+        RNG state are not parameters) nor a module with non-array leaves (functions): those
+        raise ``TypeError`` naming what to pass instead.
       groups: optional labels that split the buffers further: a tree of hashable labels
         matching ``params`` (or a prefix), or a function of params returning one, e.g.
         :func:`gradxform.decay_matrices_only` so that decayed and non-decayed leaves land in
@@ -175,6 +227,7 @@ def flatten_params(
       >>> layout.unflatten(flat)["w"].shape
       (2, 3)
     """
+    _check_arrays_only(params)
     _tree.check_inexact_leaves(params, "flatten_params")
     leaves, treedef = jax.tree.flatten(params)
     labels = _label_leaves(groups, params, treedef)
