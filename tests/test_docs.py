@@ -9,12 +9,21 @@ import pytest
 
 DOCS = pathlib.Path(__file__).parents[1] / "docs"
 _BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
-# Guides whose code needs a reference library, and the module it needs.
-NEEDS = {"migrating_from_torch.md": "torch"}
+# Guides whose code needs other libraries, and the modules they need (separated by spaces).
+NEEDS = {
+    "migrating_from_torch.md": "torch",
+    "checkpoints.md": "orbax.checkpoint",
+    "integrations.md": "flax equinox",
+}
 
 
 # The guides whose code is complete programs (docs/scaling.md shows fragments of a script).
-GUIDES = ["migrating_from_torch.md", "frontier_optimizers.md"]
+GUIDES = [
+    "migrating_from_torch.md",
+    "frontier_optimizers.md",
+    "guides/checkpoints.md",
+    "guides/integrations.md",
+]
 
 
 def _guides():
@@ -27,8 +36,8 @@ def test_the_guides_have_code():
 
 @pytest.mark.parametrize("guide", _guides(), ids=lambda p: p.name)
 def test_every_code_block_runs(guide):
-    if guide.name in NEEDS:
-        pytest.importorskip(NEEDS[guide.name], reason=f"{guide.name} uses {NEEDS[guide.name]}")
+    for module in NEEDS.get(guide.name, "").split():
+        pytest.importorskip(module, reason=f"{guide.name} uses {module}")
     namespace: dict = {"__name__": f"docs.{guide.stem}"}
     for number, block in enumerate(_BLOCK.findall(guide.read_text()), start=1):
         try:
