@@ -17,7 +17,9 @@ Flax NNX (split once into ``graphdef, params, rest``; ``nnx.merge`` in the loss)
 The update alone (``update`` + ``apply_updates`` on fixed gradients) is measured for the first
 three in the same rounds, to show the optimizer's share of the step. Implementations run in
 interleaved rounds (see ``benchmarks/run.py``), times are medians, and every number is also a
-ratio to Optax's time in the same run. After the rounds, the tree and flat paths have taken
+ratio to Optax's time in the same run. Each step's wall time and the process's CPU time (all
+its threads) are both recorded: on a machine shared with other jobs the wall time includes
+waiting for a core, the CPU time does not. After the rounds, the tree and flat paths have taken
 the same steps on the same batch: their params are compared bit for bit.
 
 Results: a table on stdout (Markdown with ``--markdown``) and the raw numbers as JSON under
@@ -39,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradxform as gx
-from benchmarks.run import Runner, machine_description, measure
+from benchmarks.run import Runner, machine_description
 
 try:
     import optax
@@ -187,6 +189,24 @@ def nnx_optimizer_runner(model, tokens) -> Runner:
 # ----------------------------------------------------------------------------- measuring
 
 
+def measure(runners: list[Runner], rounds: int, reps: int) -> dict[str, list[float]]:
+    """Interleaved rounds as in ``benchmarks.run``; wall times go to ``runner.times``, and the
+    process's CPU time per step (all threads) is returned: on a machine shared with other
+    jobs, wall time includes waiting for a core and CPU time does not."""
+    cpu: dict[str, list[float]] = {r.impl: [] for r in runners}
+    for runner in runners:  # warm-up
+        for _ in range(2):
+            runner.step()
+    for _ in range(rounds):
+        for runner in runners:
+            for _ in range(reps):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                runner.step()
+                runner.times.append(time.perf_counter() - start)
+                cpu[runner.impl].append(time.process_time() - start_cpu)
+    return cpu
+
+
 def bench(config: dict, batch: int, args) -> list[dict]:
     model = Transformer(
         config["vocab"],
@@ -218,7 +238,7 @@ def bench(config: dict, batch: int, args) -> list[dict]:
             update_runner("optax", model, optax_opt, flat=False),
         ]
     reps = args.reps or max(2, min(20, int(2e9 / (6 * size * batch * config["length"]))))
-    measure(runners, args.rounds, reps)
+    cpu = measure(runners, args.rounds, reps)
     # The same steps on the same batch: the flat path must have the tree path's params.
     same = jax.tree.map(
         lambda a, b: bool(np.array_equal(a, b)),
@@ -227,6 +247,7 @@ def bench(config: dict, batch: int, args) -> list[dict]:
     )
     bitwise = all(jax.tree.leaves(same))
     medians = {r.impl: statistics.median(r.times) for r in runners}
+    cpu_medians = {impl: statistics.median(times) for impl, times in cpu.items()}
     rows = []
     for r in runners:
         t = medians[r.impl]
@@ -244,6 +265,9 @@ def bench(config: dict, batch: int, args) -> list[dict]:
                 "spread_ms": [1e3 * min(r.times), 1e3 * max(r.times)],
                 "x_optax": t / medians[base],
                 "x_tree": t / medians[tree_name],
+                "cpu_ms": 1e3 * cpu_medians[r.impl],
+                "cpu_x_optax": cpu_medians[r.impl] / cpu_medians[base],
+                "cpu_x_tree": cpu_medians[r.impl] / cpu_medians[tree_name],
                 "compile_s": r.compile_s,
                 "samples": len(r.times),
                 "flat_equals_tree_bitwise": bitwise,
@@ -254,6 +278,7 @@ def bench(config: dict, batch: int, args) -> list[dict]:
             f"  {row['impl']:<30} {row['step_ms']:9.2f} ms "
             f"[{row['spread_ms'][0]:.2f}, {row['spread_ms'][1]:.2f}]  "
             f"x_optax {row['x_optax']:5.2f}  x_tree {row['x_tree']:5.2f}  "
+            f"cpu {row['cpu_ms']:8.2f} ms (x_optax {row['cpu_x_optax']:5.2f})  "
             f"compile {row['compile_s']:6.2f} s",
             flush=True,
         )
@@ -267,11 +292,12 @@ def markdown(results: dict) -> str:
         f"Machine: {machine['processor']}, {machine['cpu_count']} cores, jax {machine['jax']} "
         f"({machine['jax_backend']}, {machine['jax_device']}), flax {results['flax']}, optax "
         f"{machine['optax']}. Model: {results['rows'][0]['params']:,} params in "
-        f"{results['rows'][0]['leaves']} leaves. Median step time; in parentheses, the ratio "
-        "to Optax's step in the same run.",
+        f"{results['rows'][0]['leaves']} leaves. Median wall time per step, then median CPU "
+        "time (all threads of the process: on a shared machine it leaves out the waits for a "
+        "core); in parentheses, the ratio to Optax's in the same run.",
         "",
         "| tokens per step | gradxform | gradxform-flat | optax | optax-nnx.Optimizer "
-        "| update alone: gradxform / flat / optax |",
+        "| update alone, CPU time: gradxform / flat / optax |",
         "|---|---|---|---|---|---|",
     ]
     for batch in dict.fromkeys(r["batch"] for r in results["rows"]):
@@ -279,12 +305,17 @@ def markdown(results: dict) -> str:
 
         def cell(impl, by=by):
             r = by.get(impl)
-            return "-" if r is None else f"{r['step_ms']:.3g} ms ({r['x_optax']:.2f}x)"
+            if r is None:
+                return "-"
+            return (
+                f"{r['step_ms']:.3g} ms ({r['x_optax']:.2f}x); "
+                f"CPU {r['cpu_ms']:.3g} ms ({r['cpu_x_optax']:.2f}x)"
+            )
 
         alone = " / ".join(
             "-"
             if by.get(f"{i} (update only)") is None
-            else f"{by[f'{i} (update only)']['step_ms']:.3g} ms"
+            else f"{by[f'{i} (update only)']['cpu_ms']:.3g} ms"
             for i in ("gradxform", "gradxform-flat", "optax")
         )
         tokens = next(iter(by.values()))["tokens"]
