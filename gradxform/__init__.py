@@ -12,9 +12,6 @@ from gradxform._base import (
     NonNegativeParamsState,
     ScaleByTrustRatioState,
     ScaleState,
-    TransformInitFn,
-    TransformUpdateExtraArgsFn,
-    TransformUpdateFn,
     apply_updates,
     chain,
     identity,
@@ -32,6 +29,9 @@ from gradxform._types import (
     ScalarOrSchedule,
     Schedule,
     StatefulSchedule,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
     Updates,
 )
 from gradxform.checkpoint import CheckpointError, load_state, save_state
