@@ -18,11 +18,11 @@ from gradxform.transforms.adam import (
     ScaleByAdamaxState,
     ScaleByAdamState,
     ScaleByAmsgradState,
-    ScaleByNadamState,
 )
 from gradxform.transforms.asgd import ScaleByAsgdState
 from gradxform.transforms.complex import SplitRealAndImaginaryArrays
 from gradxform.transforms.momentum import TraceState
+from gradxform.transforms.nadam import ScaleByNadamState
 from gradxform.transforms.rms import ScaleByRmsState, ScaleByRssState, ScaleByRStdDevState
 from gradxform.transforms.rprop import ScaleByRpropState
 from gradxform.transforms.scaling import ScaleByScheduleState

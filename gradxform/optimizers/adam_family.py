@@ -13,8 +13,8 @@ from gradxform.transforms.adam import (
     check_moments,
     scale_by_adam,
     scale_by_adamax,
-    scale_by_nadam,
 )
+from gradxform.transforms.nadam import scale_by_nadam
 from gradxform.transforms.radam import scale_by_radam
 from gradxform.transforms.scaling import scale_by_learning_rate
 from gradxform.transforms.sparse import scale_by_sparse_adam

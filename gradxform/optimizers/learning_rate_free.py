@@ -14,11 +14,8 @@ import math
 from gradxform._base import GradientTransformation, chain
 from gradxform._types import ScalarOrSchedule
 from gradxform.transforms.complex import real_pairs
-from gradxform.transforms.distance_adaptive import (
-    check_arguments,
-    scale_by_dadapt_adam,
-    scale_by_prodigy,
-)
+from gradxform.transforms.dadaptation import scale_by_dadapt_adam
+from gradxform.transforms.distance_adaptive import check_arguments, scale_by_prodigy
 from gradxform.transforms.scaling import scale
 
 

@@ -26,7 +26,16 @@ NUMERICS = ("optax", "official")
 
 class ScaleByAdanState(NamedTuple):
     """Optax's fields: moments ``m``, ``v`` (of the gradient difference) and ``n``, the previous
-    gradient ``g`` and the step counter ``t`` (int32, also readable as ``count``)."""
+    gradient ``g`` and the step counter ``t`` (int32, also readable as ``count``).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adan()
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> state.t, state.g, state.m.round(4)  # the previous gradient; (1 - b1) g
+      (Array(1, dtype=int32), Array([ 0.5, -2. ], dtype=float32), Array([ 0.01, -0.04],
+      dtype=float32))
+    """
 
     m: Any
     v: Any
@@ -78,6 +87,12 @@ def scale_by_adan(
     References:
       Xie et al., `Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
       Models <https://arxiv.org/abs/2208.06677>`_, 2022.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adan()
+      >>> [round(float(u), 4) for u in tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0]]
+      [1.0, -1.0]
     """
     who = "scale_by_adan"
     for name, value in (("b1", b1), ("b2", b2), ("b3", b3)):
