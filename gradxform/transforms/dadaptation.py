@@ -27,7 +27,19 @@ from gradxform.transforms.dog import scalar_dtype
 class ScaleByDAdaptAdamState(NamedTuple):
     """``count`` (updates made, int32), ``steps`` (steps that moved, int32), the scalars ``d``
     and ``numerator`` (the reference's ``numerator_weighted``), and per param ``mu`` (the first
-    moment of ``dlr g``), ``nu`` (the second moment of ``g``) and ``s``."""
+    moment of ``dlr g``), ``nu`` (the second moment of ``g``) and ``s``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_dadapt_adam(d0=0.5), jnp.zeros(2)
+      >>> state = tx.init(params)
+      >>> state.count, state.steps, state.d, state.s
+      (Array(0, dtype=int32), Array(0, dtype=int32), Array(0.5, dtype=float32), Array([0., 0.],
+      dtype=float32))
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), state, params)
+      >>> state.steps, state.d, state.numerator  # r = 0: the step before had s = 0
+      (Array(1, dtype=int32), Array(0.5, dtype=float32), Array(0., dtype=float32))
+    """
 
     count: jax.Array
     steps: jax.Array
@@ -81,6 +93,14 @@ def scale_by_dadapt_adam(
       A transformation whose state is :class:`ScaleByDAdaptAdamState`; it needs ``params``
       when ``weight_decay`` may be nonzero. Defazio & Mishchenko, "Learning-Rate-Free Learning
       by D-Adaptation", ICML 2023.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_dadapt_adam(d0=0.5), jnp.zeros(2)
+      >>> u, _ = tx.update(jnp.array([0.5, -2.0]), tx.init(params), params)
+      >>> # the first step: m / sqrt(v) = (1 - b1) d0 g / (sqrt(1 - b2) |g|)
+      >>> [round(float(x), 4) for x in u]
+      [1.5811, -1.5811]
     """
     who = "scale_by_dadapt_adam"
     check_arguments(who, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, d0=d0)

@@ -31,7 +31,16 @@ class ScaleByProdigyState(NamedTuple):
     """``count`` (updates made, int32), ``steps`` (steps that moved, int32), the scalars ``d``,
     ``d_max`` and ``numerator`` (the reference's ``d_numerator``), and per param ``mu`` and
     ``nu`` (Adam's moments of ``d g``), ``s`` (the weighted sum of gradients) and ``params0``
-    (the initial params)."""
+    (the initial params).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_prodigy(d0=0.5), jnp.array([1.0, 2.0])
+      >>> state = tx.init(params)
+      >>> state.count, state.d, state.d_max, state.params0
+      (Array(0, dtype=int32), Array(0.5, dtype=float32), Array(0.5, dtype=float32), Array([1., 2.],
+      dtype=float32))
+    """
 
     count: jax.Array
     steps: jax.Array
@@ -166,6 +175,14 @@ def scale_by_prodigy(
       A transformation whose state is :class:`ScaleByProdigyState`; it needs ``params``, and
       ``init`` needs the real initial params. Mishchenko & Defazio, "Prodigy: An Expeditiously
       Adaptive Parameter-Free Learner", ICML 2024 (arXiv:2306.06101).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_prodigy(d0=0.5), jnp.zeros(2)
+      >>> u, state = tx.update(jnp.array([0.5, -2.0]), tx.init(params), params)
+      >>> # the first step: d0 m / sqrt(v) = d0 (1 - b1) d0 g / (sqrt(1 - b2) d0 |g|); d stays d0
+      >>> [round(float(x), 4) for x in u], state.d
+      ([1.5811, -1.5811], Array(0.5, dtype=float32))
     """
     who = "scale_by_prodigy"
     check_arguments(who, learning_rate=learning_rate, b1=b1, b2=b2, beta3=beta3, d0=d0)

@@ -37,7 +37,14 @@ def _zeros(shape: tuple[int, ...], like: Any) -> jax.Array:
 class ScaleByAdafactorState(NamedTuple):
     """``count`` (int32) and per param torch's statistics of ``|g|^2``: ``row_var`` (shape
     ``(..., m, 1)``) and ``col_var`` (``(..., 1, n)``) for a leaf of shape ``(..., m, n)``, or
-    ``variance`` (the leaf's shape) for a vector or a scalar; the other entries are ``None``."""
+    ``variance`` (the leaf's shape) for a vector or a scalar; the other entries are ``None``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_adafactor().init(jnp.zeros((3, 2)))
+      >>> state.count, state.row_var.shape, state.col_var.shape, state.variance
+      (Array(0, dtype=int32), (3, 1), (1, 2), None)
+    """
 
     count: jax.Array
     row_var: Any
@@ -168,7 +175,14 @@ class FactoredState(NamedTuple):
     """Optax's ``FactoredState``: ``count`` (int32), and per param ``v_row`` and ``v_col`` (the
     param's shape without its largest, respectively second largest, axis) for a factored leaf,
     or ``v`` (its shape) otherwise. Optax keeps a zero array of shape ``(1,)`` in the unused
-    entries, gradxform ``None``."""
+    entries, gradxform ``None``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_factored_rms(min_dim_size_to_factor=1).init(jnp.zeros((3, 2)))
+      >>> state.count, state.v_row.shape, state.v_col.shape, state.v
+      (Array(0, dtype=int32), (2,), (3,), None)
+    """
 
     count: jax.Array
     v_row: Any

@@ -46,7 +46,13 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 class GaLoreState(NamedTuple):
     """``count`` (int32), the base transformation's state (of the projected shapes) and, per
     leaf, its ``projector``: ``None`` for a leaf that is not projected, one matrix for a side,
-    a pair ``(left, right)`` for ``proj_type="full"``."""
+    a pair ``(left, right)`` for ``proj_type="full"``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale_by_galore(rank=1).init({"b": jnp.zeros(3), "w": jnp.zeros((4, 3))}).projector
+      {'b': None, 'w': Array([[0.], [0.], [0.], [0.]], dtype=float32)}
+    """
 
     count: jax.Array
     base_optimizer_state: Any
@@ -340,7 +346,7 @@ def scale_by_adam_raw_eps(
 ) -> GradientTransformation:
     """Adam with ``eps`` added to the root of the raw second moment and the bias corrections
     in the step size (Kingma & Ba's "efficient" order; transformers' ``AdamW``, which GaLore's
-    reference extends)::
+    reference extends; the example shows ``eps`` on the small gradient's first step)::
 
         m_t = b1 * m_{t-1} + (1 - b1) * g_t
         v_t = b2 * v_{t-1} + (1 - b2) * |g_t|^2
@@ -356,6 +362,12 @@ def scale_by_adam_raw_eps(
 
     Returns:
       A transformation whose state is :class:`gradxform.ScaleByAdamState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adam_raw_eps()
+      >>> [round(float(x), 5) for x in tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0]]
+      [0.99994, -0.99998]
     """
     who = "scale_by_adam_raw_eps"
     check_moments(who, b1, b2, eps)
