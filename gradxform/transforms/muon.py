@@ -28,7 +28,14 @@ ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
 
 class ScaleByMuonState(NamedTuple):
-    """``count`` (int32) and the momentum ``mu``, one matrix per param."""
+    """``count`` (int32) and the momentum ``mu``, one matrix per param.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_muon().init({"w": jnp.zeros((2, 3))})
+      >>> state.count, state.mu["w"].shape
+      (Array(0, dtype=int32), (2, 3))
+    """
 
     count: jax.Array
     mu: Any

@@ -20,6 +20,17 @@ class ReduceLROnPlateauState(NamedTuple):
     ``count``: losses accumulated towards the next decision; ``avg_value``: their mean.
     The field names are Optax's.
     Counters are int32, the rest the default float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.reduce_on_plateau(patience=0)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> state.scale, state.best_value
+      (Array(1., dtype=float32), Array(inf, dtype=float32))
+      >>> _, state = tx.update(jnp.ones(2), state, value=1.0)  # the best so far
+      >>> _, state = tx.update(jnp.ones(2), state, value=2.0)  # worse: with patience 0, x factor
+      >>> state.scale, state.best_value
+      (Array(0.1, dtype=float32), Array(1., dtype=float32))
     """
 
     scale: jax.Array

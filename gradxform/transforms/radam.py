@@ -101,6 +101,14 @@ def scale_by_radam(
 
     Returns:
       A transformation whose state is :class:`gradxform.ScaleByAdamState` (as in Optax).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_radam()
+      >>> # rho_1 = rho_inf - 2 b2 / (1 - b2) = 1 <= 5: the first step is m_hat = g, not rectified
+      >>> u, _ = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [round(float(x), 4) for x in u]
+      [0.5, -2.0]
     """
     who = "scale_by_radam"
     check_moments(who, b1, b2, eps, eps_root)

@@ -124,6 +124,13 @@ def scale_by_zoom_linesearch(
     References:
       Nocedal & Wright, *Numerical Optimization*, 1999. Hager & Zhang, *Algorithm 851:
       CG_DESCENT*, 2006.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> f, w = lambda w: jnp.sum(w**2), jnp.array([1.0, 2.0])
+      >>> tx, g = gx.scale_by_zoom_linesearch(15), 2 * w
+      >>> tx.update(-g, tx.init(w), w, value=f(w), grad=g, value_fn=f)[0]  # -0.5 g: to the minimum
+      Array([-1., -2.], dtype=float32)
     """
     who = "scale_by_zoom_linesearch"
     _validate.count(who, "max_linesearch_steps", max_linesearch_steps)
