@@ -36,7 +36,14 @@ from gradxform._tree import path_name
 class ScaleByShampooState(NamedTuple):
     """``count`` (int32); ``momentum``, the last preconditioned direction (param's shape and
     dtype); per param a tuple with one ``d x d`` matrix per dimension ``d``: the Kronecker
-    factors ``statistics`` and their inverse roots ``roots`` (float32 for bf16/f16 params)."""
+    factors ``statistics`` and their inverse roots ``roots`` (float32 for bf16/f16 params).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_shampoo().init(jnp.zeros((2, 3)))
+      >>> state.count, [s.shape for s in state.statistics], [r.shape for r in state.roots]
+      (Array(0, dtype=int32), [(2, 2), (3, 3)], [(2, 2), (3, 3)])
+    """
 
     count: jax.Array
     momentum: Any

@@ -44,7 +44,14 @@ class ScaleBySoapState(NamedTuple):
     second moment in the eigenbasis, both of each param's shape and dtype; per param a tuple of
     ``factors`` ``L_i`` and of ``bases`` ``Q_i`` (one per axis of the merged shape, ``None``
     where that axis is not preconditioned), float32 for params of 32 bits or fewer, float64
-    for float64 params."""
+    for float64 params.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_soap().init(jnp.zeros((2, 3)))
+      >>> state.count, [f.shape for f in state.factors], [q.shape for q in state.bases]
+      (Array(0, dtype=int32), [(2, 2), (3, 3)], [(2, 2), (3, 3)])
+    """
 
     count: jax.Array
     mu: Any

@@ -18,7 +18,14 @@ from gradxform.transforms.adam import check_moments
 
 
 class ScaleBySparseAdamState(NamedTuple):
-    """``count`` (int32, every update), first moment ``mu`` and second moment ``nu``."""
+    """``count`` (int32, every update), first moment ``mu`` and second moment ``nu``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale_by_sparse_adam().init(jnp.zeros(2))
+      ScaleBySparseAdamState(count=Array(0, dtype=int32), mu=Array([0., 0.], dtype=float32),
+      nu=Array([0., 0.], dtype=float32))
+    """
 
     count: jax.Array
     mu: Any

@@ -39,6 +39,13 @@ class LbfgsState(NamedTuple):
     scale ``y.s / y.y``. ``prev_flat_grad``, ``prev_loss``: the gradient and loss where the
     last iteration started. Vectors and scalars are in the params' widest dtype (at least
     float32).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> state = gx.lbfgs(history_size=4).init(jnp.zeros(3))
+      >>> lbfgs_state = jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, gx.LbfgsState))[0]
+      >>> lbfgs_state.count, lbfgs_state.old_dirs.shape, lbfgs_state.history_length
+      (Array(0, dtype=int32), (4, 3), Array(0, dtype=int32))
     """
 
     count: jax.Array
