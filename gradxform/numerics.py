@@ -27,6 +27,11 @@ def global_norm(updates: Any) -> jax.Array:
 
     Optax's ``global_norm`` (``optax.tree_utils.tree_norm(updates)``); Optax 0.2.8 also warns
     that it is deprecated, gradxform does not.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.global_norm({"a": jnp.array([3.0]), "b": jnp.array([[4.0]])})  # sqrt(9 + 16)
+      Array(5., dtype=float32)
     """
     return tree_norm(updates)
 
@@ -87,6 +92,14 @@ def safe_root_mean_squares(x: ArrayLike, min_rms: ArrayLike) -> jax.Array:
 
     Returns:
       The floored root mean square.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> x = jnp.array([3.0, 4.0])
+      >>> round(float(gx.safe_root_mean_squares(x, 1.0)), 4)  # sqrt((9 + 16) / 2)
+      3.5355
+      >>> gx.safe_root_mean_squares(x, 10.0), jax.grad(gx.safe_root_mean_squares)(x, 10.0)
+      (Array(10., dtype=float32), Array([0., 0.], dtype=float32))
     """
     x = jnp.asarray(x)
     rms = jnp.sqrt(jnp.mean(_abs_square(x)))
