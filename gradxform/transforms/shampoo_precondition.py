@@ -40,9 +40,9 @@ class ScaleByShampooState(NamedTuple):
 
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
-      >>> state = gx.scale_by_shampoo().init(jnp.zeros((2, 3)))
+      >>> state = gx.scale_by_shampoo().init(jnp.zeros((2, 2)))
       >>> state.count, [s.shape for s in state.statistics], [r.shape for r in state.roots]
-      (Array(0, dtype=int32), [(2, 2), (3, 3)], [(2, 2), (3, 3)])
+      (Array(0, dtype=int32), [(2, 2), (2, 2)], [(2, 2), (2, 2)])
     """
 
     count: jax.Array

@@ -48,9 +48,9 @@ class ScaleBySoapState(NamedTuple):
 
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
-      >>> state = gx.scale_by_soap().init(jnp.zeros((2, 3)))
+      >>> state = gx.scale_by_soap().init(jnp.zeros((2, 2)))
       >>> state.count, [f.shape for f in state.factors], [q.shape for q in state.bases]
-      (Array(0, dtype=int32), [(2, 2), (3, 3)], [(2, 2), (3, 3)])
+      (Array(0, dtype=int32), [(2, 2), (2, 2)], [(2, 2), (2, 2)])
     """
 
     count: jax.Array
