@@ -21,7 +21,7 @@ import gradxform  # noqa: E402
 
 project = "gradxform"
 author = "the gradxform authors"
-copyright = "the gradxform authors"  # noqa: A001 (Sphinx's name)
+copyright = "the gradxform authors"
 release = gradxform.__version__
 version = release
 
