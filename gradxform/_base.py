@@ -231,7 +231,7 @@ def _chain_update(transforms: list, filters: list, updates, states, params, extr
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
-    """Applies transformations one after the other: ``u <- t_n(... t_2(t_1(u)))``.
+    """Applies transformations one after the other: ``u <- t_n(...(t_2(t_1(u))))``.
 
     The state is a tuple of the transformations' states, in order. Optax transformations are
     accepted as they are. Extra keyword arguments reach the transformations whose ``update``

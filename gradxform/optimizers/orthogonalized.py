@@ -196,8 +196,8 @@ def muon_with_adamw(
 
     Args:
       learning_rate: Muon's ``lr``, a number or a schedule.
-      weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
-        ns_dtype: Muon's, as in :func:`muon`.
+      weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype:
+        Muon's, as in :func:`muon`.
       adamw_learning_rate: AdamW's ``lr``; ``None`` shares Muon's (the recipe of Liu et al.,
         with ``adjust_lr_fn="match_rms_adamw"``).
       adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay: AdamW's ``betas``, ``eps`` and
