@@ -48,7 +48,7 @@ def nadam(
       ``chain(add_l2, scale_by_nadam, add_decayed_weights, scale_by_learning_rate)``.
 
     Example:
-      -lr * sign(g) * (1 + (1 - b1) mu_2 / (1 - mu_1 mu_2)):
+      The first step is ``-lr * sign(g) * (1 + (1 - b1) mu_2 / (1 - mu_1 mu_2))``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.nadam(0.1), {"w": jnp.array([1.0, -2.0])}

@@ -303,7 +303,7 @@ def sparse_adam(
       ``chain(scale_by_sparse_adam, scale_by_learning_rate)``.
 
     Example:
-      A zero gradient leaves its element (-lr * 0):
+      A zero gradient leaves its element (its update is ``-lr * 0``):
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.sparse_adam(0.1), {"w": jnp.array([1.0, -2.0])}

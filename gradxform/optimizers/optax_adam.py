@@ -53,7 +53,7 @@ def nadamw(
       ``chain(scale_by_adam(nesterov=True), add_decayed_weights, scale_by_learning_rate)``.
 
     Example:
-      -lr * (b1 (1 - b1) / (1 - b1^2) + 1) * sign(g):
+      The first step is ``-lr * (b1 (1 - b1) / (1 - b1^2) + 1) * sign(g)``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.nadamw(0.1, weight_decay=0.0), {"w": jnp.array([1.0, -2.0])}

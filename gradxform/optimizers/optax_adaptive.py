@@ -44,7 +44,7 @@ def adabelief(
       Gradients <https://arxiv.org/abs/2010.07468>`_, 2020.
 
     Example:
-      S_hat_1 = (g - m_1)^2 = 0.81 g^2: -lr * sign(g) / 0.9:
+      With ``s_hat_1 = (g - m_1)^2 = 0.81 g^2`` the first step is ``-lr * sign(g) / 0.9``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.adabelief(0.1), {"w": jnp.array([1.0, -2.0])}
@@ -99,7 +99,7 @@ def adan(
       Models <https://arxiv.org/abs/2208.06677>`_, 2022.
 
     Example:
-      The first step: m_hat = g, n_hat = g^2, no difference yet:
+      The first step (``m_hat = g``, ``n_hat = g^2``, no difference yet) is ``-lr * sign(g)``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.adan(0.1), {"w": jnp.array([1.0, -2.0])}
@@ -197,7 +197,8 @@ def yogi(
       <https://papers.nips.cc/paper/8186-adaptive-methods-for-nonconvex-optimization>`_, 2018.
 
     Example:
-      V_0 = 1e-6, so v_hat_1 = g^2 + 1e-3: -lr * g / (sqrt(g^2 + 1e-3) + eps):
+      With ``v_0 = 1e-6``, ``v_hat_1 = g^2 + 1e-3`` and the first step is
+      ``-lr * g / (sqrt(g^2 + 1e-3) + eps)``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.yogi(0.1), {"w": jnp.array([1.0, -2.0])}
@@ -287,7 +288,8 @@ def optimistic_adam(
       2018.
 
     Example:
-      A_0 = a_1 = (1 + b1 / (1 + b1)) sign(g), Nesterov's Adam: -lr * a_1:
+      The first step is ``-lr * a_1``, with ``a_0 = a_1 = (1 + b1 / (1 + b1)) sign(g)`` (Nesterov's
+      Adam):
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.optimistic_adam(0.1), {"w": jnp.array([1.0, -2.0])}
@@ -341,7 +343,8 @@ def optimistic_adam_v2(
       2018.
 
     Example:
-      A_0 = a_1 = (1 + b1 / (1 + b1)) sign(g), Nesterov's Adam: -lr * a_1:
+      The first step is ``-lr * a_1``, with ``a_0 = a_1 = (1 + b1 / (1 + b1)) sign(g)`` (Nesterov's
+      Adam):
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.optimistic_adam_v2(0.1), {"w": jnp.array([1.0, -2.0])}

@@ -98,12 +98,12 @@ def polyak_sgd(
       Convergence <https://arxiv.org/abs/2002.10542>`_, 2021.
 
     Example:
-      -min((f - f_min) / ||g||^2, 1) * g = -0.2 * g:
+      The step is ``-min((f - f_min) / ||g||^2, 1) * g = -0.2 * g``:
 
-      >>> import jax.numpy as jnp, gradxform as gx
+      >>> import jax, jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.polyak_sgd(), {"w": jnp.array([1.0, -2.0])}
       >>> grads, state = {"w": jnp.array([3.0, 4.0])}, opt.init(params)
-      >>> updates, _ = opt.update(grads, state, params, value=jnp.array(5.0))
+      >>> updates, _ = jax.jit(opt.update)(grads, state, params, value=jnp.array(5.0))
       >>> [round(u, 4) for u in updates["w"].tolist()]
       [-0.6, -0.8]
     """
@@ -205,7 +205,7 @@ def sm3(learning_rate: float, momentum: float = 0.9) -> GradientTransformation:
       <https://arxiv.org/abs/1901.11150>`_, 2019.
 
     Example:
-      M_1 = (1 - momentum) g / |g|: -lr * 0.1 * sign(g):
+      With ``m_1 = (1 - momentum) g / |g|`` the first step is ``-lr * 0.1 * sign(g)``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.sm3(0.1), {"w": jnp.array([1.0, -2.0])}

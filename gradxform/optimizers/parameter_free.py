@@ -57,7 +57,7 @@ def dog(
       real initial params. Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend", ICML 2023.
 
     Example:
-      -r_0 g / ||g||, r_0 = 1e-6 (1 + ||x_0||) = 6e-6:
+      The first step is ``-r_0 g / ||g||``, with ``r_0 = 1e-6 (1 + ||x_0||) = 6e-6``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.dog(), {"w": jnp.array([3.0, 4.0])}
@@ -105,7 +105,7 @@ def dowg(
       Mishchenko & Jin, "DoWG Unleashed", NeurIPS 2023.
 
     Example:
-      -d_0^2 / (d_0 ||g|| + eps) * g, d_0^2 = eps:
+      The first step is ``-d_0^2 / (d_0 ||g|| + eps) * g``, with ``d_0^2 = eps``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.dowg(), {"w": jnp.array([3.0, 4.0])}

@@ -114,7 +114,7 @@ def schedule_free_adamw(
       Defazio et al., "The Road Less Scheduled", 2024.
 
     Example:
-      C = 1 on the first step: y <- z = y - lr * sign(g):
+      ``c = 1`` on the first step, so ``y <- z = y - lr * sign(g)``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.schedule_free_adamw(0.1), {"w": jnp.array([1.0, -2.0])}

@@ -51,7 +51,7 @@ def lamb(
       <https://arxiv.org/abs/1904.00962>`_, 2020.
 
     Example:
-      -lr * ||p|| / ||d|| * d with d = sign(g): 0.1 * sqrt(5 / 2):
+      The first step is ``-lr * ||p|| / ||d|| * d`` with ``d = sign(g)``, ``0.1 * sqrt(5 / 2)``:
 
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.lamb(0.1), {"w": jnp.array([1.0, -2.0])}

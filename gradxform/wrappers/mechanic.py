@@ -79,9 +79,9 @@ def mechanize(
       Defazio & Mehta, "Mechanic: A Learning Rate Tuner", NeurIPS 2023.
 
     Example:
-      >>> import jax.numpy as jnp, gradxform as gx
+      >>> import jax, jax.numpy as jnp, gradxform as gx
       >>> opt, params = gx.mechanize(gx.sgd(1.0)), jnp.zeros(2)
-      >>> updates, state = opt.update(jnp.array([0.5, -4.0]), opt.init(params), params)
+      >>> updates, state = jax.jit(opt.update)(jnp.array([0.5, -4.0]), opt.init(params), params)
       >>> [round(u / 1e-6, 4) for u in updates.tolist()]  # S_1 = s_init = 1e-6: S_1 * (-g)
       [-0.5, 4.0]
     """

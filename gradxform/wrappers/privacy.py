@@ -81,9 +81,10 @@ def per_example_layer_norm_clip(
       ``(the clipped sums, the numbers of examples clipped)``, two trees like ``grads``.
 
     Example:
-      >>> import jax.numpy as jnp, gradxform as gx
+      >>> import jax, jax.numpy as jnp, gradxform as gx
       >>> grads = [jnp.array([[3.0, 4.0]]), jnp.array([[0.5]])]  # one example, two leaves
-      >>> total, clipped = gx.per_example_layer_norm_clip(grads, jnp.sqrt(2.0))  # C_l = 1
+      >>> clip = jax.jit(gx.per_example_layer_norm_clip)  # one compile
+      >>> total, clipped = clip(grads, jnp.sqrt(2.0))  # C_l = sqrt(2) / sqrt(2 leaves) = 1
       >>> [[round(x, 4) for x in t.tolist()] for t in total], [int(c) for c in clipped]
       ([[0.6, 0.8], [0.5]], [1, 0])
     """
