@@ -108,10 +108,10 @@ class DifferentiallyPrivateAggregateState(NamedTuple):
     """``rng_key``: the key the next noise is drawn from.
 
     Example:
-      >>> import jax.numpy as jnp, gradxform as gx
+      >>> import jax, jax.numpy as jnp, gradxform as gx
       >>> state = gx.differentially_private_aggregate(1.0, 0.5, key=0).init(jnp.zeros(2))
-      >>> type(state).__name__, state.rng_key.shape
-      ('DifferentiallyPrivateAggregateState', ())
+      >>> type(state).__name__, jax.random.key_data(state.rng_key).tolist()  # key(0)'s data
+      ('DifferentiallyPrivateAggregateState', [0, 0])
     """
 
     rng_key: jax.Array

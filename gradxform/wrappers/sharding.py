@@ -95,9 +95,10 @@ class ShardedState(NamedTuple):
     Example:
       >>> import jax, jax.numpy as jnp, gradxform as gx
       >>> opt = gx.shard_optimizer_state(gx.sgd(0.1, momentum=0.9), axis_name="i")
-      >>> state = jax.pmap(opt.init, axis_name="i")(jnp.zeros((jax.local_device_count(), 4)))
-      >>> type(state).__name__, state.inner_state[0].trace.shape[1:]  # (1, k) per device
-      ('ShardedState', (1, 4))
+      >>> n = jax.local_device_count()
+      >>> state = jax.pmap(opt.init, axis_name="i")(jnp.zeros((n, 2 * n)))  # N = 2n per param
+      >>> type(state).__name__, state.inner_state[0].trace.shape[1:]  # (1, k), k = N / n
+      ('ShardedState', (1, 2))
     """
 
     inner_state: Any
