@@ -37,7 +37,7 @@ class ShouldSkipUpdateFunction(Protocol):
 
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
-      >>> def skip_negative(updates, gradient_step, params):  # one, written by hand
+      >>> def skip_negative(updates, gradient_step, params):  # a ShouldSkipUpdateFunction
       ...     return updates["w"].sum() < 0, ()
       >>> opt = gx.MultiSteps(gx.sgd(1.0), 1, should_skip_update_fn=skip_negative)
       >>> params = {"w": jnp.zeros(1)}
