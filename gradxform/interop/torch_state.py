@@ -42,7 +42,7 @@ from gradxform.interop.torch_classes import (
     python_value,
 )
 from gradxform.optimizers._links import TorchSpec, torch_spec
-from gradxform.wrappers.masking import MultiTransformState, multi_transform
+from gradxform.wrappers.groups import MultiTransformState, multi_transform
 
 
 class _Group(NamedTuple):

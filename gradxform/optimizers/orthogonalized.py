@@ -23,7 +23,7 @@ from gradxform.transforms.muon import (
     muon_labels,
 )
 from gradxform.transforms.scaling import scale_by_learning_rate
-from gradxform.wrappers.masking import multi_transform
+from gradxform.wrappers.groups import multi_transform
 
 BFLOAT16 = jnp.dtype(jnp.bfloat16)
 

@@ -46,6 +46,13 @@ class InjectStatefulHyperparamsState(NamedTuple):
     hyperparameters and the values the scheduled ones took at the last update (read them, or
     overwrite the numeric ones between steps). ``hyperparams_states``: ``{name: schedule
     state}`` for the scheduled ones. ``inner_state``: the wrapped optimizer's state.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.inject_hyperparams(gx.sgd)(learning_rate=0.1).init(jnp.ones(2))
+      >>> lr = state.hyperparams["learning_rate"]
+      >>> type(state).__name__, int(state.count), round(float(lr), 6)
+      ('InjectStatefulHyperparamsState', 0, 0.1)
     """
 
     count: jax.Array
@@ -60,7 +67,14 @@ InjectHyperparamsState = InjectStatefulHyperparamsState
 
 
 class WrappedScheduleState(NamedTuple):
-    """The state of a :class:`WrappedSchedule`: ``count``, the updates made (int32)."""
+    """The state of a :class:`WrappedSchedule`: ``count``, the updates made (int32).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> sched = gx.WrappedSchedule(lambda count: 0.5 ** count)
+      >>> sched.update(sched.init())
+      WrappedScheduleState(count=Array(1, dtype=int32))
+    """
 
     count: jax.Array
 
@@ -74,6 +88,13 @@ class WrappedSchedule:
 
     Args:
       schedule_fn: the schedule, a function of the update count.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> sched = gx.WrappedSchedule(lambda count: 0.5 ** count)
+      >>> state = sched.update(sched.update(sched.init()))
+      >>> float(sched(sched.init())), float(sched(state))  # schedule_fn(0), schedule_fn(2)
+      (1.0, 0.25)
     """
 
     def __init__(self, schedule_fn: Schedule):

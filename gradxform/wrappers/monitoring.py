@@ -27,14 +27,28 @@ from gradxform.transforms.momentum import ema
 
 class SnapshotState(NamedTuple):
     """``measurement``: ``{measure_name: measure(updates)}`` of the last call (of the params
-    after ``init``)."""
+    after ``init``).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.snapshot("norm", gx.global_norm).init(jnp.array([3.0, 4.0]))  # the params' norm
+      SnapshotState(measurement={'norm': Array(5., dtype=float32)})
+    """
 
     measurement: dict
 
 
 class MonitorState(NamedTuple):
     """``measurements``: ``{name: measurement}`` of the last call (empty after ``init``);
-    ``measure_states``: the states of the measures that are transformations, in order."""
+    ``measure_states``: the states of the measures that are transformations, in order.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.monitor({"max": lambda u: jnp.max(u)})
+      >>> _, state = opt.update(jnp.array([1.0, 3.0]), opt.init(jnp.zeros(2)))
+      >>> type(state).__name__, float(state.measurements["max"])
+      ('MonitorState', 3.0)
+    """
 
     measurements: dict
     measure_states: tuple
@@ -50,6 +64,13 @@ def snapshot(measure_name: str, measure: Callable[[Any], Any]) -> GradientTransf
     Returns:
       A transformation whose state is :class:`SnapshotState`. Its ``init`` measures the params,
       so that the state keeps one structure.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.snapshot("norm", gx.global_norm)
+      >>> updates, state = opt.update(jnp.array([3.0, 4.0]), opt.init(jnp.zeros(2)))
+      >>> updates.tolist(), float(state.measurement["norm"])
+      ([3.0, 4.0], 5.0)
     """
     who = "snapshot"
     if not isinstance(measure_name, str):
@@ -80,6 +101,14 @@ def monitor(measures: Mapping[str, Any]) -> GradientTransformation:
 
     Returns:
       A transformation whose state is :class:`MonitorState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> ema = gx.measure_with_ema(gx.global_norm, 0.5)  # debiased: 5 after one step
+      >>> opt = gx.monitor({"norm": gx.global_norm, "ema": ema})
+      >>> updates, state = opt.update(jnp.array([3.0, 4.0]), opt.init(jnp.zeros(2)))
+      >>> updates.tolist(), {k: float(v) for k, v in state.measurements.items()}
+      ([3.0, 4.0], {'norm': 5.0, 'ema': 5.0})
     """
     who = "monitor"
     if not isinstance(measures, Mapping):
@@ -141,6 +170,13 @@ def measure_with_ema(
     Returns:
       A transformation whose state is ``(EmptyState(), EmaState)``, the EMA over the
       measurement's structure.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> ema = gx.measure_with_ema(gx.global_norm, 0.5, debias=False)
+      >>> out, state = ema.update(jnp.array([3.0, 4.0]), ema.init(jnp.zeros(2)))
+      >>> float(out)  # (1 - 0.5) * ||u||
+      2.5
     """
     who = "measure_with_ema"
     _validate.function(who, "measure", measure)

@@ -19,7 +19,15 @@ from gradxform._base import (
 
 
 class JoinTransformsState(NamedTuple):
-    """``count``: updates made (int32); ``inner_states``: each phase's state, in order."""
+    """``count``: updates made (int32); ``inner_states``: each phase's state, in order.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.join_transforms([gx.sgd(0.1), gx.adam(0.1)], boundaries=[2])
+      >>> state = opt.init(jnp.zeros(1))
+      >>> type(state).__name__, int(state.count), len(state.inner_states)
+      ('JoinTransformsState', 0, 2)
+    """
 
     count: jax.Array
     inner_states: tuple
