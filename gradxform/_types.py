@@ -18,6 +18,13 @@ Params: TypeAlias = ArrayTree
 Updates: TypeAlias = ArrayTree
 OptState: TypeAlias = ArrayTree
 
+Count: TypeAlias = Any
+"""A state's update counter: an int32 scalar array, 0 before the first update.
+
+Annotated ``Any`` because the field keeps Optax's name ``count``, which on a ``NamedTuple``
+shadows ``tuple.count``: a type checker reads any narrower type there as an incompatible
+override of that method (mypy issue 3950), though the field works at run time."""
+
 Schedule: TypeAlias = Callable[[jax.Array], Any]
 """A function of the update count ``k`` (an int32 scalar, 0 for the first update) returning a
 scalar: the value a hyperparameter takes at update ``k + 1``."""

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import Count
 
 
 class ScaleByAdaDeltaState(NamedTuple):
     """``count`` (int32); ``e_g`` and ``e_x``: the running averages of ``|g|^2`` and of the
     squared updates (torch's ``square_avg`` and ``acc_delta``), one leaf per param."""
 
-    count: jax.Array
+    count: Count
     e_g: Any
     e_x: Any
 

@@ -16,12 +16,13 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import Count
 
 
 class ScaleByAdamState(NamedTuple):
     """``count`` (int32), first moment ``mu`` and second moment ``nu``, one leaf per param."""
 
-    count: jax.Array
+    count: Count
     mu: Any
     nu: Any
 
@@ -31,7 +32,7 @@ class ScaleByAmsgradState(NamedTuple):
     for ``scale_by_adam(amsgrad=True)`` (torch's), of the bias-corrected one for
     :func:`scale_by_amsgrad` (Optax's)."""
 
-    count: jax.Array
+    count: Count
     mu: Any
     nu: Any
     nu_max: Any
@@ -40,7 +41,7 @@ class ScaleByAmsgradState(NamedTuple):
 class ScaleByAdamaxState(NamedTuple):
     """``count`` (int32), first moment ``mu`` and the infinity-norm accumulator ``u``."""
 
-    count: jax.Array
+    count: Count
     mu: Any
     u: Any
 
@@ -48,7 +49,7 @@ class ScaleByAdamaxState(NamedTuple):
 class ScaleByNadamState(NamedTuple):
     """``count`` (int32), ``mu_product`` (the product of momentum coefficients), ``mu``, ``nu``."""
 
-    count: jax.Array
+    count: Count
     mu_product: jax.Array
     mu: Any
     nu: Any

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from gradxform._types import Count
+
 
 class MomoState(NamedTuple):
     """``exp_avg`` (the momentum), the scalars ``barf`` (averaged loss), ``gamma`` (averaged
@@ -18,7 +20,7 @@ class MomoState(NamedTuple):
     barf: jax.Array
     gamma: jax.Array
     lb: jax.Array
-    count: jax.Array
+    count: Count
 
 
 class MomoAdamState(NamedTuple):
@@ -29,4 +31,4 @@ class MomoAdamState(NamedTuple):
     barf: jax.Array
     gamma: jax.Array
     lb: jax.Array
-    count: jax.Array
+    count: Count

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import Count
 
 
 class AddNoiseState(NamedTuple):
@@ -16,7 +17,7 @@ class AddNoiseState(NamedTuple):
     the next noise is drawn from; ``jax.random.wrap_key_data(lax.bitcast_convert_type(rng_key,
     jnp.uint32))`` is Optax's key."""
 
-    count: jax.Array
+    count: Count
     rng_key: jax.Array
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import Count
 from gradxform.transforms.adam import root_may_be_zero
 
 
@@ -33,7 +34,7 @@ class ScaleByRStdDevState(NamedTuple):
 class ScaleByRmsWithCountState(NamedTuple):
     """``count`` (int32) and ``nu``: :class:`ScaleByRmsState` with ``bias_correction``."""
 
-    count: jax.Array
+    count: Count
     nu: Any
 
 
@@ -41,7 +42,7 @@ class ScaleByRStdDevWithCountState(NamedTuple):
     """``count`` (int32), ``mu`` and ``nu``: :class:`ScaleByRStdDevState` with
     ``bias_correction``."""
 
-    count: jax.Array
+    count: Count
     mu: Any
     nu: Any
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import Count
 
 NUMERICS = ("torch", "optax")
 
@@ -24,7 +25,7 @@ class ScaleByRpropState(NamedTuple):
     (``numerics="torch"``, torch's ``prev``) or its update (``"optax"``). Only its sign is read.
     """
 
-    count: jax.Array
+    count: Count
     step_sizes: Any
     prev_updates: Any
 

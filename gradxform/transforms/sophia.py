@@ -17,13 +17,14 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import Count
 
 
 class ScaleBySophiaState(NamedTuple):
     """``count`` (int32), the momentum ``mu`` and ``hessian``, the running average of the
     caller's Hessian estimates, one leaf per param in its dtype."""
 
-    count: jax.Array
+    count: Count
     mu: Any
     hessian: Any
 

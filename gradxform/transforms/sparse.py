@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import Count
 from gradxform.transforms.adam import check_moments
 
 
 class ScaleBySparseAdamState(NamedTuple):
     """``count`` (int32, every update), first moment ``mu`` and second moment ``nu``."""
 
-    count: jax.Array
+    count: Count
     mu: Any
     nu: Any
 

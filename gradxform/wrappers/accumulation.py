@@ -24,6 +24,7 @@ from gradxform._base import (
     extra_args_filter,
     find_state,
 )
+from gradxform._types import Count
 
 Params = Any
 Updates = Any
@@ -306,7 +307,7 @@ class ApplyEvery(NamedTuple):
     """The state of :func:`apply_every` (Optax's name): ``count`` (int32, the position in the
     round) and ``grad_acc``, the sum of the updates of the round so far."""
 
-    count: jax.Array
+    count: Count
     grad_acc: Any
 
 

@@ -26,6 +26,7 @@ from gradxform._base import (
     find_state,
     require_params,
 )
+from gradxform._types import Count
 
 _NEEDS_PARAMS = "it computes the new params `params + updates` itself"
 
@@ -33,7 +34,7 @@ _NEEDS_PARAMS = "it computes the new params `params + updates` itself"
 class ParamsAverageState(NamedTuple):
     """``count``: updates seen (int32); ``average``: the averaged params, one leaf per param."""
 
-    count: jax.Array
+    count: Count
     average: Any
 
 
@@ -42,7 +43,7 @@ class LookaheadState(NamedTuple):
     a :class:`LookaheadParams` pair, which holds them); ``inner_state``: the fast optimizer's
     state (also readable as ``fast_state``, Optax's name)."""
 
-    count: jax.Array
+    count: Count
     slow: Any
     inner_state: Any
 

@@ -21,6 +21,7 @@ from gradxform._base import (
     extra_args_filter,
     require_params,
 )
+from gradxform._types import Count
 from gradxform.transforms.dog import copy_params, scalar_dtype
 
 
@@ -30,7 +31,7 @@ class MechanicState(NamedTuple):
     (the params at the first update)."""
 
     base_optimizer_state: Any
-    count: jax.Array
+    count: Count
     r: jax.Array
     m: jax.Array
     v: jax.Array

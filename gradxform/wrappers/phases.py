@@ -16,12 +16,13 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
+from gradxform._types import Count
 
 
 class JoinTransformsState(NamedTuple):
     """``count``: updates made (int32); ``inner_states``: each phase's state, in order."""
 
-    count: jax.Array
+    count: Count
     inner_states: tuple
 
 
