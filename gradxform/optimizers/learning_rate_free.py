@@ -10,6 +10,7 @@ estimate of ``d`` depends on, and returns the step to subtract. Complex params a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from gradxform._base import GradientTransformation, chain
 from gradxform._types import ScalarOrSchedule
@@ -68,7 +69,7 @@ def prodigy(
       real initial params. Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive
       Parameter-Free Learner", ICML 2024 (arXiv:2306.06101).
     """
-    options = {
+    options: dict[str, Any] = {
         "b1": b1,
         "b2": b2,
         "beta3": beta3,
@@ -125,7 +126,7 @@ def dadapt_adamw(
       ``weight_decay`` may be nonzero. Defazio & Mishchenko, "Learning-Rate-Free Learning by
       D-Adaptation", ICML 2023.
     """
-    options = {
+    options: dict[str, Any] = {
         "b1": b1,
         "b2": b2,
         "eps": eps,

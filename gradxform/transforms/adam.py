@@ -169,6 +169,7 @@ def scale_by_adam(
             else:
                 m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
             u = _tree.safe_divide(m_hat, denominator, may_be_zero)
+            outputs: tuple[jax.Array, ...]
             outputs = (u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype))
             if amsgrad:
                 outputs += (v_used.astype(v_max.dtype),)

@@ -34,8 +34,9 @@ class ScaleByAdanState(NamedTuple):
     g: Any
     t: jax.Array
 
+    # Optax's name for the counter, shadowing tuple.count on purpose (mypy issue 3950).
     @property
-    def count(self) -> jax.Array:
+    def count(self) -> jax.Array:  # type: ignore[override]
         return self.t
 
 
@@ -89,8 +90,8 @@ def scale_by_adan(
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
-        zeros = [_tree.tree_zeros_like(params) for _ in range(4)]
-        return ScaleByAdanState(*zeros, t=jnp.zeros([], jnp.int32))
+        m, v, n, g = (_tree.tree_zeros_like(params) for _ in range(4))
+        return ScaleByAdanState(m, v, n, g, t=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -135,7 +135,7 @@ def scale_by_prodigy(
     *,
     b1: float = 0.9,
     b2: float = 0.999,
-    beta3: float | None = None,
+    beta3: float | jax.Array | None = None,
     d0: float = 1e-6,
     d_coef: float = 1.0,
     growth_rate: float = math.inf,

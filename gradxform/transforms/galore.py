@@ -170,7 +170,8 @@ def galore_projection(
         _tree.check_inexact_leaves(params, who)
         flags, treedef = flags_of(params)
         with_paths = jax.tree_util.tree_flatten_with_path(params)[0]
-        projectors, proxies = [], []
+        projectors: list[jax.Array | tuple[jax.Array, ...] | None] = []
+        proxies = []
         for (path, p), on in zip(with_paths, flags, strict=True):
             if not on:
                 projectors.append(None)

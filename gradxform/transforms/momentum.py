@@ -72,6 +72,7 @@ def trace(
         del params, extra_args
         expect_state(who, state, TraceState)
         _checks.check_updates(who, updates, state.trace, "momentum buffer")
+        gradient_weight: float | jax.Array
         if undampened:
             gradient_weight = 1
         else:

@@ -93,7 +93,7 @@ def project(x: jax.Array, bases: tuple, forward: bool) -> jax.Array:
 def factor_statistics(g: jax.Array, factors: tuple, weight: Any) -> tuple:
     """``L_i <- lerp(L_i, G_(i) G_(i)^T, weight)``, ``G_(i)`` the gradient unfolded along
     axis ``i``."""
-    new = []
+    new: list[jax.Array | None] = []
     for i, f in enumerate(factors):
         if f is None:
             new.append(None)
@@ -118,7 +118,8 @@ def refreshed_bases(factors: tuple, bases: tuple) -> tuple[tuple, tuple]:
     """One power-iteration step per factor: ``Q <- qr(L Q P)``, ``P`` ordering the columns
     by decreasing estimated eigenvalue ``diag(Q^T L Q)``. Returns the bases and each ``P`` as
     indices (``nu`` is reordered by them)."""
-    new, orders = [], []
+    new: list[jax.Array | None] = []
+    orders: list[jax.Array | None] = []
     for f, q in zip(factors, bases, strict=True):
         if f is None:
             new.append(None)

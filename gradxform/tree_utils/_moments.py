@@ -91,5 +91,5 @@ def tree_bias_correction(moment: Any, decay: ArrayLike, count: ArrayLike) -> Any
     and only then cast to each leaf's dtype: in bfloat16, ``decay^count`` rounds to 1 and the
     correction to 0.
     """
-    correction = 1 - decay**count
+    correction = 1 - jnp.power(decay, count)
     return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)

@@ -189,6 +189,7 @@ class MultiSteps:
         self._inner = as_transformation(opt, f"{who}: `opt`")
         self._keep_extra = extra_args_filter(self._inner.update)
         if callable(every_k_schedule):
+            self._every_k: Callable[[jax.Array], Any]
             self._every_k = lambda step: jnp.maximum(every_k_schedule(step), 1)
         else:
             _validate.count(who, "every_k_schedule", every_k_schedule)
