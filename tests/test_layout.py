@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import pathlib
+import tomllib
 import types
 
 import pytest
@@ -118,6 +120,22 @@ def test_tree_utils_exports_only_its_functions():
 def test_typed_package_and_license_are_shipped():
     assert (PACKAGE / "py.typed").exists()
     assert (PACKAGE.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def test_version_is_the_projects():
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    assert gx.__version__ == project["version"]
+
+
+def test_version_is_the_installed_metadatas():
+    try:
+        installed = importlib.metadata.version("gradxform")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("gradxform is not installed (imported from a source tree)")
+    assert gx.__version__ == installed, (
+        f"gradxform.__version__ is {gx.__version__}, the installed metadata says {installed}: "
+        "reinstall with `pip install -e .`"
+    )
 
 
 @pytest.mark.parametrize("family", SUBPACKAGES)
