@@ -14,7 +14,7 @@ NEEDS = {"migrating_from_torch.md": "torch"}
 
 
 # The guides whose code is complete programs (docs/scaling.md shows fragments of a script).
-GUIDES = ["migrating_from_torch.md", "frontier_optimizers.md"]
+GUIDES = ["migrating_from_torch.md", "frontier_optimizers.md", "guides/performance.md"]
 
 
 def _guides():
