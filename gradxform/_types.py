@@ -19,7 +19,7 @@ Params: TypeAlias = ArrayTree
 Updates: TypeAlias = ArrayTree
 OptState: TypeAlias = ArrayTree
 
-Count: TypeAlias = Any
+StepCount: TypeAlias = Any
 """A state's update counter: an int32 scalar array, 0 before the first update.
 
 Annotated ``Any`` because the field keeps Optax's name ``count``, which on a ``NamedTuple``

@@ -14,14 +14,14 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class ScaleByAdaDeltaState(NamedTuple):
     """``count`` (int32); ``e_g`` and ``e_x``: the running averages of ``|g|^2`` and of the
     squared updates (torch's ``square_avg`` and ``acc_delta``), one leaf per param."""
 
-    count: Count
+    count: StepCount
     e_g: Any
     e_x: Any
 

@@ -16,13 +16,13 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class ScaleByAdamState(NamedTuple):
     """``count`` (int32), first moment ``mu`` and second moment ``nu``, one leaf per param."""
 
-    count: Count
+    count: StepCount
     mu: Any
     nu: Any
 
@@ -32,7 +32,7 @@ class ScaleByAmsgradState(NamedTuple):
     for ``scale_by_adam(amsgrad=True)`` (torch's), of the bias-corrected one for
     :func:`scale_by_amsgrad` (Optax's)."""
 
-    count: Count
+    count: StepCount
     mu: Any
     nu: Any
     nu_max: Any
@@ -41,7 +41,7 @@ class ScaleByAmsgradState(NamedTuple):
 class ScaleByAdamaxState(NamedTuple):
     """``count`` (int32), first moment ``mu`` and the infinity-norm accumulator ``u``."""
 
-    count: Count
+    count: StepCount
     mu: Any
     u: Any
 
@@ -49,7 +49,7 @@ class ScaleByAdamaxState(NamedTuple):
 class ScaleByNadamState(NamedTuple):
     """``count`` (int32), ``mu_product`` (the product of momentum coefficients), ``mu``, ``nu``."""
 
-    count: Count
+    count: StepCount
     mu_product: jax.Array
     mu: Any
     nu: Any

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import Count, MaskOrFn, ScalarOrSchedule
+from gradxform._types import MaskOrFn, ScalarOrSchedule, StepCount
 from gradxform.transforms.adam import root_may_be_zero
 from gradxform.wrappers.masking import masked
 
@@ -43,7 +43,7 @@ class ScaleByAdanState(NamedTuple):
 class ProximalDecayState(NamedTuple):
     """``count``: how many updates have been made (int32), for a learning-rate schedule."""
 
-    count: Count
+    count: StepCount
 
 
 def scale_by_adan(

@@ -14,14 +14,14 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import Count
+from gradxform._types import StepCount
 from gradxform.transforms.adam import ScaleByAdamState, check_moments, root_may_be_zero
 
 
 class ScaleByBeliefState(NamedTuple):
     """``count`` (int32), first moment ``mu`` and the belief ``nu`` (second central moment)."""
 
-    count: Count
+    count: StepCount
     mu: Any
     nu: Any
 
@@ -29,7 +29,7 @@ class ScaleByBeliefState(NamedTuple):
 class ScaleByNovogradState(NamedTuple):
     """``count`` (int32), the momentum ``mu`` (per param) and ``nu`` (one scalar per leaf)."""
 
-    count: Count
+    count: StepCount
     mu: Any
     nu: Any
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 from gradxform.transforms.adam import corrected_root, root_may_be_zero
 
 
@@ -22,7 +22,7 @@ class ScaleByAdemamixState(NamedTuple):
     """``count`` and ``count_m2`` (int32), the fast and slow first moments ``m1`` and ``m2``,
     and the second moment ``nu``."""
 
-    count: Count
+    count: StepCount
     count_m2: jax.Array
     m1: Any
     m2: Any

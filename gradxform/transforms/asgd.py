@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, find_state, require_params
-from gradxform._types import Count
+from gradxform._types import StepCount
 from gradxform.transforms.complex import merge
 
 
@@ -24,7 +24,7 @@ class ScaleByAsgdState(NamedTuple):
     the next params in the average (scalars in float32, or float64 with x64, as torch keeps
     them in its default dtype); ``ax``, the averaged params, one leaf per param."""
 
-    count: Count
+    count: StepCount
     eta: jax.Array
     mu: jax.Array
     ax: Any

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import Count, ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 from gradxform.transforms.dog import copy_params, scalar_dtype
 
 
@@ -34,7 +34,7 @@ class ScaleByProdigyState(NamedTuple):
     ``nu`` (Adam's moments of ``d g``), ``s`` (the weighted sum of gradients) and ``params0``
     (the initial params)."""
 
-    count: Count
+    count: StepCount
     steps: jax.Array
     d: jax.Array
     d_max: jax.Array
@@ -50,7 +50,7 @@ class ScaleByDAdaptAdamState(NamedTuple):
     and ``numerator`` (the reference's ``numerator_weighted``), and per param ``mu`` (the first
     moment of ``dlr g``), ``nu`` (the second moment of ``g``) and ``s``."""
 
-    count: Count
+    count: StepCount
     steps: jax.Array
     d: jax.Array
     numerator: jax.Array

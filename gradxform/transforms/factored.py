@@ -20,7 +20,7 @@ import numpy as np
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state, require_params
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 def _is_none(x: Any) -> bool:
@@ -40,7 +40,7 @@ class ScaleByAdafactorState(NamedTuple):
     ``(..., m, 1)``) and ``col_var`` (``(..., 1, n)``) for a leaf of shape ``(..., m, n)``, or
     ``variance`` (the leaf's shape) for a vector or a scalar; the other entries are ``None``."""
 
-    count: Count
+    count: StepCount
     row_var: Any
     col_var: Any
     variance: Any
@@ -171,7 +171,7 @@ class FactoredState(NamedTuple):
     or ``v`` (its shape) otherwise. Optax keeps a zero array of shape ``(1,)`` in the unused
     entries, gradxform ``None``."""
 
-    count: Count
+    count: StepCount
     v_row: Any
     v_col: Any
     v: Any

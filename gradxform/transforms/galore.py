@@ -33,7 +33,7 @@ from gradxform._base import (
 )
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
-from gradxform._types import Count, MaskOrFn
+from gradxform._types import MaskOrFn, StepCount
 from gradxform.transforms.adam import ScaleByAdamState, check_moments, scale_by_adam
 
 # The reference's projection types: "std" projects a matrix with rows >= cols on the right
@@ -48,7 +48,7 @@ class GaLoreState(NamedTuple):
     leaf, its ``projector``: ``None`` for a leaf that is not projected, one matrix for a side,
     a pair ``(left, right)`` for ``proj_type="full"``."""
 
-    count: Count
+    count: StepCount
     base_optimizer_state: Any
     projector: Any
 

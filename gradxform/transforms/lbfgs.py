@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class ScaleByLBFGSState(NamedTuple):
@@ -30,7 +30,7 @@ class ScaleByLBFGSState(NamedTuple):
     param's dtype; ``weights_memory``: their ``1 / y.s`` (0 for an empty slot).
     """
 
-    count: Count
+    count: StepCount
     params: Any
     updates: Any
     diff_params_memory: Any

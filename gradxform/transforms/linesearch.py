@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class BacktrackingLinesearchInfo(NamedTuple):
@@ -38,7 +38,7 @@ class ScaleByBacktrackingLinesearchState(NamedTuple):
     value: jax.Array
     grad: Any
     info: BacktrackingLinesearchInfo
-    count: Count
+    count: StepCount
 
 
 class ZoomLinesearchInfo(NamedTuple):
@@ -58,7 +58,7 @@ class ScaleByZoomLinesearchState(NamedTuple):
     value: jax.Array
     grad: Any
     info: ZoomLinesearchInfo
-    count: Count
+    count: StepCount
 
 
 def real_dot(a: Any, b: Any) -> jax.Array:

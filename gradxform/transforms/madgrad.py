@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import Count, ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 from gradxform.transforms.dog import copy_params
 
 
@@ -20,7 +20,7 @@ class MadgradState(NamedTuple):
     """``count`` (int32), ``grad_sum_sq`` (the weighted sum of ``g^2``), ``s`` (the weighted
     sum of ``g``) and ``x0`` (the initial params)."""
 
-    count: Count
+    count: StepCount
     grad_sum_sq: Any
     s: Any
     x0: Any

@@ -9,20 +9,20 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class TraceState(NamedTuple):
     """``count``: updates made (int32); ``trace``: the momentum buffer, one leaf per param."""
 
-    count: Count
+    count: StepCount
     trace: Any
 
 
 class EmaState(NamedTuple):
     """``count``: updates made (int32); ``ema``: the moving average, one leaf per param."""
 
-    count: Count
+    count: StepCount
     ema: Any
 
 

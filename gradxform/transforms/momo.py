@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class MomoState(NamedTuple):
@@ -20,7 +20,7 @@ class MomoState(NamedTuple):
     barf: jax.Array
     gamma: jax.Array
     lb: jax.Array
-    count: Count
+    count: StepCount
 
 
 class MomoAdamState(NamedTuple):
@@ -31,4 +31,4 @@ class MomoAdamState(NamedTuple):
     barf: jax.Array
     gamma: jax.Array
     lb: jax.Array
-    count: Count
+    count: StepCount

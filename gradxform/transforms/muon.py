@@ -19,7 +19,7 @@ from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 # Keller Jordan's quintic coefficients, torch's and Optax's default.
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
@@ -31,7 +31,7 @@ ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 class ScaleByMuonState(NamedTuple):
     """``count`` (int32) and the momentum ``mu``, one matrix per param."""
 
-    count: Count
+    count: StepCount
     mu: Any
 
 

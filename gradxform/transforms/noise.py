@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class AddNoiseState(NamedTuple):
@@ -17,7 +17,7 @@ class AddNoiseState(NamedTuple):
     the next noise is drawn from; ``jax.random.wrap_key_data(lax.bitcast_convert_type(rng_key,
     jnp.uint32))`` is Optax's key."""
 
-    count: Count
+    count: StepCount
     rng_key: jax.Array
 
 

@@ -11,14 +11,14 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class ScaleByOptimisticGradientState(NamedTuple):
     """``count`` (int32) and the ``previous_gradient``; ``is_initial_step`` (Optax's field) is
     ``count == 0``, kept as a counter so that the state holds no boolean."""
 
-    count: Count
+    count: StepCount
     previous_gradient: Any
 
     @property

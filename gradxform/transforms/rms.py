@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 from gradxform.transforms.adam import root_may_be_zero
 
 
@@ -34,7 +34,7 @@ class ScaleByRStdDevState(NamedTuple):
 class ScaleByRmsWithCountState(NamedTuple):
     """``count`` (int32) and ``nu``: :class:`ScaleByRmsState` with ``bias_correction``."""
 
-    count: Count
+    count: StepCount
     nu: Any
 
 
@@ -42,7 +42,7 @@ class ScaleByRStdDevWithCountState(NamedTuple):
     """``count`` (int32), ``mu`` and ``nu``: :class:`ScaleByRStdDevState` with
     ``bias_correction``."""
 
-    count: Count
+    count: StepCount
     mu: Any
     nu: Any
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 NUMERICS = ("torch", "optax")
 
@@ -25,7 +25,7 @@ class ScaleByRpropState(NamedTuple):
     (``numerics="torch"``, torch's ``prev``) or its update (``"optax"``). Only its sign is read.
     """
 
-    count: Count
+    count: StepCount
     step_sizes: Any
     prev_updates: Any
 

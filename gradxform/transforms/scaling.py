@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
-from gradxform._types import Count, ScalarOrSchedule, Schedule
+from gradxform._types import ScalarOrSchedule, Schedule, StepCount
 
 
 def _scaled(factor: Any, updates: Any) -> Any:
@@ -27,7 +27,7 @@ def _scaled(factor: Any, updates: Any) -> Any:
 class ScaleByScheduleState(NamedTuple):
     """``count``: how many updates have been made (int32)."""
 
-    count: Count
+    count: StepCount
 
 
 def scale(step_size: float | jax.Array) -> GradientTransformation:

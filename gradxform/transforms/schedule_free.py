@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, find_state, require_params
-from gradxform._types import Count, ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 
 
 class ScheduleFreeState(NamedTuple):
@@ -25,7 +25,7 @@ class ScheduleFreeState(NamedTuple):
     ``weight_sum`` (the sum of averaging weights), ``lr_max`` (the largest warmed-up learning
     rate so far, -1 before the first step) and ``z`` (the base iterate, one leaf per param)."""
 
-    count: Count
+    count: StepCount
     b1: jax.Array
     weight_sum: jax.Array
     lr_max: jax.Array

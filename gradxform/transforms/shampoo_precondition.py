@@ -31,7 +31,7 @@ from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class ScaleByShampooState(NamedTuple):
@@ -39,7 +39,7 @@ class ScaleByShampooState(NamedTuple):
     dtype); per param a tuple with one ``d x d`` matrix per dimension ``d``: the Kronecker
     factors ``statistics`` and their inverse roots ``roots`` (float32 for bf16/f16 params)."""
 
-    count: Count
+    count: StepCount
     momentum: Any
     statistics: Any
     roots: Any

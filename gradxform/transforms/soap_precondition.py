@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
 from gradxform._stacking import stacked_map
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 HIGHEST = jax.lax.Precision.HIGHEST
 # What pytorch-optimizer adds to a factor's diagonal before its eigendecomposition.
@@ -47,7 +47,7 @@ class ScaleBySoapState(NamedTuple):
     where that axis is not preconditioned), float32 for params of 32 bits or fewer, float64
     for float64 params."""
 
-    count: Count
+    count: StepCount
     mu: Any
     nu: Any
     factors: Any

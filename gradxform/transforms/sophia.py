@@ -17,14 +17,14 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class ScaleBySophiaState(NamedTuple):
     """``count`` (int32), the momentum ``mu`` and ``hessian``, the running average of the
     caller's Hessian estimates, one leaf per param in its dtype."""
 
-    count: Count
+    count: StepCount
     mu: Any
     hessian: Any
 

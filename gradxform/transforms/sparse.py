@@ -13,14 +13,14 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._types import Count
+from gradxform._types import StepCount
 from gradxform.transforms.adam import check_moments
 
 
 class ScaleBySparseAdamState(NamedTuple):
     """``count`` (int32, every update), first moment ``mu`` and second moment ``nu``."""
 
-    count: Count
+    count: StepCount
     mu: Any
     nu: Any
 

@@ -12,13 +12,13 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import Count, ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 
 
 class DecayAfterStepState(NamedTuple):
     """``count`` (int32): the learning rate's schedule step."""
 
-    count: Count
+    count: StepCount
 
 
 def decay_after_step(

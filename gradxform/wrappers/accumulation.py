@@ -24,7 +24,7 @@ from gradxform._base import (
     extra_args_filter,
     find_state,
 )
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 Params = Any
 Updates = Any
@@ -308,7 +308,7 @@ class ApplyEvery(NamedTuple):
     """The state of :func:`apply_every` (Optax's name): ``count`` (int32, the position in the
     round) and ``grad_acc``, the sum of the updates of the round so far."""
 
-    count: Count
+    count: StepCount
     grad_acc: Any
 
 

@@ -26,7 +26,7 @@ from gradxform._base import (
     find_state,
     require_params,
 )
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 _NEEDS_PARAMS = "it computes the new params `params + updates` itself"
 
@@ -34,7 +34,7 @@ _NEEDS_PARAMS = "it computes the new params `params + updates` itself"
 class ParamsAverageState(NamedTuple):
     """``count``: updates seen (int32); ``average``: the averaged params, one leaf per param."""
 
-    count: Count
+    count: StepCount
     average: Any
 
 
@@ -43,7 +43,7 @@ class LookaheadState(NamedTuple):
     a :class:`LookaheadParams` pair, which holds them); ``inner_state``: the fast optimizer's
     state (also readable as ``fast_state``, Optax's name)."""
 
-    count: Count
+    count: StepCount
     slow: Any
     inner_state: Any
 

@@ -32,7 +32,7 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
-from gradxform._types import Count, Schedule, StatefulSchedule
+from gradxform._types import Schedule, StatefulSchedule, StepCount
 
 # Arguments that are functions of params, never schedules of the step count: a callable passed
 # for one of these is handed to the factory as it is.
@@ -48,7 +48,7 @@ class InjectStatefulHyperparamsState(NamedTuple):
     state}`` for the scheduled ones. ``inner_state``: the wrapped optimizer's state.
     """
 
-    count: Count
+    count: StepCount
     hyperparams: dict[str, jax.Array]
     hyperparams_states: dict[str, Any]
     inner_state: Any
@@ -62,7 +62,7 @@ InjectHyperparamsState = InjectStatefulHyperparamsState
 class WrappedScheduleState(NamedTuple):
     """The state of a :class:`WrappedSchedule`: ``count``, the updates made (int32)."""
 
-    count: Count
+    count: StepCount
 
 
 class WrappedSchedule:

@@ -21,7 +21,7 @@ from gradxform._base import (
     extra_args_filter,
     require_params,
 )
-from gradxform._types import Count
+from gradxform._types import StepCount
 from gradxform.transforms.dog import copy_params, scalar_dtype
 
 
@@ -31,7 +31,7 @@ class MechanicState(NamedTuple):
     (the params at the first update)."""
 
     base_optimizer_state: Any
-    count: Count
+    count: StepCount
     r: jax.Array
     m: jax.Array
     v: jax.Array

@@ -16,13 +16,13 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
-from gradxform._types import Count
+from gradxform._types import StepCount
 
 
 class JoinTransformsState(NamedTuple):
     """``count``: updates made (int32); ``inner_states``: each phase's state, in order."""
 
-    count: Count
+    count: StepCount
     inner_states: tuple
 
 
