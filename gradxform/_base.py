@@ -10,7 +10,7 @@ and :func:`chain` accepts an Optax one.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -222,7 +222,7 @@ def as_transformation(transform: Any, where: str) -> GradientTransformation:
     return transform
 
 
-def _chain_update(transforms: list, filters: list, updates, states, params, extra_args):
+def _chain_update(transforms: Sequence, filters: Sequence, updates, states, params, extra_args):
     new_states = []
     for transform, state, keep in zip(transforms, states, filters, strict=True):
         updates, state = transform.update(updates, state, params, **keep(extra_args))
@@ -251,7 +251,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
       >>> [round(float(u), 4) for u in updates["w"]]
       [-0.1, -0.1, -0.1]
     """
-    transforms = [as_transformation(t, f"chain argument {i}") for i, t in enumerate(transforms)]
+    transforms = tuple(
+        as_transformation(t, f"chain argument {i}") for i, t in enumerate(transforms)
+    )
     filters = [extra_args_filter(t.update) for t in transforms]
 
     def init_fn(params: Params) -> tuple:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import jax
+from jax.typing import ArrayLike
 
 ArrayTree: TypeAlias = Any
 """A pytree whose leaves are arrays (or ``None``)."""
@@ -18,9 +19,17 @@ Params: TypeAlias = ArrayTree
 Updates: TypeAlias = ArrayTree
 OptState: TypeAlias = ArrayTree
 
-Schedule: TypeAlias = Callable[[jax.Array], Any]
+StepCount: TypeAlias = Any
+"""A state's update counter: an int32 scalar array, 0 before the first update.
+
+Annotated ``Any`` because the field keeps Optax's name ``count``, which on a ``NamedTuple``
+shadows ``tuple.count``: a type checker reads any narrower type there as an incompatible
+override of that method (mypy issue 3950), though the field works at run time."""
+
+Schedule: TypeAlias = Callable[[ArrayLike], Any]
 """A function of the update count ``k`` (an int32 scalar, 0 for the first update) returning a
-scalar: the value a hyperparameter takes at update ``k + 1``."""
+scalar: the value a hyperparameter takes at update ``k + 1``. Schedules called by other
+schedules may get ``k`` as a Python int (a static count), as Optax's may."""
 
 ScheduleState: TypeAlias = Any
 """The state of a :class:`StatefulSchedule`."""

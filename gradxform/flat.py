@@ -187,7 +187,9 @@ def flatten_params(
     _tree.check_inexact_leaves(params, "flatten_params")
     leaves, treedef = jax.tree.flatten(params)
     labels = _label_leaves(groups, params, treedef)
-    slots, sizes, key_labels = [], {}, {}
+    slots: list[_Slot] = []
+    sizes: dict[str, int] = {}
+    key_labels: dict[str, Hashable] = {}
     for leaf, label in zip(leaves, labels, strict=True):
         key = _buffer_key(jnp.result_type(leaf), label)
         if key in key_labels and (

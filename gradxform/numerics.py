@@ -108,7 +108,7 @@ def safe_root_mean_squares(x: ArrayLike, min_rms: ArrayLike) -> jax.Array:
     return jnp.where(floored, min_rms, jnp.sqrt(jnp.mean(_abs_square(stand_in))))
 
 
-def safe_increment(count: ArrayLike) -> ArrayLike:
+def safe_increment(count: ArrayLike) -> jax.Array:
     """``count + 1``, staying at the dtype's largest value instead of overflowing.
 
     Args:
@@ -125,17 +125,17 @@ def safe_increment(count: ArrayLike) -> ArrayLike:
       >>> int(gx.safe_increment(jnp.asarray(2**31 - 1, jnp.int32)))
       2147483647
     """
-    dtype = jnp.asarray(count).dtype
+    k = jnp.asarray(count)
+    dtype = k.dtype
     if jnp.issubdtype(dtype, jnp.integer):
-        largest = jnp.iinfo(dtype).max
+        largest = jnp.array(jnp.iinfo(dtype).max, dtype)
     elif jnp.issubdtype(dtype, jnp.floating):
-        largest = jnp.finfo(dtype).max
+        largest = jnp.array(jnp.finfo(dtype).max, dtype)
     else:
         raise ValueError(
             f"safe_increment: `count` must have an integer or floating dtype, got {dtype}"
         )
-    largest = jnp.array(largest, dtype)
-    return jnp.where(count < largest, count + jnp.array(1, dtype), largest)
+    return jnp.where(k < largest, k + jnp.array(1, dtype), largest)
 
 
 safe_int32_increment = safe_increment

@@ -22,6 +22,7 @@ GUIDES = [
     "guides/migrating_from_optax.md",
     "guides/multi_device.md",
     "frontier_optimizers.md",
+    "guides/performance.md",
 ]
 # Pages with ```python blocks that this file does not run, and why.
 NOT_RUN = {

@@ -10,6 +10,7 @@ estimate of ``d`` depends on, and returns the step to subtract. Complex params a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from gradxform._base import GradientTransformation, chain
 from gradxform._types import ScalarOrSchedule
@@ -78,7 +79,7 @@ def prodigy(
       >>> round(float(state[0].d) / 1e-6, 4)  # prodigyopt's, in float64
       1.5815
     """
-    options = {
+    options: dict[str, Any] = {
         "b1": b1,
         "b2": b2,
         "beta3": beta3,
@@ -148,7 +149,7 @@ def dadapt_adamw(
       >>> round(float(state[0].d) / 1e-6, 4)  # dadaptation's, in float64
       15.8153
     """
-    options = {
+    options: dict[str, Any] = {
         "b1": b1,
         "b2": b2,
         "eps": eps,

@@ -3,7 +3,7 @@ every other leaf."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -145,7 +145,7 @@ def muon(
 
 
 def _grouped(
-    groups: dict[str, GradientTransformation], labels: Callable[[Any], Any]
+    groups: Mapping[Hashable, GradientTransformation], labels: Callable[[Any], Any]
 ) -> Callable[[Any], GradientTransformation]:
     """``multi_transform`` over the groups that label some leaf of a tree: a model without
     matrices is all AdamW, a model of matrices only all Muon."""
@@ -240,7 +240,7 @@ def muon_with_adamw(
     if labels is not None:
         _validate.function(who, "labels", labels)
     _validate.boolean(who, "maximize", maximize)
-    groups = {
+    groups: dict[Hashable, GradientTransformation] = {
         "muon": muon(
             learning_rate,
             weight_decay=weight_decay,

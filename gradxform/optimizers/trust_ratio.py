@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from gradxform import _validate
@@ -184,7 +185,7 @@ def fromage(learning_rate: float, min_norm: float = 1e-6) -> GradientTransformat
     # sqrt, not ** 0.5: correctly rounded both for a Python number and for an (injected) array,
     # so that the two give the same bits.
     if _validate.is_static_number(learning_rate):
-        shrink = 1 / math.sqrt(1 + learning_rate * learning_rate)
+        shrink: float | jax.Array = 1 / math.sqrt(1 + learning_rate * learning_rate)
     else:
         shrink = 1 / jnp.sqrt(1 + learning_rate * learning_rate)
     return chain(

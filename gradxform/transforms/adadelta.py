@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ScaleByAdaDeltaState(NamedTuple):
@@ -29,7 +29,7 @@ class ScaleByAdaDeltaState(NamedTuple):
       (Array([0.9, 0.9], dtype=float32), Array([0.09, 0.09], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     e_g: Any
     e_x: Any
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ScaleByAdamState(NamedTuple):
@@ -30,7 +31,7 @@ class ScaleByAdamState(NamedTuple):
       [[0.05, -0.2], [0.00025, 0.004]]
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
     nu: Any
 
@@ -47,7 +48,7 @@ class ScaleByAmsgradState(NamedTuple):
       nu=Array([0., 0.], dtype=float32), nu_max=Array([0., 0.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
     nu: Any
     nu_max: Any
@@ -64,7 +65,7 @@ class ScaleByAdamaxState(NamedTuple):
       Array([0.5, 2. ], dtype=float32)
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
     u: Any
 
@@ -189,6 +190,7 @@ def scale_by_adam(
             else:
                 m_hat = new_m * _tree.cast_scalar(1 / correction1, dtype)
             u = _tree.safe_divide(m_hat, denominator, may_be_zero)
+            outputs: tuple[jax.Array, ...]
             outputs = (u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype))
             if amsgrad:
                 outputs += (v_used.astype(v_max.dtype),)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import MaskOrFn, ScalarOrSchedule
+from gradxform._types import MaskOrFn, ScalarOrSchedule, StepCount
 from gradxform.transforms.adam import root_may_be_zero
 from gradxform.wrappers.masking import masked
 
@@ -43,15 +43,16 @@ class ScaleByAdanState(NamedTuple):
     g: Any
     t: jax.Array
 
+    # Optax's name for the counter, shadowing tuple.count on purpose (mypy issue 3950).
     @property
-    def count(self) -> jax.Array:
+    def count(self) -> jax.Array:  # type: ignore[override]
         return self.t
 
 
 class ProximalDecayState(NamedTuple):
     """``count``: how many updates have been made (int32), for a learning-rate schedule."""
 
-    count: jax.Array
+    count: StepCount
 
 
 def scale_by_adan(
@@ -104,8 +105,8 @@ def scale_by_adan(
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
-        zeros = [_tree.tree_zeros_like(params) for _ in range(4)]
-        return ScaleByAdanState(*zeros, t=jnp.zeros([], jnp.int32))
+        m, v, n, g = (_tree.tree_zeros_like(params) for _ in range(4))
+        return ScaleByAdanState(m, v, n, g, t=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

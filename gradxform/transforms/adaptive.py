@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 from gradxform.transforms.adam import ScaleByAdamState, check_moments, root_may_be_zero
 
 
@@ -28,7 +29,7 @@ class ScaleByBeliefState(NamedTuple):
       (Array([ 1., -2.], dtype=float32), Array([0.081, 0.324], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
     nu: Any
 
@@ -44,7 +45,7 @@ class ScaleByNovogradState(NamedTuple):
       {'w': Array(25., dtype=float32)}
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
     nu: Any
 

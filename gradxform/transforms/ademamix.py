@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 from gradxform.transforms.adam import corrected_root, root_may_be_zero
 
 
@@ -29,7 +30,7 @@ class ScaleByAdemamixState(NamedTuple):
       [[0.05, -0.2], [5e-05, -0.0002]]
     """
 
-    count: jax.Array
+    count: StepCount
     count_m2: jax.Array
     m1: Any
     m2: Any

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, find_state, require_params
+from gradxform._types import StepCount
 from gradxform.transforms.complex import merge
 
 
@@ -32,7 +33,7 @@ class ScaleByAsgdState(NamedTuple):
       dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     eta: jax.Array
     mu: jax.Array
     ax: Any

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 from gradxform.transforms.distance_adaptive import (
     check_arguments,
     flat_leaves,
@@ -41,7 +41,7 @@ class ScaleByDAdaptAdamState(NamedTuple):
       (Array(1, dtype=int32), Array(0.5, dtype=float32), Array(0., dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     steps: jax.Array
     d: jax.Array
     numerator: jax.Array

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 from gradxform.transforms.dog import copy_params, scalar_dtype
 
 
@@ -42,7 +42,7 @@ class ScaleByProdigyState(NamedTuple):
       dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     steps: jax.Array
     d: jax.Array
     d_max: jax.Array
@@ -129,7 +129,7 @@ def scale_by_prodigy(
     *,
     b1: float = 0.9,
     b2: float = 0.999,
-    beta3: float | None = None,
+    beta3: float | jax.Array | None = None,
     d0: float = 1e-6,
     d_coef: float = 1.0,
     growth_rate: float = math.inf,

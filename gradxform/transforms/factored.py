@@ -20,6 +20,7 @@ import numpy as np
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 
 
 def _is_none(x: Any) -> bool:
@@ -46,7 +47,7 @@ class ScaleByAdafactorState(NamedTuple):
       (Array(0, dtype=int32), (3, 1), (1, 2), None)
     """
 
-    count: jax.Array
+    count: StepCount
     row_var: Any
     col_var: Any
     variance: Any
@@ -184,7 +185,7 @@ class FactoredState(NamedTuple):
       (Array(0, dtype=int32), (2,), (3,), None)
     """
 
-    count: jax.Array
+    count: StepCount
     v_row: Any
     v_col: Any
     v: Any

@@ -33,7 +33,7 @@ from gradxform._base import (
 )
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
-from gradxform._types import MaskOrFn
+from gradxform._types import MaskOrFn, StepCount
 from gradxform.transforms.adam import ScaleByAdamState, check_moments, scale_by_adam
 
 # The reference's projection types: "std" projects a matrix with rows >= cols on the right
@@ -54,7 +54,7 @@ class GaLoreState(NamedTuple):
       {'b': None, 'w': Array([[0.], [0.], [0.], [0.]], dtype=float32)}
     """
 
-    count: jax.Array
+    count: StepCount
     base_optimizer_state: Any
     projector: Any
 
@@ -176,7 +176,8 @@ def galore_projection(
         _tree.check_inexact_leaves(params, who)
         flags, treedef = flags_of(params)
         with_paths = jax.tree_util.tree_flatten_with_path(params)[0]
-        projectors, proxies = [], []
+        projectors: list[jax.Array | tuple[jax.Array, ...] | None] = []
+        proxies = []
         for (path, p), on in zip(with_paths, flags, strict=True):
             if not on:
                 projectors.append(None)

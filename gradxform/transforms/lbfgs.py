@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 
 
 class ScaleByLBFGSState(NamedTuple):
@@ -35,7 +36,7 @@ class ScaleByLBFGSState(NamedTuple):
       (Array(0, dtype=int32), (3, 2), Array([0., 0., 0.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     params: Any
     updates: Any
     diff_params_memory: Any

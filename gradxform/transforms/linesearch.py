@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 
 
 class BacktrackingLinesearchInfo(NamedTuple):
@@ -56,7 +57,7 @@ class ScaleByBacktrackingLinesearchState(NamedTuple):
     value: jax.Array
     grad: Any
     info: BacktrackingLinesearchInfo
-    count: jax.Array
+    count: StepCount
 
 
 class ZoomLinesearchInfo(NamedTuple):
@@ -91,7 +92,7 @@ class ScaleByZoomLinesearchState(NamedTuple):
     value: jax.Array
     grad: Any
     info: ZoomLinesearchInfo
-    count: jax.Array
+    count: StepCount
 
 
 def real_dot(a: Any, b: Any) -> jax.Array:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 from gradxform.transforms.dog import copy_params
 
 
@@ -30,7 +29,7 @@ class MadgradState(NamedTuple):
       [[0.5, 2.0], [0.5, -1.0]]
     """
 
-    count: jax.Array
+    count: StepCount
     grad_sum_sq: Any
     s: Any
     x0: Any

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class TraceState(NamedTuple):
@@ -22,7 +23,7 @@ class TraceState(NamedTuple):
       TraceState(count=Array(1, dtype=int32), trace=Array([ 1., -2.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     trace: Any
 
 
@@ -37,7 +38,7 @@ class EmaState(NamedTuple):
       (Array(1, dtype=int32), [0.1, -0.2])
     """
 
-    count: jax.Array
+    count: StepCount
     ema: Any
 
 
@@ -95,6 +96,7 @@ def trace(
         del params, extra_args
         expect_state(who, state, TraceState)
         _checks.check_updates(who, updates, state.trace, "momentum buffer")
+        gradient_weight: float | jax.Array
         if undampened:
             gradient_weight = 1
         else:

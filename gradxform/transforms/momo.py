@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from gradxform._types import StepCount
+
 
 class MomoState(NamedTuple):
     """``exp_avg`` (the momentum), the scalars ``barf`` (averaged loss), ``gamma`` (averaged
@@ -26,7 +28,7 @@ class MomoState(NamedTuple):
     barf: jax.Array
     gamma: jax.Array
     lb: jax.Array
-    count: jax.Array
+    count: StepCount
 
 
 class MomoAdamState(NamedTuple):
@@ -44,4 +46,4 @@ class MomoAdamState(NamedTuple):
     barf: jax.Array
     gamma: jax.Array
     lb: jax.Array
-    count: jax.Array
+    count: StepCount

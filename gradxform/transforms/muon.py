@@ -19,6 +19,7 @@ from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
+from gradxform._types import StepCount
 
 # Keller Jordan's quintic coefficients, torch's and Optax's default.
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
@@ -37,7 +38,7 @@ class ScaleByMuonState(NamedTuple):
       (Array(0, dtype=int32), (2, 3))
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 from gradxform.transforms.adam import check_moments, root_may_be_zero
 
 
@@ -27,7 +28,7 @@ class ScaleByNadamState(NamedTuple):
       (Array(1, dtype=int32), Array(0.450073, dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     mu_product: jax.Array
     mu: Any
     nu: Any

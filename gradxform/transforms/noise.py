@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class AddNoiseState(NamedTuple):
@@ -24,7 +25,7 @@ class AddNoiseState(NamedTuple):
       (Array(0, dtype=int32), Array([0, 0], dtype=int32))
     """
 
-    count: jax.Array
+    count: StepCount
     rng_key: jax.Array
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ScaleByOptimisticGradientState(NamedTuple):
@@ -26,7 +27,7 @@ class ScaleByOptimisticGradientState(NamedTuple):
       dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     previous_gradient: Any
 
     @property

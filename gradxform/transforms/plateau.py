@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ReduceLROnPlateauState(NamedTuple):
@@ -37,7 +38,7 @@ class ReduceLROnPlateauState(NamedTuple):
     best_value: jax.Array
     plateau_count: jax.Array
     cooldown_count: jax.Array
-    count: jax.Array
+    count: StepCount
     avg_value: jax.Array
 
 

@@ -43,7 +43,7 @@ def _rectification(b2: Any, count: jax.Array, threshold: Any, strict: bool):
     steps = count.astype(dtype)
     rho_inf = 2 / (1 - b2) - 1
     if _validate.is_static_number(b2):  # the logarithm in Python's float64, as torch's powers
-        log_b2 = math.log(float(b2)) if float(b2) > 0 else -math.inf
+        log_b2: float | jax.Array = math.log(float(b2)) if float(b2) > 0 else -math.inf
     else:
         log_b2 = jnp.log(jnp.asarray(b2).astype(dtype))
     # rho_t is a difference of two numbers near rho_inf (1999 - 1992 = 7 at t = 7 for

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 from gradxform.transforms.adam import root_may_be_zero
 
 
@@ -55,7 +56,7 @@ class ScaleByRmsWithCountState(NamedTuple):
       ScaleByRmsWithCountState(count=Array(0, dtype=int32), nu=Array([0., 0.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     nu: Any
 
 
@@ -70,7 +71,7 @@ class ScaleByRStdDevWithCountState(NamedTuple):
       nu=Array([0., 0.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
     nu: Any
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 NUMERICS = ("torch", "optax")
 
@@ -32,7 +33,7 @@ class ScaleByRpropState(NamedTuple):
       ([0.12, 0.05], Array([2., 0.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     step_sizes: Any
     prev_updates: Any
 

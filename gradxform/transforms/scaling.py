@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
-from gradxform._types import ScalarOrSchedule, Schedule
+from gradxform._types import ScalarOrSchedule, Schedule, StepCount
 
 
 def _scaled(factor: Any, updates: Any) -> Any:
@@ -34,7 +34,7 @@ class ScaleByScheduleState(NamedTuple):
       ScaleByScheduleState(count=Array(1, dtype=int32))
     """
 
-    count: jax.Array
+    count: StepCount
 
 
 def scale(step_size: float | jax.Array) -> GradientTransformation:

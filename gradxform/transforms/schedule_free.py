@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, find_state, require_params
-from gradxform._types import ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 
 
 class ScheduleFreeState(NamedTuple):
@@ -34,7 +34,7 @@ class ScheduleFreeState(NamedTuple):
       dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     b1: jax.Array
     weight_sum: jax.Array
     lr_max: jax.Array

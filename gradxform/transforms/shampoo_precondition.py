@@ -31,6 +31,7 @@ from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
+from gradxform._types import StepCount
 
 
 class ScaleByShampooState(NamedTuple):
@@ -45,7 +46,7 @@ class ScaleByShampooState(NamedTuple):
       (Array(0, dtype=int32), [(2, 2), (2, 2)], [(2, 2), (2, 2)])
     """
 
-    count: jax.Array
+    count: StepCount
     momentum: Any
     statistics: Any
     roots: Any

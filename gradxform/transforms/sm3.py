@@ -101,7 +101,7 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
             dtype = _tree.compute_dtype(g.dtype, m.dtype)
             g32 = g.astype(dtype)
             if _validate.is_static_number(b2):
-                weight = 1.0 if float(b2) == 1.0 else 1.0 - float(b2)
+                weight: float | jax.Array = 1.0 if float(b2) == 1.0 else 1.0 - float(b2)
             else:
                 weight = jnp.where(jnp.asarray(b2) == 1, 1.0, 1.0 - jnp.asarray(b2))
             smallest = functools.reduce(jnp.minimum, [a.astype(dtype) for a in accumulators])

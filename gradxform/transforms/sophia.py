@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ScaleBySophiaState(NamedTuple):
@@ -31,7 +32,7 @@ class ScaleBySophiaState(NamedTuple):
       (Array(1, dtype=int32), [1.0, 0.01])
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
     hessian: Any
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 from gradxform.transforms.adam import check_moments
 
 
@@ -27,7 +27,7 @@ class ScaleBySparseAdamState(NamedTuple):
       nu=Array([0., 0.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     mu: Any
     nu: Any
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 
 
 class DecayAfterStepState(NamedTuple):
@@ -25,7 +25,7 @@ class DecayAfterStepState(NamedTuple):
       DecayAfterStepState(count=Array(1, dtype=int32))
     """
 
-    count: jax.Array
+    count: StepCount
 
 
 def decay_after_step(

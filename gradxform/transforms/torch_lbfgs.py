@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 from gradxform.transforms.complex import merge, split
 from gradxform.transforms.wolfe import strong_wolfe
 
@@ -48,7 +49,7 @@ class LbfgsState(NamedTuple):
       (Array(0, dtype=int32), (4, 3), Array(0, dtype=int32))
     """
 
-    count: jax.Array
+    count: StepCount
     func_evals: jax.Array
     n_iter: jax.Array
     d: jax.Array

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _tree, _validate
 from gradxform._base import GradientTransformation
+from gradxform._types import StepCount
 from gradxform.transforms.linesearch import (
     ScaleByZoomLinesearchState,
     ZoomLinesearchInfo,
@@ -34,7 +35,7 @@ class _Search(NamedTuple):
     value(high)``, not ``low <= high``), the cubic's third point, and the best point with a
     sufficient decrease (``safe_*``) to fall back on."""
 
-    count: jax.Array
+    count: StepCount
     stepsize: jax.Array
     value: jax.Array
     grad: Any

@@ -114,5 +114,5 @@ def tree_bias_correction(moment: Any, decay: ArrayLike, count: ArrayLike) -> Any
       >>> gx.bias_correction({"w": jnp.array([0.75, -1.5])}, 0.5, 2)  # m / (1 - 0.5^2)
       {'w': Array([ 1., -2.], dtype=float32)}
     """
-    correction = 1 - decay**count
+    correction = 1 - jnp.power(decay, count)
     return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)

@@ -24,6 +24,7 @@ from gradxform._base import (
     extra_args_filter,
     find_state,
 )
+from gradxform._types import StepCount
 
 Params = Any
 Updates = Any
@@ -215,6 +216,7 @@ class MultiSteps:
         self._inner = as_transformation(opt, f"{who}: `opt`")
         self._keep_extra = extra_args_filter(self._inner.update)
         if callable(every_k_schedule):
+            self._every_k: Callable[[jax.Array], Any]
             self._every_k = lambda step: jnp.maximum(every_k_schedule(step), 1)
         else:
             _validate.count(who, "every_k_schedule", every_k_schedule)
@@ -347,7 +349,7 @@ class ApplyEvery(NamedTuple):
       ApplyEvery(count=Array(0, dtype=int32), grad_acc={'w': Array([0., 0.], dtype=float32)})
     """
 
-    count: jax.Array
+    count: StepCount
     grad_acc: Any
 
 

@@ -26,6 +26,7 @@ from gradxform._base import (
     find_state,
     require_params,
 )
+from gradxform._types import StepCount
 
 _NEEDS_PARAMS = "it computes the new params `params + updates` itself"
 
@@ -40,7 +41,7 @@ class ParamsAverageState(NamedTuple):
       ('ParamsAverageState', 0, [1.0, 1.0])
     """
 
-    count: jax.Array
+    count: StepCount
     average: Any
 
 
@@ -56,7 +57,7 @@ class LookaheadState(NamedTuple):
       ('LookaheadState', 0, [1.0])
     """
 
-    count: jax.Array
+    count: StepCount
     slow: Any
     inner_state: Any
 

@@ -32,7 +32,7 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
-from gradxform._types import Schedule, StatefulSchedule
+from gradxform._types import Schedule, StatefulSchedule, StepCount
 
 # Arguments that are functions of params, never schedules of the step count: a callable passed
 # for one of these is handed to the factory as it is.
@@ -55,7 +55,7 @@ class InjectStatefulHyperparamsState(NamedTuple):
       ('InjectStatefulHyperparamsState', 0, 0.1)
     """
 
-    count: jax.Array
+    count: StepCount
     hyperparams: dict[str, jax.Array]
     hyperparams_states: dict[str, Any]
     inner_state: Any
@@ -76,7 +76,7 @@ class WrappedScheduleState(NamedTuple):
       WrappedScheduleState(count=Array(1, dtype=int32))
     """
 
-    count: jax.Array
+    count: StepCount
 
 
 class WrappedSchedule:

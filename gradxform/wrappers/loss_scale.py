@@ -236,7 +236,10 @@ def dynamic_loss_scale(
     _validate.dtype(who, "state_dtype", state_dtype)
     _validate.axis_name(who, axis_name)
     template = DynamicLossScale(
-        float(initial_scale), period=period, factor=factor, min_loss_scale=min_scale
+        jnp.asarray(float(initial_scale), jnp.float32),
+        period=period,
+        factor=factor,
+        min_loss_scale=min_scale,
     )
 
     def init_fn(params):

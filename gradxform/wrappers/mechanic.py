@@ -21,6 +21,7 @@ from gradxform._base import (
     extra_args_filter,
     require_params,
 )
+from gradxform._types import StepCount
 from gradxform.transforms.dog import copy_params, scalar_dtype
 
 
@@ -37,7 +38,7 @@ class MechanicState(NamedTuple):
     """
 
     base_optimizer_state: Any
-    count: jax.Array
+    count: StepCount
     r: jax.Array
     m: jax.Array
     v: jax.Array

@@ -7,7 +7,7 @@ training loop reads them (e.g. ``state.measurements["norm"]``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +22,7 @@ from gradxform._base import (
     extra_args_filter,
     stateless,
 )
+from gradxform._types import Params, Updates
 from gradxform.transforms.momentum import ema
 
 
@@ -89,6 +90,11 @@ def snapshot(measure_name: str, measure: Callable[[Any], Any]) -> GradientTransf
     return GradientTransformation(init_fn, update_fn)
 
 
+def _of_updates(measure: Callable[[Updates], Any]) -> Callable[[Updates, Params | None], Any]:
+    """A measure of the updates as a function of ``(updates, params)``."""
+    return lambda updates, params: measure(updates)
+
+
 def monitor(measures: Mapping[str, Any]) -> GradientTransformation:
     """Records several measurements of the updates; updates pass unchanged.
 
@@ -114,10 +120,10 @@ def monitor(measures: Mapping[str, Any]) -> GradientTransformation:
     if not isinstance(measures, Mapping):
         raise TypeError(f"{who}: `measures` must be a dict {{name: measure}}, got {measures!r}")
     names = tuple(measures)
-    transforms = {}
+    transforms: dict[Hashable, GradientTransformation] = {}
     for name, measure in measures.items():
         if callable(measure) and not hasattr(measure, "init"):
-            transforms[name] = stateless(lambda u, p, m=measure: m(u))
+            transforms[name] = stateless(_of_updates(measure))
         else:
             transforms[name] = as_transformation(measure, f"{who}: measures[{name!r}]")
     filters = {name: extra_args_filter(t.update) for name, t in transforms.items()}

@@ -16,6 +16,7 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
+from gradxform._types import StepCount
 
 
 class JoinTransformsState(NamedTuple):
@@ -29,7 +30,7 @@ class JoinTransformsState(NamedTuple):
       ('JoinTransformsState', 0, 2)
     """
 
-    count: jax.Array
+    count: StepCount
     inner_states: tuple
 
 
