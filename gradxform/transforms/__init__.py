@@ -76,12 +76,11 @@ from gradxform.transforms.dog import (
     scale_by_dowg,
 )
 from gradxform.transforms.factored import (
-    FactoredState,
     ScaleByAdafactorState,
     scale_by_adafactor,
-    scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradxform.transforms.factored_rms import FactoredState, scale_by_factored_rms
 from gradxform.transforms.galore import GaLoreState, scale_by_adam_raw_eps, scale_by_galore
 from gradxform.transforms.hutchinson import HutchinsonState, hutchinson_estimator_diag_hessian
 from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
