@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradxform as gx
+from benchmarks import report
 
 try:
     import optax
@@ -380,11 +381,24 @@ def _print_rows(rows: list[dict]) -> None:
         )
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux); ``None`` elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_description() -> dict:
     device = jax.devices()[0]
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": __import__("os").cpu_count(),
         "jax_backend": device.platform,
         "jax_device": device.device_kind,
@@ -393,46 +407,6 @@ def machine_description() -> dict:
         "torch": getattr(torch, "__version__", None),
         "gradxform": gx.__version__,
     }
-
-
-def plot(rows: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    single = [
-        r
-        for r in rows
-        if "skipped" not in r
-        and r["optimizer"] == "adam"
-        and r["leaves"] == 1
-        and r["dtype"] == "float32"
-    ]
-    if not single:
-        return  # no single-leaf float32 Adam rows in this run: nothing to draw
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for impl in sorted({r["impl"] for r in single}):
-        pts = sorted(
-            (r["params"], 1e6 * r["step_ms"] / r["params"]) for r in single if r["impl"] == impl
-        )
-        ax.plot(*zip(*pts, strict=True), marker="o", label=impl)
-    floors = sorted({(r["params"], 1e6 * r["floor_ms"] / r["params"]) for r in single})
-    if floors:
-        ax.plot(*zip(*floors, strict=True), "k--", label="floor (28 B/param at triad bandwidth)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters (one float32 leaf)")
-    ax.set_ylabel("Adam step time per parameter (ns)")
-    ax.set_title(f"Adam step, {machine_description()['jax_device']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
 
 
 def _warm_up_compiler() -> None:
@@ -484,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = args.tag or ("quick" if args.quick else "full") + f"-{machine['jax_backend']}"
     (args.out / f"{tag}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(f"wrote {args.out / (tag + '.json')}")
-    plot(rows, args.out / f"{tag}.png")
+    report.plot({"machine": machine, "rows": rows}, args.out / f"{tag}.png")
     return 0
 
 

@@ -12,9 +12,6 @@ from gradxform._base import (
     NonNegativeParamsState,
     ScaleByTrustRatioState,
     ScaleState,
-    TransformInitFn,
-    TransformUpdateExtraArgsFn,
-    TransformUpdateFn,
     apply_updates,
     chain,
     identity,
@@ -32,6 +29,9 @@ from gradxform._types import (
     ScalarOrSchedule,
     Schedule,
     StatefulSchedule,
+    TransformInitFn,
+    TransformUpdateExtraArgsFn,
+    TransformUpdateFn,
     Updates,
 )
 from gradxform.checkpoint import CheckpointError, load_state, save_state
@@ -54,7 +54,7 @@ from gradxform.tree_utils import tree_update_moment as update_moment
 from gradxform.tree_utils import tree_update_moment_per_elem_norm as update_moment_per_elem_norm
 from gradxform.wrappers import *  # noqa: F403
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdaptiveGradClipState",

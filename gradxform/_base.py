@@ -10,36 +10,14 @@ and :func:`chain` accepts an Optax one.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
-from gradxform._types import OptState, Params, Updates
-
-
-class TransformInitFn(Protocol):
-    """``init(params) -> state``."""
-
-    def __call__(self, params: Params) -> OptState: ...
-
-
-class TransformUpdateFn(Protocol):
-    """``update(updates, state, params=None) -> (updates, state)``."""
-
-    def __call__(
-        self, updates: Updates, state: OptState, params: Params | None = None
-    ) -> tuple[Updates, OptState]: ...
-
-
-class TransformUpdateExtraArgsFn(Protocol):
-    """``update(updates, state, params=None, **extra_args) -> (updates, state)``."""
-
-    def __call__(
-        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
-    ) -> tuple[Updates, OptState]: ...
+from gradxform._types import Params, TransformInitFn, TransformUpdateExtraArgsFn, Updates
 
 
 class GradientTransformation(NamedTuple):
@@ -48,6 +26,12 @@ class GradientTransformation(NamedTuple):
 
     Extra keyword arguments (e.g. ``value=loss``) are passed by :func:`chain` to the
     transformations whose ``update`` declares them and left out for the rest.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> double = gx.GradientTransformation(gx.init_empty_state, lambda u, s, p=None: (2 * u, s))
+      >>> double.update(jnp.array([1.0, -2.0]), double.init(None))
+      (Array([ 2., -4.], dtype=float32), EmptyState())
     """
 
     init: TransformInitFn
@@ -61,11 +45,25 @@ class GradientTransformationExtraArgs(GradientTransformation):
     **extra_args)`` may be called with any extra arguments (Optax's
     ``GradientTransformationExtraArgs``). :func:`chain`, :func:`named_chain` and the wrappers
     that pass extra arguments on return one.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.chain(gx.scale(2.0))
+      >>> opt.update(jnp.array([1.0, -2.0]), opt.init(None), value=3.0)[0]  # no one takes `value`
+      Array([ 2., -4.], dtype=float32)
     """
 
 
 class EmptyState(NamedTuple):
-    """The state of a transformation that keeps none."""
+    """The state of a transformation that keeps none.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.clip(1.0).init({"w": jnp.ones(2)})
+      EmptyState()
+      >>> gx.ScaleState is gx.ClipState is gx.EmptyState
+      True
+    """
 
 
 # Optax's names for the state of its stateless transformations: all are ``EmptyState``.
@@ -79,7 +77,13 @@ ScaleState = EmptyState
 
 
 def init_empty_state(params: Params) -> EmptyState:
-    """The ``init`` of a transformation without state: ``EmptyState()`` for any params."""
+    """The ``init`` of a transformation without state: ``EmptyState()`` for any params.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.init_empty_state({"w": jnp.ones(2)})
+      EmptyState()
+    """
     del params
     return EmptyState()
 
@@ -89,6 +93,11 @@ def identity() -> GradientTransformation:
 
     Returns:
       A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.identity().update(jnp.array([1.0, -2.0]), gx.EmptyState())[0]
+      Array([ 1., -2.], dtype=float32)
     """
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -164,6 +173,13 @@ def with_extra_args_support(tx: GradientTransformation) -> GradientTransformatio
 
     Returns:
       ``tx`` itself when it already is one, else ``tx`` wrapped.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> halve = gx.GradientTransformation(gx.init_empty_state, lambda u, s, p=None: (u / 2, s))
+      >>> tx = gx.with_extra_args_support(halve)
+      >>> tx.update(jnp.array([1.0, -2.0]), tx.init(None), loss=3.0)[0]  # `loss` is dropped
+      Array([ 0.5, -1. ], dtype=float32)
     """
     tx = as_transformation(tx, "with_extra_args_support")
     if isinstance(tx, GradientTransformationExtraArgs):
@@ -206,7 +222,7 @@ def as_transformation(transform: Any, where: str) -> GradientTransformation:
     return transform
 
 
-def _chain_update(transforms: list, filters: list, updates, states, params, extra_args):
+def _chain_update(transforms: Sequence, filters: Sequence, updates, states, params, extra_args):
     new_states = []
     for transform, state, keep in zip(transforms, states, filters, strict=True):
         updates, state = transform.update(updates, state, params, **keep(extra_args))
@@ -215,7 +231,7 @@ def _chain_update(transforms: list, filters: list, updates, states, params, extr
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
-    """Applies transformations one after the other: ``u <- t_n(... t_2(t_1(u)))``.
+    """Applies transformations one after the other: ``u <- t_n(...(t_2(t_1(u))))``.
 
     The state is a tuple of the transformations' states, in order. Optax transformations are
     accepted as they are. Extra keyword arguments reach the transformations whose ``update``
@@ -235,7 +251,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
       >>> [round(float(u), 4) for u in updates["w"]]
       [-0.1, -0.1, -0.1]
     """
-    transforms = [as_transformation(t, f"chain argument {i}") for i, t in enumerate(transforms)]
+    transforms = tuple(
+        as_transformation(t, f"chain argument {i}") for i, t in enumerate(transforms)
+    )
     filters = [extra_args_filter(t.update) for t in transforms]
 
     def init_fn(params: Params) -> tuple:
@@ -265,6 +283,14 @@ def named_chain(*named_transforms: tuple[Hashable, GradientTransformation]):
 
     Returns:
       One transformation whose state is ``{name: state}``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.named_chain(("momentum", gx.trace(0.9)), ("lr", gx.scale(-0.5)))
+      >>> state = opt.init({"w": jnp.zeros(2)})
+      >>> updates, state = opt.update({"w": jnp.array([2.0, -3.0])}, state)
+      >>> list(state), updates["w"]  # the first step: -0.5 * g
+      (['momentum', 'lr'], Array([-1. ,  1.5], dtype=float32))
     """
     names = []
     transforms = []

@@ -22,6 +22,14 @@ class MaskedNode(NamedTuple):
     """Stands in the inner transformation's trees for a leaf it does not see.
 
     It is an empty pytree node, so tree maps pass over it and no state is allocated there.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.masked(gx.trace(0.9), {"a": True, "b": False})
+      >>> opt.init({"a": jnp.zeros(2), "b": jnp.zeros(2)}).inner_state.trace  # no buffer for b
+      {'a': Array([0., 0.], dtype=float32), 'b': MaskedNode()}
+      >>> jax.tree.leaves(gx.MaskedNode())
+      []
     """
 
 

@@ -42,7 +42,7 @@ def is_static_number(value: Any) -> bool:
         return False
     if isinstance(value, np.ndarray):
         return value.ndim == 0 and np.issubdtype(value.dtype, np.number)
-    return isinstance(value, numbers.Real | np.number) and not np.iscomplexobj(value)
+    return isinstance(value, numbers.Real | np.number) and not isinstance(value, np.complexfloating)
 
 
 def is_static_zero(value: Any) -> bool:
@@ -91,7 +91,7 @@ def _scalar(who: str, name: str, value: Any, what: str) -> float | None:
         try:
             return float(value)
         except OverflowError:  # an int too large for a float
-            return math.inf if value > 0 else -math.inf
+            return -math.inf if value < 0 else math.inf
     raise TypeError(f"{who}: `{name}` must be {what}, got {_describe(value)}")
 
 

@@ -106,6 +106,15 @@ class FlatLayout:
 
     Built by :func:`flatten_params`; static (plain Python), so it can be closed over by jitted
     functions. Buffers are keyed ``"<dtype>"``, or ``"<label>/<dtype>"`` when leaves are grouped.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> flat, layout = gx.flatten_params({"b": jnp.zeros(3), "w": jnp.ones((2, 3))})
+      >>> layout.sizes  # elements per buffer
+      {'float32': 9}
+      >>> layout.unflatten({"float32": jnp.arange(9.0)})["w"]  # w's slot: elements 3 to 8
+      Array([[3., 4., 5.],
+             [6., 7., 8.]], dtype=float32)
     """
 
     def __init__(self, treedef, slots: list[_Slot], sizes: dict[str, int], labels: dict[str, Any]):
@@ -231,7 +240,9 @@ def flatten_params(
     _tree.check_inexact_leaves(params, "flatten_params")
     leaves, treedef = jax.tree.flatten(params)
     labels = _label_leaves(groups, params, treedef)
-    slots, sizes, key_labels = [], {}, {}
+    slots: list[_Slot] = []
+    sizes: dict[str, int] = {}
+    key_labels: dict[str, Hashable] = {}
     for leaf, label in zip(leaves, labels, strict=True):
         key = _buffer_key(jnp.result_type(leaf), label)
         if key in key_labels and (
@@ -265,6 +276,16 @@ def flatten(inner: GradientTransformation) -> GradientTransformation:
 
     Returns:
       A transformation whose state is ``inner``'s state for the flat vector.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.flatten(gx.scale_by_adam())
+      >>> params = {"b": jnp.zeros(2), "w": jnp.zeros((2, 2))}
+      >>> state = tx.init(params)
+      >>> state.mu.shape  # Adam's state is one vector of 2 + 4
+      (6,)
+      >>> tx.update({"b": jnp.array([0.5, -2.0]), "w": jnp.ones((2, 2))}, state)[0]["b"]
+      Array([ 1., -1.], dtype=float32)
     """
     inner = as_transformation(inner, "flatten: `inner`")
     keep_extra = extra_args_filter(inner.update)

@@ -27,6 +27,11 @@ def global_norm(updates: Any) -> jax.Array:
 
     Optax's ``global_norm`` (``optax.tree_utils.tree_norm(updates)``); Optax 0.2.8 also warns
     that it is deprecated, gradxform does not.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.global_norm({"a": jnp.array([3.0]), "b": jnp.array([[4.0]])})  # sqrt(9 + 16)
+      Array(5., dtype=float32)
     """
     return tree_norm(updates)
 
@@ -87,6 +92,14 @@ def safe_root_mean_squares(x: ArrayLike, min_rms: ArrayLike) -> jax.Array:
 
     Returns:
       The floored root mean square.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> x = jnp.array([3.0, 4.0])
+      >>> round(float(gx.safe_root_mean_squares(x, 1.0)), 4)  # sqrt((9 + 16) / 2)
+      3.5355
+      >>> gx.safe_root_mean_squares(x, 10.0), jax.grad(gx.safe_root_mean_squares)(x, 10.0)
+      (Array(10., dtype=float32), Array([0., 0.], dtype=float32))
     """
     x = jnp.asarray(x)
     rms = jnp.sqrt(jnp.mean(_abs_square(x)))
@@ -95,7 +108,7 @@ def safe_root_mean_squares(x: ArrayLike, min_rms: ArrayLike) -> jax.Array:
     return jnp.where(floored, min_rms, jnp.sqrt(jnp.mean(_abs_square(stand_in))))
 
 
-def safe_increment(count: ArrayLike) -> ArrayLike:
+def safe_increment(count: ArrayLike) -> jax.Array:
     """``count + 1``, staying at the dtype's largest value instead of overflowing.
 
     Args:
@@ -112,17 +125,17 @@ def safe_increment(count: ArrayLike) -> ArrayLike:
       >>> int(gx.safe_increment(jnp.asarray(2**31 - 1, jnp.int32)))
       2147483647
     """
-    dtype = jnp.asarray(count).dtype
+    k = jnp.asarray(count)
+    dtype = k.dtype
     if jnp.issubdtype(dtype, jnp.integer):
-        largest = jnp.iinfo(dtype).max
+        largest = jnp.array(jnp.iinfo(dtype).max, dtype)
     elif jnp.issubdtype(dtype, jnp.floating):
-        largest = jnp.finfo(dtype).max
+        largest = jnp.array(jnp.finfo(dtype).max, dtype)
     else:
         raise ValueError(
             f"safe_increment: `count` must have an integer or floating dtype, got {dtype}"
         )
-    largest = jnp.array(largest, dtype)
-    return jnp.where(count < largest, count + jnp.array(1, dtype), largest)
+    return jnp.where(k < largest, k + jnp.array(1, dtype), largest)
 
 
 safe_int32_increment = safe_increment

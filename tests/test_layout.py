@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import json
 import pathlib
+import tomllib
 import types
 
 import pytest
@@ -118,6 +121,33 @@ def test_tree_utils_exports_only_its_functions():
 def test_typed_package_and_license_are_shipped():
     assert (PACKAGE / "py.typed").exists()
     assert (PACKAGE.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def test_version_is_the_projects():
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    assert gx.__version__ == project["version"]
+
+
+def _installed_copy(dist: importlib.metadata.Distribution) -> pathlib.Path:
+    """Where the installed distribution's package is: its source directory for an editable
+    install (PEP 610's ``direct_url.json``), else the installed files."""
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    if direct.get("dir_info", {}).get("editable") and direct["url"].startswith("file://"):
+        return pathlib.Path(direct["url"].removeprefix("file://")) / "gradxform"
+    return pathlib.Path(str(dist.locate_file("gradxform")))
+
+
+def test_version_is_the_installed_metadatas():
+    try:
+        dist = importlib.metadata.distribution("gradxform")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("gradxform is not installed (imported from a source tree)")
+    if _installed_copy(dist).resolve() != PACKAGE.resolve():
+        pytest.skip(f"the installed gradxform is another copy ({_installed_copy(dist)})")
+    assert gx.__version__ == dist.version, (
+        f"gradxform.__version__ is {gx.__version__}, the installed metadata says "
+        f"{dist.version}: reinstall with `pip install -e .`"
+    )
 
 
 @pytest.mark.parametrize("family", SUBPACKAGES)

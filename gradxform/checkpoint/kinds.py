@@ -145,12 +145,12 @@ def leaf_signature(path: str, leaf: Any, role: str, *, abstract_ok: bool = False
     leaf without holding one."""
     if is_python_number(leaf):
         try:
-            dtype = np.asarray(leaf).dtype
+            number_dtype = np.asarray(leaf).dtype
         except OverflowError:
             raise TypeError(
                 f"{role} leaf {display_path(path)} is the int {leaf}, too large for 64 bits"
             ) from None
-        return {"dtype": dtype.name, "shape": (), "python": python_kind(leaf)}
+        return {"dtype": number_dtype.name, "shape": (), "python": python_kind(leaf)}
     dtype = getattr(leaf, "dtype", None)
     shape = getattr(leaf, "shape", None)
     is_array = isinstance(leaf, jax.Array | np.ndarray | np.generic)
@@ -194,14 +194,15 @@ def to_stored(leaf: Any) -> np.ndarray:
 def digest(array: np.ndarray) -> str:
     """SHA-256 of an array's bytes in C order."""
     data = np.array(array, order="C", copy=None).reshape(-1).view(np.uint8)
-    return hashlib.sha256(data).hexdigest()
+    # numpy declares the buffer protocol to type checkers for Python >= 3.12 only (PEP 688).
+    return hashlib.sha256(data).hexdigest()  # type: ignore[arg-type]
 
 
 def from_stored(array: np.ndarray, record: Record) -> Any:
     """A stored array with the dtype it was saved with: a PRNG key array for keys, a NumPy
     array otherwise (Python numbers are made by :func:`python_number`)."""
     if record.impl is not None:
-        return jax.random.wrap_key_data(array, impl=KEY_IMPLS[record.impl].name)
+        return jax.random.wrap_key_data(jnp.asarray(array), impl=KEY_IMPLS[record.impl].name)
     dtype = ARRAY_DTYPES[record.dtype].dtype
     return array if array.dtype == dtype else array.view(dtype)
 

@@ -181,6 +181,15 @@ def load_state(path: str | os.PathLike, like: Any = None) -> Any:
         gradxform checkpoint; or, with ``like``, its structure, shapes or dtypes differ from
         ``like``'s (the message lists each difference as ``path: expected ..., found ...``).
       FileNotFoundError: there is no file at ``path``.
+
+    Example:
+      >>> import os, tempfile, jax.numpy as jnp, gradxform as gx
+      >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
+      >>> gx.save_state(path, {"count": 3, "w": jnp.array([1.0, 2.0])})
+      >>> gx.load_state(path)  # without `like`: plain containers, NumPy leaves
+      {'count': 3, 'w': array([1., 2.], dtype=float32)}
+      >>> gx.load_state(path, like={"count": 0, "w": jnp.zeros(2)})["w"]  # like's forms
+      Array([1., 2.], dtype=float32)
     """
     path = os.fspath(path)
     with Archive(path) as archive:

@@ -33,7 +33,19 @@ _MAX_SHOWN = 80  # characters of a value read from a file shown in an error
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read (truncated, corrupted, malformed, not a checkpoint), or
-    whose tree does not match the ``like`` tree it is loaded into."""
+    whose tree does not match the ``like`` tree it is loaded into.
+
+    Example:
+      >>> import os, tempfile, gradxform as gx
+      >>> path = os.path.join(tempfile.mkdtemp(), "state.npz")
+      >>> with open(path, "wb") as f:
+      ...     _ = f.write(b"not a checkpoint")
+      >>> try:
+      ...     gx.load_state(path)
+      ... except gx.CheckpointError as error:
+      ...     print(type(error).__name__, isinstance(error, ValueError))
+      CheckpointError True
+    """
 
 
 def leaf_entry(index: int) -> str:

@@ -88,18 +88,19 @@ def describe(tree: Any, who: str) -> tuple[dict, list[tuple[str, Any]]]:
             continue
         keys = [key_path[0] for key_path, _ in children]
         key_strings = [jax.tree_util.keystr((k,)) for k in keys]
+        child_descriptions: list[Any] = [None] * len(children)
         description = {
             "node": _type_name(type(node)),
             "mapping": _is_mapping_node(node, keys),
             "keys": key_strings,
             "names": [_child_name(k) for k in keys],
-            "children": [None] * len(children),
+            "children": child_descriptions,
         }
         parent[slot] = description
         # Pushed in reverse, so children are visited, and leaves numbered, in order.
         for i in reversed(range(len(children))):
             child = children[i][1]
-            stack.append((child, path + key_strings[i], depth + 1, description["children"], i))
+            stack.append((child, path + key_strings[i], depth + 1, child_descriptions, i))
     return root[0], leaves
 
 

@@ -40,7 +40,8 @@ from gradxform.checkpoint.tree import describe
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    # The module's name bound to None: mypy types the name as the module, not an optional.
+    fcntl = None  # type: ignore[assignment]
 
 _TEMP_MARK = ".gradxform-tmp."
 _TEMP_TAIL = re.compile(r"[0-9a-f]{32}")  # uuid4().hex

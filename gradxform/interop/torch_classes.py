@@ -18,11 +18,11 @@ from gradxform.transforms.adam import (
     ScaleByAdamaxState,
     ScaleByAdamState,
     ScaleByAmsgradState,
-    ScaleByNadamState,
 )
 from gradxform.transforms.asgd import ScaleByAsgdState
 from gradxform.transforms.complex import SplitRealAndImaginaryArrays
 from gradxform.transforms.momentum import TraceState
+from gradxform.transforms.nadam import ScaleByNadamState
 from gradxform.transforms.rms import ScaleByRmsState, ScaleByRssState, ScaleByRStdDevState
 from gradxform.transforms.rprop import ScaleByRpropState
 from gradxform.transforms.scaling import ScaleByScheduleState
@@ -241,7 +241,7 @@ def _counts(who: str, cls_name: str, sub: Any, states: list, paths: list, step: 
     """``count(node_type)``: the count each counter of the group's state takes."""
     stepped = bool(states) and all(states)
     if cls_name != "SGD":
-        count = 0
+        count: float = 0
         if stepped:
             steps = [float(_entry(who, s, "step", p)) for s, p in zip(states, paths, strict=True)]
             count = _same_scalar(who, steps, "step", paths)

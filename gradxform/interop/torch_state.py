@@ -42,7 +42,7 @@ from gradxform.interop.torch_classes import (
     python_value,
 )
 from gradxform.optimizers._links import TorchSpec, torch_spec
-from gradxform.wrappers.masking import MultiTransformState, multi_transform
+from gradxform.wrappers.groups import MultiTransformState, multi_transform
 
 
 class _Group(NamedTuple):
@@ -185,9 +185,18 @@ def from_torch_state(
       ValueError: param groups, param counts, hyperparameters, steps or shapes that do not
         match, or a param without the state the others have.
 
-    Example::
 
-        state = gx.from_torch_state(gx.adam(1e-3), params, torch_adam.state_dict())
+    Example:
+      >>> import pytest, jax.numpy as jnp, gradxform as gx
+      >>> torch = pytest.importorskip("torch")  # skips this example where torch is not installed
+      >>> w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+      >>> torch_adam = torch.optim.Adam([w], lr=0.1)
+      >>> w.grad = torch.tensor([0.5, -2.0])
+      >>> torch_adam.step()
+      >>> params = [jnp.asarray(w.detach().numpy())]
+      >>> state = gx.from_torch_state(gx.adam(0.1), params, torch_adam.state_dict())
+      >>> state[0].count, [round(float(x), 4) for x in state[0].mu[0]]  # exp_avg = 0.1 g
+      (Array(1, dtype=int32), [0.05, -0.2])
     """
     who = "from_torch_state"
     _require_torch(who)
@@ -265,9 +274,17 @@ def to_torch_state(
       TypeError: an optimizer without a torch counterpart, or a state of another optimizer.
       ValueError: a state whose leaves' shapes or dtypes, or whose counters, do not match.
 
-    Example::
 
-        torch_adam.load_state_dict(gx.to_torch_state(gx.adam(1e-3), state, params))
+    Example:
+      >>> import pytest, jax.numpy as jnp, gradxform as gx
+      >>> torch = pytest.importorskip("torch")  # skips this example where torch is not installed
+      >>> opt, params = gx.sgd(0.1, momentum=0.9), [jnp.array([1.0, 2.0])]
+      >>> _, state = opt.update([jnp.array([1.0, -1.0])], opt.init(params), params)
+      >>> state_dict = gx.to_torch_state(opt, state, params)
+      >>> state_dict["state"][0]["momentum_buffer"]  # torch's first buffer: the gradient
+      tensor([ 1., -1.])
+      >>> w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+      >>> torch.optim.SGD([w], lr=0.1, momentum=0.9).load_state_dict(state_dict)
     """
     who = "to_torch_state"
     torch = _require_torch(who)

@@ -1,20 +1,22 @@
 """The optimizers: each one ``chain`` of transformations, grouped by family.
 
 torch.optim's, with torch's defaults and numbers: ``sgd_family`` (SGD, ASGD), ``adam_family``
-(Adam, AdamW, AMSGrad, Adamax, NAdam, RAdam, SparseAdam), ``rms`` (Adagrad, Adadelta,
-RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor), ``orthogonalized`` (Muon),
-``quasi_newton`` (L-BFGS). Optax's, with Optax's numbers: ``optax_adam`` (NAdamW, AdamaxW),
-``optax_adaptive`` (AdaBelief, Adan, NovoGrad, Yogi, the optimistic methods), ``optax_sgd``
-(noisy, sign and Polyak SGD, Signum, SM3), ``trust_ratio`` (LAMB, LARS, Fromage), and from
-Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp, MADGRAD), ``parameter_free``
-(DoG, DoWG, COCOB), ``model_based`` (MoMo). ``_links`` holds what the torch-named ones share
-(``maximize``, complex params as real pairs, the torch record). Their authors' own, with the
-authors' numbers: ``schedule_free`` (schedule-free SGD and AdamW), ``learning_rate_free``
-(Prodigy, D-Adaptation's AdamW), ``second_order`` (Sophia), ``low_rank`` (GaLore),
-``eigenbasis`` (SOAP) and ``kronecker`` (Shampoo), as pytorch-optimizer computes them.
+(Adam, AdamW, AMSGrad, Adamax, SparseAdam), ``adam_corrected`` (NAdam, RAdam), ``rms``
+(Adagrad, Adadelta, RMSprop), ``sign`` (Lion, Rprop), ``factored`` (Adafactor),
+``orthogonalized`` (Muon), ``quasi_newton`` (L-BFGS). Optax's, with Optax's numbers:
+``optax_adam`` (NAdamW, AdamaxW), ``optax_adaptive`` (AdaBelief, Adan, NovoGrad, Yogi, the
+optimistic methods), ``optax_sgd`` (noisy, sign and Polyak SGD, Signum, SM3), ``trust_ratio``
+(LAMB, LARS, Fromage), and from Optax's contrib ``adam_variants`` (AdEMAMix, ADOPT, ACProp,
+MADGRAD), ``parameter_free`` (DoG, DoWG, COCOB), ``model_based`` (MoMo). ``_links`` holds what
+the torch-named ones share (``maximize``, complex params as real pairs, the torch record).
+Their authors' own, with the authors' numbers: ``schedule_free`` (schedule-free SGD and AdamW),
+``learning_rate_free`` (Prodigy, D-Adaptation's AdamW), ``second_order`` (Sophia), ``low_rank``
+(GaLore), ``eigenbasis`` (SOAP) and ``kronecker`` (Shampoo), as pytorch-optimizer computes
+them.
 """
 
-from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, nadam, radam, sparse_adam
+from gradxform.optimizers.adam_corrected import nadam, radam
+from gradxform.optimizers.adam_family import adam, adamax, adamw, amsgrad, sparse_adam
 from gradxform.optimizers.adam_variants import acprop, ademamix, adopt, madgrad, simplified_ademamix
 from gradxform.optimizers.eigenbasis import soap
 from gradxform.optimizers.factored import adafactor

@@ -55,6 +55,13 @@ def ademamix(
     Returns:
       ``chain(scale_by_ademamix, add_decayed_weights, scale_by_learning_rate)``.
       Pagliardini, Ablin & Grangier, "The AdEMAMix Optimizer: Better, Faster, Older", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.ademamix(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 5) for u in updates["w"].tolist()]  # -lr * (1 + alpha * (1 - b3)) * sign(g)
+      [-0.10005, 0.10005]
     """
     who = "ademamix"
     check_common(who, learning_rate, weight_decay)
@@ -96,6 +103,13 @@ def simplified_ademamix(
       ``chain(scale_by_simplified_ademamix, add_decayed_weights, scale_by_learning_rate)``.
       Morwani et al., "Connections between Schedule-Free Optimizers, AdEMAMix, and
       Accelerated SGD Variants", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.simplified_ademamix(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # m_1 = g, n_hat_1 = g^2: -lr * sign(g)
+      [-0.1, 0.1]
     """
     who = "simplified_ademamix"
     check_common(who, learning_rate, weight_decay)
@@ -139,6 +153,17 @@ def adopt(
     Returns:
       ``chain(scale_by_adopt, scale_by_learning_rate)``. Taniguchi et al., "ADOPT: Modified
       Adam Can Converge with Any beta_2 with the Optimal Rate", NeurIPS 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.adopt(0.1), {"w": jnp.ones(2)}
+      >>> grads = {"w": jnp.array([0.5, -4.0])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> float(jnp.abs(updates["w"]).max())  # the first step only sets v = g^2
+      0.0
+      >>> updates, state = opt.update(grads, state, params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * (1 - b1) * clip(g / |g|, -1, 1)
+      [-0.01, 0.01]
     """
     who = "adopt"
     _validate.learning_rate(who, learning_rate)
@@ -181,6 +206,13 @@ def acprop(
       ``chain(scale_by_acprop, add_decayed_weights, scale_by_learning_rate)``. Zhuang et
       al., "Momentum Centering and Asynchronous Update for Adaptive Gradient Methods",
       NeurIPS 2021.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.acprop(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * g / (1 + eps) on the first step
+      [-0.05, 0.4]
     """
     who = "acprop"
     check_common(who, learning_rate, weight_decay)
@@ -217,6 +249,13 @@ def madgrad(
     Returns:
       ``chain(add_decayed_weights, scale_by_madgrad)``. Defazio & Jelassi, "Adaptivity
       without Compromise", JMLR 2022.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.madgrad(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([1.0, -8.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -(1 - momentum) * lr^(2/3) * cbrt(g)
+      [-0.0215, 0.0431]
     """
     who = "madgrad"
     check_common(who, learning_rate, weight_decay)

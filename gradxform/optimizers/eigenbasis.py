@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gradxform import _validate
 from gradxform._base import GradientTransformation, chain
 from gradxform._types import ScalarOrSchedule
@@ -76,7 +74,7 @@ def soap(
       <https://arxiv.org/abs/2409.11321>`_, 2024.
     """
     who = "soap"
-    args: tuple[Any, ...] = (b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim)
+    args = (b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim)
     flags = (merge_dims, precondition_1d, normalize_grads, correct_bias)
     check_common(who, learning_rate, weight_decay)
     check_soap(who, *args, *flags)

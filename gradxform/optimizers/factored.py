@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from gradxform import _tree, _validate
 from gradxform._base import GradientTransformation
@@ -41,9 +42,9 @@ def _relative_step_over_lr(learning_rate: ScalarOrSchedule) -> Schedule:
     """``k -> min(1, 1 / (lr_k * sqrt(k + 1)))``: torch's relative step size
     ``rho_t = min(lr, 1 / sqrt(t))`` divided by ``lr``, for ``lr = 0`` too (then 1)."""
 
-    def factor(count: jax.Array) -> jax.Array:
+    def factor(count: ArrayLike) -> jax.Array:
         lr = learning_rate(count) if callable(learning_rate) else learning_rate
-        steps = count.astype(_tree.default_float_dtype()) + 1
+        steps = jnp.asarray(count).astype(_tree.default_float_dtype()) + 1
         return jnp.minimum(1.0, 1.0 / (lr * jnp.sqrt(steps)))
 
     return factor

@@ -10,15 +10,13 @@ estimate of ``d`` depends on, and returns the step to subtract. Complex params a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from gradxform._base import GradientTransformation, chain
 from gradxform._types import ScalarOrSchedule
 from gradxform.transforms.complex import real_pairs
-from gradxform.transforms.distance_adaptive import (
-    check_arguments,
-    scale_by_dadapt_adam,
-    scale_by_prodigy,
-)
+from gradxform.transforms.dadaptation import scale_by_dadapt_adam
+from gradxform.transforms.distance_adaptive import check_arguments, scale_by_prodigy
 from gradxform.transforms.scaling import scale
 
 
@@ -67,8 +65,21 @@ def prodigy(
       ``chain(scale_by_prodigy, scale(-1))``; ``update`` needs ``params`` and ``init`` the
       real initial params. Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive
       Parameter-Free Learner", ICML 2024 (arXiv:2306.06101).
+
+    Example:
+      The first step uses ``d_0``: ``-d_0 (1 - b1) g / (sqrt(1 - b2) |g|)``; then ``d`` grows:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.prodigy(), {"w": jnp.zeros(2)}
+      >>> grads, state = {"w": jnp.array([0.5, -4.0])}, opt.init(params)
+      >>> updates, state = opt.update(grads, state, params)
+      >>> [round(u / 1e-6, 4) for u in updates["w"].tolist()]  # in units of d_0 = 1e-6
+      [-3.1623, 3.1623]
+      >>> updates, state = opt.update(grads, state, gx.apply_updates(params, updates))
+      >>> round(float(state[0].d) / 1e-6, 4)  # prodigyopt's, in float64
+      1.5815
     """
-    options = {
+    options: dict[str, Any] = {
         "b1": b1,
         "b2": b2,
         "beta3": beta3,
@@ -124,8 +135,21 @@ def dadapt_adamw(
       ``chain(scale_by_dadapt_adam, scale(-1))``; ``update`` needs ``params`` when
       ``weight_decay`` may be nonzero. Defazio & Mishchenko, "Learning-Rate-Free Learning by
       D-Adaptation", ICML 2023.
+
+    Example:
+      The first step uses ``d_0``: ``-d_0 (1 - b1) g / (sqrt(1 - b2) |g|)``; then ``d`` grows:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.dadapt_adamw(), {"w": jnp.zeros(2)}
+      >>> grads, state = {"w": jnp.array([0.5, -4.0])}, opt.init(params)
+      >>> updates, state = opt.update(grads, state, params)
+      >>> [round(u / 1e-6, 4) for u in updates["w"].tolist()]  # in units of d_0 = 1e-6
+      [-3.1623, 3.1623]
+      >>> updates, state = opt.update(grads, state, gx.apply_updates(params, updates))
+      >>> round(float(state[0].d) / 1e-6, 4)  # dadaptation's, in float64
+      15.8153
     """
-    options = {
+    options: dict[str, Any] = {
         "b1": b1,
         "b2": b2,
         "eps": eps,

@@ -123,6 +123,17 @@ def galore(
 
     Returns:
       ``chain(scale_by_galore, add_decayed_weights, scale_by_learning_rate)``.
+
+    Example:
+      A rank-1 gradient lies in the rank-1 projection, so the step is Adam's first,
+      ``-lr * sign(g)``, on the one row it touches:
+
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.galore(0.1, rank=1), {"w": jnp.zeros((3, 2))}
+      >>> grads = {"w": jnp.array([[3.0, 4.0], [0.0, 0.0], [0.0, 0.0]])}
+      >>> updates, _ = jax.jit(opt.update)(grads, opt.init(params), params)  # one compile
+      >>> [round(u, 4) for u in updates["w"][0].tolist()], float(jnp.abs(updates["w"][1:]).max())
+      ([-0.1, -0.1], 0.0)
     """
     who = "galore"
     check_common(who, learning_rate, weight_decay)

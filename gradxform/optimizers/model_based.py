@@ -88,6 +88,14 @@ def momo(
       A transformation whose state is :class:`MomoState`; its ``update`` needs ``params``
       and ``value=`` (the loss at the params). Schaipp, Ohana, Eickenberg, Defazio & Gower,
       "MoMo: Momentum Models for Adaptive Learning Rates", ICML 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.momo(), {"w": jnp.array([1.0, -2.0])}
+      >>> grads, state = {"w": jnp.array([3.0, 4.0])}, opt.init(params)
+      >>> updates, _ = opt.update(grads, state, params, value=jnp.array(5.0))
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # tau = min(lr, f / ||g||^2) = 0.2: -tau * g
+      [-0.6, -0.8]
     """
     who = "momo"
     _check_momo(who, learning_rate, lower_bound, weight_decay, adapt_lower_bound)
@@ -172,6 +180,14 @@ def momo_adam(
       A transformation whose state is :class:`MomoAdamState`; its ``update`` needs
       ``params`` and ``value=``. Schaipp et al., "MoMo: Momentum Models for Adaptive Learning
       Rates", ICML 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.momo_adam(1.0), {"w": jnp.array([1.0, -2.0])}
+      >>> grads, state = {"w": jnp.array([3.0, 4.0])}, opt.init(params)
+      >>> updates, _ = opt.update(grads, state, params, value=jnp.array(5.0))
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # tau = f / sum |g| = 5 / 7: -tau * sign(g)
+      [-0.7143, -0.7143]
     """
     who = "momo_adam"
     _check_momo(who, learning_rate, lower_bound, weight_decay, adapt_lower_bound)

@@ -51,6 +51,15 @@ def nadamw(
 
     Returns:
       ``chain(scale_by_adam(nesterov=True), add_decayed_weights, scale_by_learning_rate)``.
+
+    Example:
+      The first step is ``-lr * (b1 (1 - b1) / (1 - b1^2) + 1) * sign(g)``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.nadamw(0.1, weight_decay=0.0), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1474, 0.1474]
     """
     who = "nadamw"
     check_common(who, learning_rate, weight_decay)
@@ -93,6 +102,13 @@ def adamaxw(
     Returns:
       ``chain(scale_by_adamax, add_decayed_weights, scale_by_learning_rate)``; the state of
       :func:`gradxform.scale_by_adamax` names the infinity norm ``u`` (Optax's ``nu``).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.adamaxw(0.1, weight_decay=0.5), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * (sign(g) + weight_decay * p)
+      [-0.15, 0.2]
     """
     who = "adamaxw"
     check_common(who, learning_rate, weight_decay)

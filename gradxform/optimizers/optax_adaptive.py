@@ -42,6 +42,15 @@ def adabelief(
     References:
       Zhuang et al., `AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
       Gradients <https://arxiv.org/abs/2010.07468>`_, 2020.
+
+    Example:
+      With ``s_hat_1 = (g - m_1)^2 = 0.81 g^2`` the first step is ``-lr * sign(g) / 0.9``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.adabelief(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1111, 0.1111]
     """
     _validate.learning_rate("adabelief", learning_rate)
     check_moments("adabelief", b1, b2, eps, eps_root)
@@ -88,6 +97,15 @@ def adan(
     References:
       Xie et al., `Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
       Models <https://arxiv.org/abs/2208.06677>`_, 2022.
+
+    Example:
+      The first step (``m_hat = g``, ``n_hat = g^2``, no difference yet) is ``-lr * sign(g)``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.adan(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1, 0.1]
     """
     who = "adan"
     check_common(who, learning_rate, weight_decay)
@@ -137,6 +155,13 @@ def novograd(
     References:
       Ginsburg et al., `Stochastic Gradient Methods with Layer-wise Adaptive Moments for
       Training of Deep Networks <https://arxiv.org/abs/1905.11286>`_, 2019.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.novograd(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([3.0, 4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * g / ||g||
+      [-0.06, -0.08]
     """
     who = "novograd"
     check_common(who, learning_rate, weight_decay)
@@ -170,6 +195,16 @@ def yogi(
     References:
       Zaheer et al., `Adaptive Methods for Nonconvex Optimization
       <https://papers.nips.cc/paper/8186-adaptive-methods-for-nonconvex-optimization>`_, 2018.
+
+    Example:
+      With ``v_0 = 1e-6``, ``v_hat_1 = g^2 + 1e-3`` and the first step is
+      ``-lr * g / (sqrt(g^2 + 1e-3) + eps)``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.yogi(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.0996, 0.1]
     """
     _validate.learning_rate("yogi", learning_rate)
     check_moments("yogi", b1, b2, eps)
@@ -195,6 +230,16 @@ def optimistic_gradient_descent(
     References:
       Mokhtari et al., `A Unified Analysis of Extra-gradient and Optimistic Gradient Methods
       for Saddle Point Problems <https://arxiv.org/abs/1901.08511>`_, 2019.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.optimistic_gradient_descent(0.1), {"w": jnp.zeros(2)}
+      >>> updates, state = opt.update({"w": jnp.array([1.0, 2.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # g_0 = g_1: -lr * g_1
+      [-0.1, -0.2]
+      >>> updates, state = opt.update({"w": jnp.array([2.0, 2.0])}, state, params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * (2 * g_2 - g_1)
+      [-0.3, -0.2]
     """
     who = "optimistic_gradient_descent"
     _validate.learning_rate(who, learning_rate)
@@ -241,6 +286,16 @@ def optimistic_adam(
     References:
       Daskalakis et al., `Training GANs with Optimism <https://arxiv.org/abs/1711.00141>`_,
       2018.
+
+    Example:
+      The first step is ``-lr * a_1``, with ``a_0 = a_1 = (1 + b1 / (1 + b1)) sign(g)`` (Nesterov's
+      Adam):
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.optimistic_adam(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1474, 0.1474]
     """
     who = "optimistic_adam"
     _validate.non_negative(who, "learning_rate", learning_rate)
@@ -286,6 +341,16 @@ def optimistic_adam_v2(
     References:
       Daskalakis et al., `Training GANs with Optimism <https://arxiv.org/abs/1711.00141>`_,
       2018.
+
+    Example:
+      The first step is ``-lr * a_1``, with ``a_0 = a_1 = (1 + b1 / (1 + b1)) sign(g)`` (Nesterov's
+      Adam):
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.optimistic_adam_v2(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1474, 0.1474]
     """
     who = "optimistic_adam_v2"
     _validate.learning_rate(who, learning_rate)

@@ -47,6 +47,16 @@ def noisy_sgd(
     References:
       Neelakantan et al., `Adding Gradient Noise Improves Learning for Very Deep Networks
       <https://arxiv.org/abs/1511.06807>`_, 2015.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> params, grads = {"w": jnp.ones(2)}, {"w": jnp.array([0.5, -4.0])}
+      >>> opt = gx.noisy_sgd(0.1, eta=0.0)  # no noise: plain SGD
+      >>> [round(u, 4) for u in opt.update(grads, opt.init(params))[0]["w"].tolist()]
+      [-0.05, 0.4]
+      >>> opt = gx.noisy_sgd(0.1, eta=0.01, key=0)  # noise of std sqrt(0.01 / 1^0.55) = 0.1
+      >>> bool((opt.update(grads, opt.init(params))[0]["w"] != jnp.array([-0.05, 0.4])).all())
+      True
     """
     who = "noisy_sgd"
     _validate.learning_rate(who, learning_rate)
@@ -86,6 +96,16 @@ def polyak_sgd(
     References:
       Loizou et al., `Stochastic Polyak Step-size for SGD: An Adaptive Learning Rate for Fast
       Convergence <https://arxiv.org/abs/2002.10542>`_, 2021.
+
+    Example:
+      The step is ``-min((f - f_min) / ||g||^2, 1) * g = -0.2 * g``:
+
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.polyak_sgd(), {"w": jnp.array([1.0, -2.0])}
+      >>> grads, state = {"w": jnp.array([3.0, 4.0])}, opt.init(params)
+      >>> updates, _ = jax.jit(opt.update)(grads, state, params, value=jnp.array(5.0))
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.6, -0.8]
     """
     who = "polyak_sgd"
     _validate.non_negative(who, "max_learning_rate", max_learning_rate)
@@ -115,6 +135,13 @@ def sign_sgd(learning_rate: ScalarOrSchedule) -> GradientTransformation:
     References:
       Bernstein et al., `signSGD: Compressed Optimisation for Non-Convex Problems
       <https://arxiv.org/abs/1802.04434>`_, 2018.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.sign_sgd(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * sign(g)
+      [-0.1, 0.1]
     """
     _validate.learning_rate("sign_sgd", learning_rate)
     return chain(scale_by_sign(), scale_by_learning_rate(learning_rate))
@@ -140,6 +167,13 @@ def signum(
     References:
       Bernstein et al., `signSGD: Compressed Optimisation for Non-Convex Problems
       <https://arxiv.org/abs/1802.04434>`_, 2018.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.signum(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * sign((1 - beta) g)
+      [-0.1, 0.1]
     """
     who = "signum"
     _validate.learning_rate(who, learning_rate)
@@ -169,6 +203,15 @@ def sm3(learning_rate: float, momentum: float = 0.9) -> GradientTransformation:
     References:
       Anil et al., `Memory-Efficient Adaptive Optimization for Large-Scale Learning
       <https://arxiv.org/abs/1901.11150>`_, 2019.
+
+    Example:
+      With ``m_1 = (1 - momentum) g / |g|`` the first step is ``-lr * 0.1 * sign(g)``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.sm3(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.01, 0.01]
     """
     who = "sm3"
     _validate.non_negative(who, "learning_rate", learning_rate)

@@ -3,7 +3,7 @@ every other leaf."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ from gradxform.transforms.muon import (
     muon_labels,
 )
 from gradxform.transforms.scaling import scale_by_learning_rate
-from gradxform.wrappers.masking import multi_transform
+from gradxform.wrappers.groups import multi_transform
 
 BFLOAT16 = jnp.dtype(jnp.bfloat16)
 
@@ -145,7 +145,7 @@ def muon(
 
 
 def _grouped(
-    groups: dict[str, GradientTransformation], labels: Callable[[Any], Any]
+    groups: Mapping[Hashable, GradientTransformation], labels: Callable[[Any], Any]
 ) -> Callable[[Any], GradientTransformation]:
     """``multi_transform`` over the groups that label some leaf of a tree: a model without
     matrices is all AdamW, a model of matrices only all Muon."""
@@ -196,8 +196,8 @@ def muon_with_adamw(
 
     Args:
       learning_rate: Muon's ``lr``, a number or a schedule.
-      weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn,
-        ns_dtype: Muon's, as in :func:`muon`.
+      weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn, ns_dtype:
+        Muon's, as in :func:`muon`.
       adamw_learning_rate: AdamW's ``lr``; ``None`` shares Muon's (the recipe of Liu et al.,
         with ``adjust_lr_fn="match_rms_adamw"``).
       adamw_b1, adamw_b2, adamw_eps, adamw_weight_decay: AdamW's ``betas``, ``eps`` and
@@ -240,7 +240,7 @@ def muon_with_adamw(
     if labels is not None:
         _validate.function(who, "labels", labels)
     _validate.boolean(who, "maximize", maximize)
-    groups = {
+    groups: dict[Hashable, GradientTransformation] = {
         "muon": muon(
             learning_rate,
             weight_decay=weight_decay,

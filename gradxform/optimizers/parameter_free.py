@@ -55,6 +55,15 @@ def dog(
     Returns:
       ``chain(add_decayed_weights, scale_by_dog, scale_by_learning_rate)``; ``init`` needs the
       real initial params. Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend", ICML 2023.
+
+    Example:
+      The first step is ``-r_0 g / ||g||``, with ``r_0 = 1e-6 (1 + ||x_0||) = 6e-6``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.dog(), {"w": jnp.array([3.0, 4.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([3.0, 4.0])}, opt.init(params), params)
+      >>> [round(u, 8) for u in updates["w"].tolist()]
+      [-3.6e-06, -4.8e-06]
     """
     who = "dog"
     _validate.learning_rate(who, learning_rate)
@@ -94,6 +103,15 @@ def dowg(
     Returns:
       ``chain(add_decayed_weights, scale_by_dowg, scale_by_learning_rate)``. Khaled,
       Mishchenko & Jin, "DoWG Unleashed", NeurIPS 2023.
+
+    Example:
+      The first step is ``-d_0^2 / (d_0 ||g|| + eps) * g``, with ``d_0^2 = eps``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.dowg(), {"w": jnp.array([3.0, 4.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([3.0, 4.0])}, opt.init(params), params)
+      >>> [round(u, 6) for u in updates["w"].tolist()]
+      [-0.005988, -0.007984]
     """
     who = "dowg"
     _validate.learning_rate(who, learning_rate)
@@ -134,6 +152,13 @@ def cocob(
       ``chain(add_decayed_weights, scale_by_learning_rate(flip_sign=False),
       scale_by_cocob)``. Orabona & Tommasi, "Training Deep Networks without Learning Rates
       Through Coin Betting", NeurIPS 2017.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.cocob(), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # L_1 = G_1 = |g|, R_0 = 0: -g / (alpha |g|)
+      [-0.01, 0.01]
     """
     who = "cocob"
     check_common(who, learning_rate, weight_decay)

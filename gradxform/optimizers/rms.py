@@ -48,6 +48,13 @@ def adagrad(
 
     Returns:
       ``chain(add_l2, scale_by_rss, scale_by_learning_rate)``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.adagrad(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # s_1 = g^2: -lr * g / |g|
+      [-0.1, 0.1]
     """
     who = "adagrad"
     check_common(who, learning_rate, weight_decay)
@@ -128,6 +135,13 @@ def rmsprop(
 
     Returns:
       ``chain(add_l2, scale_by_rms, trace, scale_by_learning_rate)``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.rmsprop(0.01), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # v_1 = 0.01 g^2: -lr * g / (0.1 |g|)
+      [-0.1, 0.1]
     """
     who = "rmsprop"
     check_common(who, learning_rate, weight_decay)
@@ -187,6 +201,13 @@ def adadelta(
 
     Returns:
       ``chain(add_l2, scale_by_adadelta, scale_by_learning_rate)``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.adadelta(), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 5) for u in updates["w"].tolist()]  # -sqrt(eps / ((1 - rho) g^2)) * g
+      [-0.00316, 0.00316]
     """
     who = "adadelta"
     check_common(who, learning_rate, weight_decay)

@@ -49,6 +49,17 @@ def schedule_free_sgd(
 
     References:
       Defazio et al., "The Road Less Scheduled", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.schedule_free_sgd(0.1), {"w": jnp.ones(2)}
+      >>> grads = {"w": jnp.array([0.5, -4.0])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # c = 1: y <- z = y - lr * g
+      [-0.05, 0.4]
+      >>> updates, state = opt.update(grads, state, gx.apply_updates(params, updates))
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # c = 1/2, z = y: (b1 / 2 - 1) * lr * g
+      [-0.0275, 0.22]
     """
     who = "schedule_free_sgd"
     check_schedule_free(who, learning_rate, warmup_steps, momentum, 2.0, 0.0, "momentum")
@@ -101,6 +112,15 @@ def schedule_free_adamw(
 
     References:
       Defazio et al., "The Road Less Scheduled", 2024.
+
+    Example:
+      ``c = 1`` on the first step, so ``y <- z = y - lr * sign(g)``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.schedule_free_adamw(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1, 0.1]
     """
     who = "schedule_free_adamw"
     check_schedule_free(who, learning_rate, warmup_steps, b1, weight_lr_power, r)

@@ -52,6 +52,17 @@ def sgd(
     Returns:
       ``chain(add_l2, trace, scale_by_learning_rate)`` (parts that a static 0 switches off
       left out).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.sgd(0.1, momentum=0.9), {"w": jnp.ones(2)}
+      >>> grads = {"w": jnp.array([0.5, -4.0])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # b_1 = g: -lr * g
+      [-0.05, 0.4]
+      >>> updates, state = opt.update(grads, state, params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # b_2 = 0.9 * g + g: -1.9 * lr * g
+      [-0.095, 0.76]
     """
     who = "sgd"
     check_common(who, learning_rate, weight_decay)
@@ -119,6 +130,13 @@ def asgd(
 
     Returns:
       ``chain(add_l2, scale_by_asgd)``. Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.asgd(0.1, lambd=0.5), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lambd * lr * p - lr * g
+      [-0.1, 0.5]
     """
     who = "asgd"
     _validate.non_negative(who, "weight_decay", weight_decay)

@@ -45,6 +45,13 @@ def lion(
 
     Returns:
       ``chain(scale_by_lion, add_decayed_weights, scale_by_learning_rate)``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.lion(0.1, weight_decay=0.0), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * sign((1 - b1) g)
+      [-0.1, 0.1]
     """
     who = "lion"
     check_common(who, learning_rate, weight_decay)
@@ -82,6 +89,17 @@ def rprop(
 
     Returns:
       ``chain(scale_by_rprop, scale(-1))``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.rprop(0.1), {"w": jnp.ones(2)}
+      >>> grads = {"w": jnp.array([0.5, -4.0])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -d_0 * sign(g)
+      [-0.1, 0.1]
+      >>> updates, state = opt.update(grads, state, params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # same sign: d_1 = 1.2 * d_0
+      [-0.12, 0.12]
     """
     who = "rprop"
     _validate.non_negative(who, "learning_rate", learning_rate)

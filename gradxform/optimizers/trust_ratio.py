@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from gradxform import _validate
@@ -49,6 +50,15 @@ def lamb(
     References:
       You et al., `Large Batch Optimization for Deep Learning: Training BERT in 76 minutes
       <https://arxiv.org/abs/1904.00962>`_, 2020.
+
+    Example:
+      The first step is ``-lr * ||p|| / ||d|| * d`` with ``d = sign(g)``, ``0.1 * sqrt(5 / 2)``:
+
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.lamb(0.1), {"w": jnp.array([1.0, -2.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.5, -4.0])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]
+      [-0.1581, 0.1581]
     """
     who = "lamb"
     check_common(who, learning_rate, weight_decay)
@@ -114,6 +124,13 @@ def lars(
     References:
       You et al., `Large Batch Training of Convolutional Networks
       <https://arxiv.org/abs/1708.03888>`_, 2017.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.lars(0.1, trust_coefficient=0.1), {"w": jnp.array([3.0, 4.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.6, 0.8])}, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # -lr * 0.1 * ||p|| / ||g|| * g
+      [-0.03, -0.04]
     """
     who = "lars"
     check_common(who, learning_rate, weight_decay)
@@ -153,6 +170,14 @@ def fromage(learning_rate: float, min_norm: float = 1e-6) -> GradientTransformat
     References:
       Bernstein et al., `On the distance between two neural networks and the stability of
       learning <https://arxiv.org/abs/2002.03432>`_, 2020.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.fromage(0.1), {"w": jnp.array([3.0, 4.0])}
+      >>> updates, _ = opt.update({"w": jnp.array([0.6, 0.8])}, opt.init(params), params)
+      >>> new = gx.apply_updates(params, updates)["w"]
+      >>> [round(x, 4) for x in new.tolist()]  # (p - lr * ||p|| / ||g|| * g) / sqrt(1 + lr^2)
+      [2.6866, 3.5821]
     """
     who = "fromage"
     _validate.non_negative(who, "learning_rate", learning_rate)
@@ -160,7 +185,7 @@ def fromage(learning_rate: float, min_norm: float = 1e-6) -> GradientTransformat
     # sqrt, not ** 0.5: correctly rounded both for a Python number and for an (injected) array,
     # so that the two give the same bits.
     if _validate.is_static_number(learning_rate):
-        shrink = 1 / math.sqrt(1 + learning_rate * learning_rate)
+        shrink: float | jax.Array = 1 / math.sqrt(1 + learning_rate * learning_rate)
     else:
         shrink = 1 / jnp.sqrt(1 + learning_rate * learning_rate)
     return chain(

@@ -41,6 +41,9 @@ Count = np.ndarray | np.int64 | jax.Array
 """A count as the helpers take it: a NumPy int64 array or scalar (static), or a JAX integer or
 float array in the default dtype; never below 0."""
 
+Flag = np.ndarray | np.bool_ | jax.Array
+"""A comparison of a :data:`Count` with a step: booleans of the count's kind and shape."""
+
 INT64_MAX = int(np.iinfo(np.int64).max)
 
 
@@ -110,15 +113,15 @@ def _xp(k: Count) -> Any:
     return np if _is_static(k) else jnp
 
 
-def _fill(k: Count, value: bool) -> Count:
+def _fill(k: Count, value: bool) -> Flag:
     return _xp(k).full(np.shape(k), value)
 
 
 def to_float(k: Count) -> jax.Array:
     """``k`` in the default float dtype (rounded once)."""
-    if _is_static(k):
-        return jnp.asarray(np.asarray(k, np.float64), default_float_dtype())
-    return k.astype(default_float_dtype())
+    if isinstance(k, jax.Array):
+        return k.astype(default_float_dtype())
+    return jnp.asarray(np.asarray(k, np.float64), default_float_dtype())
 
 
 # A float count is an exact number, and so is a step: a step the float dtype does not hold is
@@ -144,7 +147,7 @@ def _split(c: int) -> tuple[float, float]:
     return float(high), float(c - int(high))
 
 
-def below(k: Count, c: int) -> Count:
+def below(k: Count, c: int) -> Flag:
     """``k < c`` for a static integer ``c``."""
     top = _top(k)
     if top is None:
@@ -154,12 +157,12 @@ def below(k: Count, c: int) -> Count:
     return k < c
 
 
-def at_least(k: Count, c: int) -> Count:
+def at_least(k: Count, c: int) -> Flag:
     """``k >= c`` for a static integer ``c``."""
     return _xp(k).logical_not(below(k, c))
 
 
-def at_most(k: Count, c: int) -> Count:
+def at_most(k: Count, c: int) -> Flag:
     """``k <= c`` for a static integer ``c``."""
     top = _top(k)
     if top is None:
@@ -183,7 +186,7 @@ def until(c: int, k: Count) -> jax.Array:
     top = _top(k)
     if top is None:
         high, low = _split(c)
-        return (high - k) + low  # high - k is exact where k is near c
+        return jnp.subtract(high, k) + low  # high - k is exact where k is near c
     anchor = min(max(c, 0), top)
     near = to_float(anchor - k)  # both in [0, top]: exact
     return near if c == anchor else near + float(c - anchor)

@@ -74,7 +74,7 @@ def _onecycle(
         initial = peak / floating(div_factor)
         minimum = initial / floating(final_div_factor)
         value_of = {"initial": initial, "peak": peak, "minimum": minimum}
-        result = None
+        result: jax.Array | None = None
         for i in reversed(range(len(ends))):
             start, end = starts[i], ends[i]
             first, last = value_of[levels[i]], value_of[levels[i + 1]]
@@ -88,6 +88,7 @@ def _onecycle(
             if result is not None:
                 value = jnp.where(at_most(k, math.floor(end)), value, result)
             result = value
+        assert result is not None  # there are two phases at least
         return result
 
     return schedule

@@ -70,6 +70,7 @@ def cosine_annealing_warm_restarts(
 
     def schedule(count: ArrayLike) -> jax.Array:
         k = as_count(count)
+        length: float | jax.Array
         if t_mult == 1:
             remaining, length = until(t_0, modulo(k, t_0)), float(t_0)
         else:

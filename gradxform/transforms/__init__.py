@@ -1,7 +1,7 @@
 """Gradient transformations, one module per family.
 
 ``scaling`` (constant factors, learning rates, schedules, zeros, normalisation), ``momentum``
-(trace, ema), ``adam`` (Adam, AMSGrad, Adamax, NAdam), ``radam``, ``adadelta``, ``rprop``,
+(trace, ema), ``adam`` (Adam, AMSGrad, Adamax), ``nadam``, ``radam``, ``adadelta``, ``rprop``,
 ``asgd``, ``sparse`` (lazy Adam), ``rms`` (RMSProp, Adagrad), ``sign`` (Lion, sign),
 ``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
@@ -12,11 +12,11 @@ params, centralisation), ``complex`` (complex params as real pairs), ``plateau``
 step size on a plateau of the loss), ``lbfgs`` (Optax's L-BFGS preconditioner),
 ``torch_lbfgs`` (torch's whole L-BFGS step) with ``wolfe`` (its strong-Wolfe line search), and
 Optax's line searches: ``linesearch`` (backtracking) and ``zoom``. The frontier optimizers'
-blocks: ``schedule_free`` (schedule-free averaging), ``distance_adaptive`` (D-Adaptation's
-Adam, Prodigy), ``sophia`` (SophiaG's clipped step and its Gauss-Newton-Bartlett Hessian
-estimate), ``galore`` (low-rank projection), ``soap_precondition`` (SOAP's eigenbasis Adam),
-``shampoo_precondition`` (Shampoo's Kronecker factors), ``stepped_decay`` (decay of the
-stepped params).
+blocks: ``schedule_free`` (schedule-free averaging), ``distance_adaptive`` (Prodigy) and
+``dadaptation`` (D-Adaptation's Adam), ``sophia`` (SophiaG's clipped step and its
+Gauss-Newton-Bartlett Hessian estimate), ``galore`` (low-rank projection),
+``soap_precondition`` (SOAP's eigenbasis Adam), ``shampoo_precondition`` (Shampoo's Kronecker
+factors), ``stepped_decay`` (decay of the stepped params).
 """
 
 from gradxform.transforms.adadelta import ScaleByAdaDeltaState, scale_by_adadelta
@@ -24,11 +24,9 @@ from gradxform.transforms.adam import (
     ScaleByAdamaxState,
     ScaleByAdamState,
     ScaleByAmsgradState,
-    ScaleByNadamState,
     scale_by_adam,
     scale_by_adamax,
     scale_by_amsgrad,
-    scale_by_nadam,
 )
 from gradxform.transforms.adam_variants import scale_by_acprop, scale_by_adopt
 from gradxform.transforms.adan import ScaleByAdanState, scale_by_adan
@@ -66,13 +64,9 @@ from gradxform.transforms.constrain import (
     keep_params_nonnegative,
     zero_nans,
 )
+from gradxform.transforms.dadaptation import ScaleByDAdaptAdamState, scale_by_dadapt_adam
 from gradxform.transforms.decay import add_decayed_weights, add_l2
-from gradxform.transforms.distance_adaptive import (
-    ScaleByDAdaptAdamState,
-    ScaleByProdigyState,
-    scale_by_dadapt_adam,
-    scale_by_prodigy,
-)
+from gradxform.transforms.distance_adaptive import ScaleByProdigyState, scale_by_prodigy
 from gradxform.transforms.dog import (
     DoGState,
     DoWGState,
@@ -82,12 +76,11 @@ from gradxform.transforms.dog import (
     scale_by_dowg,
 )
 from gradxform.transforms.factored import (
-    FactoredState,
     ScaleByAdafactorState,
     scale_by_adafactor,
-    scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradxform.transforms.factored_rms import FactoredState, scale_by_factored_rms
 from gradxform.transforms.galore import GaLoreState, scale_by_adam_raw_eps, scale_by_galore
 from gradxform.transforms.hutchinson import HutchinsonState, hutchinson_estimator_diag_hessian
 from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
@@ -103,6 +96,7 @@ from gradxform.transforms.madgrad import MadgradState, scale_by_madgrad
 from gradxform.transforms.momentum import EmaState, TraceState, ema, trace
 from gradxform.transforms.momo import MomoAdamState, MomoState
 from gradxform.transforms.muon import ScaleByMuonState, muon_labels, scale_by_muon
+from gradxform.transforms.nadam import ScaleByNadamState, scale_by_nadam
 from gradxform.transforms.noise import AddNoiseState, add_noise
 from gradxform.transforms.optimistic import (
     ScaleByOptimisticGradientState,

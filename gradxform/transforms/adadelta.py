@@ -10,18 +10,26 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ScaleByAdaDeltaState(NamedTuple):
     """``count`` (int32); ``e_g`` and ``e_x``: the running averages of ``|g|^2`` and of the
-    squared updates (torch's ``square_avg`` and ``acc_delta``), one leaf per param."""
+    squared updates (torch's ``square_avg`` and ``acc_delta``), one leaf per param.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adadelta(eps=0.1)
+      >>> _, state = tx.update(jnp.array([3.0, -3.0]), tx.init(jnp.zeros(2)))
+      >>> state.e_g.round(4), state.e_x.round(4)  # (1 - rho) g^2 and (1 - rho) u^2
+      (Array([0.9, 0.9], dtype=float32), Array([0.09, 0.09], dtype=float32))
+    """
+
+    count: StepCount
     e_g: Any
     e_x: Any
 
@@ -45,6 +53,13 @@ def scale_by_adadelta(rho: float = 0.9, eps: float = 1e-6) -> GradientTransforma
 
     Returns:
       A transformation whose state is :class:`ScaleByAdaDeltaState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adadelta(eps=0.1)
+      >>> # the first step: sqrt(eps) / sqrt((1 - rho) g^2 + eps) g = sqrt(0.1) / sqrt(1.0) g
+      >>> [round(float(u), 4) for u in tx.update(jnp.array([3.0, -3.0]), tx.init(jnp.zeros(2)))[0]]
+      [0.9487, -0.9487]
     """
     who = "scale_by_adadelta"
     _validate.probability(who, "rho", rho, closed=True)

@@ -56,6 +56,14 @@ def scale_by_adopt(
     Returns:
       A transformation whose state is :class:`gradxform.ScaleByAdamState`. Taniguchi et al.,
       "ADOPT: Modified Adam Can Converge with Any beta_2 with the Optimal Rate", NeurIPS 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adopt()
+      >>> u1, state = tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))  # sets v = g^2
+      >>> u2, state = tx.update(jnp.array([0.5, -4.0]), state)
+      >>> u1, [round(float(u), 4) for u in u2]  # u_2 = (1 - b1) clip(g_2 / |g_1|, -1, 1)
+      (Array([0., 0.], dtype=float32), [0.05, -0.1])
     """
     who = "scale_by_adopt"
     _validate.probability(who, "b1", b1)
@@ -131,6 +139,12 @@ def scale_by_acprop(
       A transformation whose state is :class:`gradxform.ScaleByAdamState` (Optax's is its
       ``ScaleByBeliefState``, with the same fields). Zhuang et al., "Momentum Centering and
       Asynchronous Update for Adaptive Gradient Methods", NeurIPS 2021.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_acprop()
+      >>> tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0]  # u_1 = g / (1 + eps)
+      Array([ 0.5, -2. ], dtype=float32)
     """
     who = "scale_by_acprop"
     _validate.probability(who, "b1", b1)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import MaskOrFn, ScalarOrSchedule
+from gradxform._types import MaskOrFn, ScalarOrSchedule, StepCount
 from gradxform.transforms.adam import root_may_be_zero
 from gradxform.wrappers.masking import masked
 
@@ -26,7 +26,16 @@ NUMERICS = ("optax", "official")
 
 class ScaleByAdanState(NamedTuple):
     """Optax's fields: moments ``m``, ``v`` (of the gradient difference) and ``n``, the previous
-    gradient ``g`` and the step counter ``t`` (int32, also readable as ``count``)."""
+    gradient ``g`` and the step counter ``t`` (int32, also readable as ``count``).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adan()
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> state.t, state.g, state.m.round(4)  # the previous gradient; (1 - b1) g
+      (Array(1, dtype=int32), Array([ 0.5, -2. ], dtype=float32), Array([ 0.01, -0.04],
+      dtype=float32))
+    """
 
     m: Any
     v: Any
@@ -34,15 +43,16 @@ class ScaleByAdanState(NamedTuple):
     g: Any
     t: jax.Array
 
+    # Optax's name for the counter, shadowing tuple.count on purpose (mypy issue 3950).
     @property
-    def count(self) -> jax.Array:
+    def count(self) -> jax.Array:  # type: ignore[override]
         return self.t
 
 
 class ProximalDecayState(NamedTuple):
     """``count``: how many updates have been made (int32), for a learning-rate schedule."""
 
-    count: jax.Array
+    count: StepCount
 
 
 def scale_by_adan(
@@ -78,6 +88,12 @@ def scale_by_adan(
     References:
       Xie et al., `Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
       Models <https://arxiv.org/abs/2208.06677>`_, 2022.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adan()
+      >>> [round(float(u), 4) for u in tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0]]
+      [1.0, -1.0]
     """
     who = "scale_by_adan"
     for name, value in (("b1", b1), ("b2", b2), ("b3", b3)):
@@ -89,8 +105,8 @@ def scale_by_adan(
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
-        zeros = [_tree.tree_zeros_like(params) for _ in range(4)]
-        return ScaleByAdanState(*zeros, t=jnp.zeros([], jnp.int32))
+        m, v, n, g = (_tree.tree_zeros_like(params) for _ in range(4))
+        return ScaleByAdanState(m, v, n, g, t=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args

@@ -14,21 +14,38 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 from gradxform.transforms.adam import ScaleByAdamState, check_moments, root_may_be_zero
 
 
 class ScaleByBeliefState(NamedTuple):
-    """``count`` (int32), first moment ``mu`` and the belief ``nu`` (second central moment)."""
+    """``count`` (int32), first moment ``mu`` and the belief ``nu`` (second central moment).
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_belief()
+      >>> _, state = tx.update(jnp.array([10.0, -20.0]), tx.init(jnp.zeros(2)))
+      >>> state.mu, state.nu.round(4)  # (1 - b1) g and (1 - b2) (g - m)^2 = 0.001 * (0.9 g)^2
+      (Array([ 1., -2.], dtype=float32), Array([0.081, 0.324], dtype=float32))
+    """
+
+    count: StepCount
     mu: Any
     nu: Any
 
 
 class ScaleByNovogradState(NamedTuple):
-    """``count`` (int32), the momentum ``mu`` (per param) and ``nu`` (one scalar per leaf)."""
+    """``count`` (int32), the momentum ``mu`` (per param) and ``nu`` (one scalar per leaf).
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_novograd()
+      >>> _, state = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init({"w": jnp.zeros(2)}))
+      >>> state.nu  # one scalar per leaf: ||g||^2
+      {'w': Array(25., dtype=float32)}
+    """
+
+    count: StepCount
     mu: Any
     nu: Any
 
@@ -69,6 +86,13 @@ def scale_by_belief(
     References:
       Zhuang et al., `AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
       Gradients <https://arxiv.org/abs/2010.07468>`_, 2020.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_belief()
+      >>> # the first step: g / sqrt((g - m_1)^2) = g / (0.9 |g|)
+      >>> tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0].round(4)
+      Array([ 1.1111, -1.1111], dtype=float32)
     """
     who = "scale_by_belief"
     check_moments(who, b1, b2, eps, eps_root)
@@ -145,6 +169,13 @@ def scale_by_yogi(
     References:
       Zaheer et al., `Adaptive Methods for Nonconvex Optimization
       <https://papers.nips.cc/paper/8186-adaptive-methods-for-nonconvex-optimization>`_, 2018.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_yogi()
+      >>> # m_1 = 0.9e-6 + 0.1 g, v_1 = 1e-6 + 0.001 g^2: u = 10 m_1 / (sqrt(1000 v_1) + 1e-3)
+      >>> tx.update(jnp.array([1.0, -1.0]), tx.init(jnp.zeros(2)))[0].round(4)
+      Array([ 0.9985, -0.9985], dtype=float32)
     """
     who = "scale_by_yogi"
     check_moments(who, b1, b2, eps, eps_root)
@@ -227,6 +258,12 @@ def scale_by_novograd(
     References:
       Ginsburg et al., `Stochastic Gradient Methods with Layer-wise Adaptive Moments for
       Training of Deep Networks <https://arxiv.org/abs/1905.11286>`_, 2019.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_novograd()
+      >>> tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))[0]  # the first step: g / ||g||
+      Array([0.6, 0.8], dtype=float32)
     """
     who = "scale_by_novograd"
     check_moments(who, b1, b2, eps, eps_root)

@@ -14,14 +14,23 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 from gradxform.transforms.adam import corrected_root, root_may_be_zero
 
 
 class ScaleByAdemamixState(NamedTuple):
     """``count`` and ``count_m2`` (int32), the fast and slow first moments ``m1`` and ``m2``,
-    and the second moment ``nu``."""
+    and the second moment ``nu``.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_ademamix()
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [[round(float(x), 5) for x in m] for m in (state.m1, state.m2)]  # (1-b1) g, (1-b3) g
+      [[0.05, -0.2], [5e-05, -0.0002]]
+    """
+
+    count: StepCount
     count_m2: jax.Array
     m1: Any
     m2: Any
@@ -30,7 +39,15 @@ class ScaleByAdemamixState(NamedTuple):
 
 class ScaleBySimplifiedAdEMAMixState(NamedTuple):
     """``t`` (int32, the step count), the accumulated gradient ``m`` and the second moment
-    ``n``."""
+    ``n``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_simplified_ademamix()
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> state.m, [round(float(x), 4) for x in state.n]  # m = g (a sum), n = (1 - b2) g^2
+      (Array([ 0.5, -2. ], dtype=float32), [0.0125, 0.2])
+    """
 
     t: jax.Array
     m: Any
@@ -72,6 +89,13 @@ def scale_by_ademamix(
     Returns:
       A transformation whose state is :class:`ScaleByAdemamixState`. Pagliardini, Ablin &
       Grangier, "The AdEMAMix Optimizer: Better, Faster, Older", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_ademamix()
+      >>> # the first step: (g + alpha (1 - b3) g) / |g| = (1 + 6e-4) g / |g|
+      >>> tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0].round(4)
+      Array([ 1.0006, -1.0006], dtype=float32)
     """
     who = "scale_by_ademamix"
     _validate.probability(who, "b1", b1)
@@ -154,6 +178,12 @@ def scale_by_simplified_ademamix(
       A transformation whose state is :class:`ScaleBySimplifiedAdEMAMixState`. Morwani,
       Vyas, Kakade et al., "Connections between Schedule-Free Optimizers, AdEMAMix, and
       Accelerated SGD Variants", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_simplified_ademamix(alpha=2.0)
+      >>> tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0]  # (g + 2 g) / |g|
+      Array([ 3., -3.], dtype=float32)
     """
     who = "scale_by_simplified_ademamix"
     _validate.probability(who, "b1", b1)

@@ -15,15 +15,25 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, find_state, require_params
+from gradxform._types import StepCount
 from gradxform.transforms.complex import merge
 
 
 class ScaleByAsgdState(NamedTuple):
     """``count`` (int32); ``eta``, the step size of the next update, and ``mu``, the weight of
     the next params in the average (scalars in float32, or float64 with x64, as torch keeps
-    them in its default dtype); ``ax``, the averaged params, one leaf per param."""
+    them in its default dtype); ``ax``, the averaged params, one leaf per param.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_asgd(0.1, lambd=0.0), jnp.ones(2)
+      >>> _, state = tx.update(jnp.array([1.0, -2.0]), tx.init(params), params)
+      >>> state.count, state.eta, state.mu, state.ax  # ax_1 = p + u_1
+      (Array(1, dtype=int32), Array(0.1, dtype=float32), Array(1., dtype=float32), Array([0.9, 1.2],
+      dtype=float32))
+    """
+
+    count: StepCount
     eta: jax.Array
     mu: jax.Array
     ax: Any
@@ -68,6 +78,12 @@ def scale_by_asgd(
 
     Returns:
       A transformation whose state is :class:`ScaleByAsgdState`. Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_asgd(0.1, lambd=0.0), jnp.ones(2)
+      >>> tx.update(jnp.array([1.0, -2.0]), tx.init(params), params)[0]  # -eta_1 g
+      Array([-0.1,  0.2], dtype=float32)
     """
     who = "scale_by_asgd"
     check_asgd(who, learning_rate, lambd, alpha, t0)

@@ -27,6 +27,11 @@ def clip(max_delta: float) -> GradientTransformation:
 
     Returns:
       A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.clip(1.0).update(jnp.array([0.5, -2.0, 3.0]), gx.EmptyState())[0]
+      Array([ 0.5, -1. ,  1. ], dtype=float32)
     """
     _validate.non_negative("clip", "max_delta", max_delta)
 
@@ -93,6 +98,13 @@ def clip_by_global_norm(
 
     Returns:
       A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.clip_by_global_norm(1.0)
+      >>> u = {"a": jnp.array([3.0]), "b": jnp.array([4.0])}  # global norm 5
+      >>> {k: round(float(v[0]), 4) for k, v in tx.update(u, tx.init(u))[0].items()}  # u / 5
+      {'a': 0.6, 'b': 0.8}
     """
     who = "clip_by_global_norm"
     _validate.positive(who, "max_norm", max_norm)
@@ -193,6 +205,12 @@ def unitwise_norm(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> ja
 
     Returns:
       An array of ``x``'s shape whose elements are the norms of their units.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.unitwise_norm(jnp.array([[3.0, 1.0], [4.0, 0.0]]))  # a column's norm, broadcast
+      Array([[5., 1.],
+             [5., 1.]], dtype=float32)
     """
     x = jnp.asarray(x)
     if axis is None:
@@ -226,6 +244,13 @@ def unitwise_clip(
 
     Returns:
       The clipped gradient.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> g = jnp.array([[3.0, 1.0], [4.0, 0.0]])  # column norms 5 and 1
+      >>> gx.unitwise_clip(gx.unitwise_norm(g), jnp.full((2, 2), 2.0), g)  # column 0 times 2 / 5
+      Array([[1.2, 1. ],
+             [1.6, 0. ]], dtype=float32)
     """
     shapes = {jnp.shape(g_norm), jnp.shape(max_norm), jnp.shape(grad)}
     if len(shapes) != 1:

@@ -19,7 +19,16 @@ from gradxform.transforms.dog import copy_params
 class COCOBState(NamedTuple):
     """Per param: ``init_particles`` (the initial params), ``cumulative_gradients`` (``C``),
     ``scale`` (``L``, the largest ``|g|``), ``subgradients`` (``G``, the sum of ``|g|``) and
-    ``reward`` (``R``)."""
+    ``reward`` (``R``).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_cocob(), jnp.ones(2)
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(params), params)
+      >>> state.cumulative_gradients, state.scale, state.subgradients  # C = -g, L = G = |g|
+      (Array([-0.5,  2. ], dtype=float32), Array([0.5, 2. ], dtype=float32), Array([0.5, 2. ],
+      dtype=float32))
+    """
 
     init_particles: Any
     cumulative_gradients: Any
@@ -49,6 +58,14 @@ def scale_by_cocob(alpha: float = 100.0, eps: float = 1e-8) -> GradientTransform
       A transformation whose state is :class:`COCOBState`; it needs ``params``. Orabona &
       Tommasi, "Training Deep Networks without Learning Rates Through Coin Betting", NeurIPS
       2017.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_cocob(), jnp.ones(2)
+      >>> # the first step: C_1 / (L_1 max(G_1 + L_1, alpha L_1)) L_1 = -g / (100 |g|)
+      >>> u, _ = tx.update(jnp.array([0.5, -2.0]), tx.init(params), params)
+      >>> [round(float(x), 4) for x in u]
+      [-0.01, 0.01]
     """
     who = "scale_by_cocob"
     _validate.positive(who, "alpha", alpha)

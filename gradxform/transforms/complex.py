@@ -26,14 +26,32 @@ from gradxform._base import (
 
 
 class SplitRealAndImaginaryArrays(NamedTuple):
-    """A complex leaf seen as two real arrays of its shape."""
+    """A complex leaf seen as two real arrays of its shape.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.split_real_and_imaginary(gx.trace(0.9))
+      >>> state = tx.init(jnp.array([1.0 + 2.0j]))
+      >>> state.inner_state.trace  # the momentum of a complex leaf, as two real arrays
+      SplitRealAndImaginaryArrays(real=Array([0.], dtype=float32), imaginary=Array([0.],
+      dtype=float32))
+    """
 
     real: jax.Array
     imaginary: jax.Array
 
 
 class SplitRealAndImaginaryState(NamedTuple):
-    """``inner_state``: the state of the transformation run on the real pairs."""
+    """``inner_state``: the state of the transformation run on the real pairs.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.split_real_and_imaginary(gx.scale_by_adam())
+      >>> _, state = tx.update(jnp.array([3.0 - 4.0j]), tx.init(jnp.zeros(1, jnp.complex64)))
+      >>> state.inner_state.mu  # (1 - b1) g, as real and imaginary parts
+      SplitRealAndImaginaryArrays(real=Array([0.3], dtype=float32), imaginary=Array([-0.4],
+      dtype=float32))
+    """
 
     inner_state: Any
 

@@ -12,7 +12,16 @@ from gradxform._base import EmptyState, GradientTransformation, expect_state, re
 
 
 class ZeroNansState(NamedTuple):
-    """``found_nan``: one bool per leaf, whether the last update had a NaN there."""
+    """``found_nan``: one bool per leaf, whether the last update had a NaN there.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.zero_nans()
+      >>> updates = {"a": jnp.array([jnp.nan]), "b": jnp.ones(1)}
+      >>> _, state = tx.update(updates, tx.init(updates))
+      >>> state.found_nan
+      {'a': Array(True, dtype=bool), 'b': Array(False, dtype=bool)}
+    """
 
     found_nan: Any
 
@@ -23,6 +32,12 @@ def zero_nans() -> GradientTransformation:
     Returns:
       A transformation whose state, :class:`ZeroNansState`, records per leaf whether the last
       update contained a NaN.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.zero_nans()
+      >>> tx.update(jnp.array([1.0, jnp.nan]), tx.init(jnp.zeros(2)))[0]
+      Array([1., 0.], dtype=float32)
     """
 
     def init_fn(params):
@@ -50,6 +65,12 @@ def keep_params_nonnegative() -> GradientTransformation:
 
     Returns:
       A stateless transformation; its ``update`` needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> params = jnp.array([1.0, 1.0])
+      >>> gx.keep_params_nonnegative().update(jnp.array([-0.5, -3.0]), gx.EmptyState(), params)[0]
+      Array([-0.5, -1. ], dtype=float32)
     """
     who = "keep_params_nonnegative"
 
@@ -84,6 +105,13 @@ def centralize() -> GradientTransformation:
     References:
       Yong, Huang, Hua & Zhang, *Gradient Centralization: A New Optimization Technique for Deep
       Neural Networks*, 2020 (https://arxiv.org/abs/2004.01461).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> g = jnp.array([[1.0, 3.0], [2.0, 2.0]])  # row means 2 and 2
+      >>> gx.centralize().update(g, gx.EmptyState())[0]
+      Array([[-1.,  1.],
+             [ 0.,  0.]], dtype=float32)
     """
     who = "centralize"
 

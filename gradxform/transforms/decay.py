@@ -25,6 +25,12 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: MaskOrFn = None) -> Gra
 
     Returns:
       A stateless transformation (masked if ``mask`` is given). Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.add_decayed_weights(0.1), jnp.array([2.0, -4.0])
+      >>> tx.update(jnp.ones(2), tx.init(params), params)[0]  # u + 0.1 p
+      Array([1.2, 0.6], dtype=float32)
     """
     _validate.mask("add_decayed_weights", "mask", mask)
     return decayed_weights(weight_decay, mask, who="add_decayed_weights")
@@ -63,6 +69,14 @@ def add_l2(weight_decay: float = 0.0, *, mask: MaskOrFn = None) -> GradientTrans
 
     Returns:
       A stateless transformation. Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.chain(gx.add_l2(0.1), gx.scale_by_adam())  # Adam sees g + 0.1 p
+      >>> params = jnp.array([2.0, -40.0])
+      >>> u, _ = opt.update(jnp.ones(2), opt.init(params), params)
+      >>> [round(float(x), 4) for x in u]  # (g + 0.1 p) / |g + 0.1 p|
+      [1.0, -1.0]
     """
     _validate.mask("add_l2", "mask", mask)
     return decayed_weights(weight_decay, mask, who="add_l2")

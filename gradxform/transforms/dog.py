@@ -21,7 +21,15 @@ INIT_STEP_KINDS = ("distance", "learning_rate", "heuristic")
 
 class ScaleByDistanceOverGradientsState(NamedTuple):
     """Per leaf: ``max_dist`` (the largest distance from the start), ``grad_sum_of_squares``
-    (both scalars), and ``init_params``, the starting params in ``param_dtype``."""
+    (both scalars), and ``init_params``, the starting params in ``param_dtype``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_distance_over_gradients(reps_rel=0.5), {"w": jnp.zeros(2)}
+      >>> _, state = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(params), params)
+      >>> state.max_dist, state.grad_sum_of_squares  # r_0 = 0.5 (1 + 0), G = ||g||^2
+      ({'w': Array(0.5, dtype=float32)}, {'w': Array(25., dtype=float32)})
+    """
 
     max_dist: Any
     grad_sum_of_squares: Any
@@ -31,7 +39,15 @@ class ScaleByDistanceOverGradientsState(NamedTuple):
 class DoGState(NamedTuple):
     """``is_init_step`` (int32: 1 until the first update, then 0; Optax's is a bool, and
     gradxform's scalar state is int32 or floating point), ``init_params``, and the scalars
-    ``max_dist`` and ``sum_sq_norm_grads`` over the whole tree."""
+    ``max_dist`` and ``sum_sq_norm_grads`` over the whole tree.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_dog(("distance", 0.5)), jnp.zeros(2)
+      >>> _, state = tx.update(jnp.array([3.0, 4.0]), tx.init(params), params)
+      >>> state.is_init_step, state.max_dist, state.sum_sq_norm_grads  # r_1 = 0.5, G_1 = 25
+      (Array(0, dtype=int32), Array(0.5, dtype=float32), Array(25., dtype=float32))
+    """
 
     is_init_step: jax.Array
     init_params: Any
@@ -40,7 +56,15 @@ class DoGState(NamedTuple):
 
 
 class DoWGState(NamedTuple):
-    """``init_params``, and the scalars ``weighted_sq_norm_grads`` and ``estim_sq_dist``."""
+    """``init_params``, and the scalars ``weighted_sq_norm_grads`` and ``estim_sq_dist``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_dowg(0.25), jnp.zeros(2)
+      >>> _, state = tx.update(jnp.array([3.0, 4.0]), tx.init(params), params)
+      >>> state.estim_sq_dist, state.weighted_sq_norm_grads  # d^2 = 0.25, v = d^2 ||g||^2
+      (Array(0.25, dtype=float32), Array(6.25, dtype=float32))
+    """
 
     init_params: Any
     weighted_sq_norm_grads: jax.Array
@@ -93,6 +117,13 @@ def scale_by_distance_over_gradients(
       A transformation whose state is :class:`ScaleByDistanceOverGradientsState`; it needs
       ``params``. Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend: A Parameter-Free Dynamic
       Step Size Schedule", ICML 2023.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_distance_over_gradients(reps_rel=0.5), {"w": jnp.zeros(2)}
+      >>> u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(params), params)
+      >>> u["w"]  # r_0 / ||g|| * g = 0.5 / 5 * g
+      Array([0.3, 0.4], dtype=float32)
     """
     who = "scale_by_distance_over_gradients"
     _validate.non_negative(who, "reps_rel", reps_rel)
@@ -186,6 +217,12 @@ def scale_by_dog(init_step: tuple[str, Any], *, eps: float = 1e-8) -> GradientTr
     Returns:
       A transformation whose state is :class:`DoGState`; it needs ``params``, and ``init``
       needs the real initial params.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_dog(("distance", 0.5)), jnp.zeros(2)
+      >>> tx.update(jnp.array([3.0, 4.0]), tx.init(params), params)[0]  # 0.5 / ||g|| * g
+      Array([0.3, 0.4], dtype=float32)
     """
     who = "scale_by_dog"
     check_init_step(who, init_step)
@@ -250,6 +287,13 @@ def scale_by_dowg(
       A transformation whose state is :class:`DoWGState`; it needs ``params``. Khaled,
       Mishchenko & Jin, "DoWG Unleashed: An Efficient Universal Parameter-Free Gradient
       Descent Method", NeurIPS 2023.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_dowg(0.25), jnp.zeros(2)
+      >>> u, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(params), params)
+      >>> [round(float(x), 4) for x in u]  # d^2 / (d ||g|| + eps) * g = 0.25 / 2.5001 * g
+      [0.3, 0.4]
     """
     who = "scale_by_dowg"
     if init_estim_sq_dist is not None:

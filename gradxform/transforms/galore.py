@@ -33,7 +33,7 @@ from gradxform._base import (
 )
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
-from gradxform._types import MaskOrFn
+from gradxform._types import MaskOrFn, StepCount
 from gradxform.transforms.adam import ScaleByAdamState, check_moments, scale_by_adam
 
 # The reference's projection types: "std" projects a matrix with rows >= cols on the right
@@ -46,9 +46,15 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 class GaLoreState(NamedTuple):
     """``count`` (int32), the base transformation's state (of the projected shapes) and, per
     leaf, its ``projector``: ``None`` for a leaf that is not projected, one matrix for a side,
-    a pair ``(left, right)`` for ``proj_type="full"``."""
+    a pair ``(left, right)`` for ``proj_type="full"``.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale_by_galore(rank=1).init({"b": jnp.zeros(3), "w": jnp.zeros((4, 3))}).projector
+      {'b': None, 'w': Array([[0.], [0.], [0.], [0.]], dtype=float32)}
+    """
+
+    count: StepCount
     base_optimizer_state: Any
     projector: Any
 
@@ -170,7 +176,8 @@ def galore_projection(
         _tree.check_inexact_leaves(params, who)
         flags, treedef = flags_of(params)
         with_paths = jax.tree_util.tree_flatten_with_path(params)[0]
-        projectors, proxies = [], []
+        projectors: list[jax.Array | tuple[jax.Array, ...] | None] = []
+        proxies = []
         for (path, p), on in zip(with_paths, flags, strict=True):
             if not on:
                 projectors.append(None)
@@ -340,7 +347,7 @@ def scale_by_adam_raw_eps(
 ) -> GradientTransformation:
     """Adam with ``eps`` added to the root of the raw second moment and the bias corrections
     in the step size (Kingma & Ba's "efficient" order; transformers' ``AdamW``, which GaLore's
-    reference extends)::
+    reference extends; the example shows ``eps`` on the small gradient's first step)::
 
         m_t = b1 * m_{t-1} + (1 - b1) * g_t
         v_t = b2 * v_{t-1} + (1 - b2) * |g_t|^2
@@ -356,6 +363,12 @@ def scale_by_adam_raw_eps(
 
     Returns:
       A transformation whose state is :class:`gradxform.ScaleByAdamState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adam_raw_eps()
+      >>> [round(float(x), 5) for x in tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0]]
+      [0.99994, -0.99998]
     """
     who = "scale_by_adam_raw_eps"
     check_moments(who, b1, b2, eps)

@@ -17,7 +17,14 @@ from gradxform._base import GradientTransformation, expect_state, require_params
 
 
 class HutchinsonState(NamedTuple):
-    """``key``: the random key of the next sample."""
+    """``key``: the random key of the next sample.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> state = gx.hutchinson_estimator_diag_hessian(jax.random.key(1)).init(jnp.zeros(2))
+      >>> jax.random.key_data(state.key)
+      Array([0, 1], dtype=uint32)
+    """
 
     key: jax.Array
 
@@ -59,6 +66,13 @@ def hutchinson_estimator_diag_hessian(random_seed: jax.Array | None = None):
       A transformation whose state is :class:`HutchinsonState`. Hutchinson, "A stochastic
       estimator of the trace of the influence matrix for Laplacian smoothing splines", 1989;
       used by Sophia (Liu et al., 2023).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> loss = lambda p: jnp.sum(jnp.array([1.0, 3.0]) * p**2)  # H = diag(2, 6)
+      >>> tx, params = gx.hutchinson_estimator_diag_hessian(), jnp.zeros(2)
+      >>> tx.update(params, tx.init(params), params, obj_fn=loss)[0]  # z H z = H for a diagonal H
+      Array([2., 6.], dtype=float32)
     """
     who = "hutchinson_estimator_diag_hessian"
     _check_key(who, random_seed)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 
 
 class ScaleByLBFGSState(NamedTuple):
@@ -27,9 +28,15 @@ class ScaleByLBFGSState(NamedTuple):
     ``diff_params_memory``, ``diff_updates_memory``: per leaf, ``(memory_size, *shape)``
     ring buffers of the last differences of params (``s``) and gradients (``y``), in each
     param's dtype; ``weights_memory``: their ``1 / y.s`` (0 for an empty slot).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_lbfgs(memory_size=3).init(jnp.zeros(2))
+      >>> state.count, state.diff_params_memory.shape, state.weights_memory  # 3 slots, empty
+      (Array(0, dtype=int32), (3, 2), Array([0., 0., 0.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     params: Any
     updates: Any
     diff_params_memory: Any

@@ -20,10 +20,21 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 
 
 class BacktrackingLinesearchInfo(NamedTuple):
-    """``num_linesearch_steps`` (int32) and the final ``decrease_error`` (0: success)."""
+    """``num_linesearch_steps`` (int32) and the final ``decrease_error`` (0: success).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> f, w = lambda w: jnp.sum(w**2), jnp.array([1.0, 2.0])
+      >>> tx, g = gx.scale_by_backtracking_linesearch(15), 2 * w
+      >>> _, state = tx.update(-g, tx.init(w), w, value=f(w), grad=g, value_fn=f)
+      >>> state.info  # eta = 1 fails (f(w - g) = f(w)), eta = 0.8 succeeds
+      BacktrackingLinesearchInfo(num_linesearch_steps=Array(2, dtype=int32),
+      decrease_error=Array(0., dtype=float32))
+    """
 
     num_linesearch_steps: jax.Array
     decrease_error: jax.Array
@@ -31,18 +42,34 @@ class BacktrackingLinesearchInfo(NamedTuple):
 
 class ScaleByBacktrackingLinesearchState(NamedTuple):
     """Optax's fields: the step size ``learning_rate`` taken, the ``value`` (and, with
-    ``store_grad``, the ``grad``, else ``None``) there, and ``info``; ``count``: updates made."""
+    ``store_grad``, the ``grad``, else ``None``) there, and ``info``; ``count``: updates made.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> f, w = lambda w: jnp.sum(w**2), jnp.array([1.0, 2.0])
+      >>> tx, g = gx.scale_by_backtracking_linesearch(15), 2 * w
+      >>> _, state = tx.update(-g, tx.init(w), w, value=f(w), grad=g, value_fn=f)
+      >>> state.learning_rate, state.value.round(4), state.count  # f(w - 0.8 g) = 1.8
+      (Array(0.8, dtype=float32), Array(1.8, dtype=float32), Array(1, dtype=int32))
+    """
 
     learning_rate: jax.Array
     value: jax.Array
     grad: Any
     info: BacktrackingLinesearchInfo
-    count: jax.Array
+    count: StepCount
 
 
 class ZoomLinesearchInfo(NamedTuple):
     """``num_linesearch_steps`` (int32) and the final ``decrease_error`` and
-    ``curvature_error`` (0: the criterion holds)."""
+    ``curvature_error`` (0: the criterion holds).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale_by_zoom_linesearch(15).init(jnp.array([1.0, 2.0])).info
+      ZoomLinesearchInfo(num_linesearch_steps=Array(0, dtype=int32), decrease_error=Array(inf,
+      dtype=float32), curvature_error=Array(inf, dtype=float32))
+    """
 
     num_linesearch_steps: jax.Array
     decrease_error: jax.Array
@@ -51,13 +78,21 @@ class ZoomLinesearchInfo(NamedTuple):
 
 class ScaleByZoomLinesearchState(NamedTuple):
     """Optax's fields: the step size ``learning_rate`` taken, the ``value`` and ``grad`` there,
-    and ``info``; ``count``: updates made."""
+    and ``info``; ``count``: updates made.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_zoom_linesearch(15).init(jnp.array([1.0, 2.0]))
+      >>> state.learning_rate, state.value, state.grad, state.count  # before the first search
+      (Array(1., dtype=float32), Array(inf, dtype=float32), Array([0., 0.], dtype=float32), Array(0,
+      dtype=int32))
+    """
 
     learning_rate: jax.Array
     value: jax.Array
     grad: Any
     info: ZoomLinesearchInfo
-    count: jax.Array
+    count: StepCount
 
 
 def real_dot(a: Any, b: Any) -> jax.Array:
@@ -160,6 +195,14 @@ def scale_by_backtracking_linesearch(
 
     References:
       Vaswani et al., *Painless Stochastic Gradient*, 2019. Nocedal & Wright, 1999.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> f, w = lambda w: jnp.sum(w**2), jnp.array([1.0, 2.0])
+      >>> tx, g = gx.scale_by_backtracking_linesearch(15), 2 * w
+      >>> # eta = 1 gives f(w - g) = f(w), no decrease; eta = 0.8 gives 1.8 < 5
+      >>> tx.update(-g, tx.init(w), w, value=f(w), grad=g, value_fn=f)[0]
+      Array([-1.6, -3.2], dtype=float32)
     """
     who = "scale_by_backtracking_linesearch"
     _validate.count(who, "max_backtracking_steps", max_backtracking_steps, minimum=0)
@@ -260,6 +303,17 @@ def value_and_grad_from_state(value_fn: Callable[..., Any]) -> Callable[..., tup
 
     Returns:
       ``value_and_grad(params, *args, state, **kwargs) -> (value, grad)``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> f, w = lambda w: jnp.sum(w**2), jnp.array([1.0, 2.0])
+      >>> value_and_grad = gx.value_and_grad_from_state(f)
+      >>> state = gx.scale_by_backtracking_linesearch(15, store_grad=True).init(w)
+      >>> value_and_grad(w, state=state)  # nothing stored yet (value inf): f is evaluated
+      (Array(5., dtype=float32), Array([2., 4.], dtype=float32))
+      >>> state = state._replace(value=jnp.array(7.0), grad=jnp.array([3.0, 4.0]))
+      >>> value_and_grad(w, state=state)  # a finite stored value: returned, f not evaluated
+      (Array(7., dtype=float32), Array([3., 4.], dtype=float32))
     """
     _validate.function("value_and_grad_from_state", "value_fn", value_fn)
     kinds = (ScaleByZoomLinesearchState, ScaleByBacktrackingLinesearchState)

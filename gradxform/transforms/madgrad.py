@@ -8,20 +8,28 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 from gradxform.transforms.dog import copy_params
 
 
 class MadgradState(NamedTuple):
     """``count`` (int32), ``grad_sum_sq`` (the weighted sum of ``g^2``), ``s`` (the weighted
-    sum of ``g``) and ``x0`` (the initial params)."""
+    sum of ``g``) and ``x0`` (the initial params).
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_madgrad(0.5), jnp.zeros(2)
+      >>> _, state = tx.update(jnp.array([1.0, -2.0]), tx.init(params), params)
+      >>> # S_0 = lambda_0 g^2 and s_0 = lambda_0 g, with lambda_0 = lr = 0.5 (to eps)
+      >>> [[round(float(x), 4) for x in v] for v in (state.grad_sum_sq, state.s)]
+      [[0.5, 2.0], [0.5, -1.0]]
+    """
+
+    count: StepCount
     grad_sum_sq: Any
     s: Any
     x0: Any
@@ -54,6 +62,13 @@ def scale_by_madgrad(
       A transformation whose state is :class:`MadgradState`; it needs ``params``. Defazio &
       Jelassi, "Adaptivity without Compromise: A Momentumized, Adaptive, Dual Averaged
       Gradient Method for Stochastic Optimization", JMLR 2022.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_madgrad(0.5, momentum=0.0), jnp.zeros(2)
+      >>> u, _ = tx.update(jnp.array([1.0, -8.0]), tx.init(params), params)
+      >>> [round(float(x), 4) for x in u]  # z_0 = -lambda_0 g / (lambda_0 g^2)^(1/3)
+      [-0.63, 1.2599]
     """
     who = "scale_by_madgrad"
     _validate.learning_rate(who, learning_rate)

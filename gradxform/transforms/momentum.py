@@ -9,19 +9,36 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class TraceState(NamedTuple):
-    """``count``: updates made (int32); ``trace``: the momentum buffer, one leaf per param."""
+    """``count``: updates made (int32); ``trace``: the momentum buffer, one leaf per param.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.trace(0.9)
+      >>> _, state = tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))
+      >>> state  # the first buffer is the gradient itself, as torch's
+      TraceState(count=Array(1, dtype=int32), trace=Array([ 1., -2.], dtype=float32))
+    """
+
+    count: StepCount
     trace: Any
 
 
 class EmaState(NamedTuple):
-    """``count``: updates made (int32); ``ema``: the moving average, one leaf per param."""
+    """``count``: updates made (int32); ``ema``: the moving average, one leaf per param.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.ema(0.9)
+      >>> _, state = tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))
+      >>> state.count, [round(float(x), 4) for x in state.ema]  # (1 - decay) g, not debiased
+      (Array(1, dtype=int32), [0.1, -0.2])
+    """
+
+    count: StepCount
     ema: Any
 
 
@@ -48,6 +65,14 @@ def trace(
 
     Returns:
       A transformation whose state is :class:`TraceState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, g = gx.trace(0.9), jnp.array([1.0, 2.0])
+      >>> u1, state = tx.update(g, tx.init(g))
+      >>> u2, state = tx.update(g, state)
+      >>> u1, [round(float(x), 4) for x in u2]  # g, then 0.9 g + g
+      (Array([1., 2.], dtype=float32), [1.9, 3.8])
     """
     who = "trace"
     _validate.non_negative(who, "decay", decay)
@@ -71,6 +96,7 @@ def trace(
         del params, extra_args
         expect_state(who, state, TraceState)
         _checks.check_updates(who, updates, state.trace, "momentum buffer")
+        gradient_weight: float | jax.Array
         if undampened:
             gradient_weight = 1
         else:
@@ -121,6 +147,14 @@ def ema(
 
     Returns:
       A transformation whose state is :class:`EmaState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, g = gx.ema(0.5), jnp.array([1.0, -2.0])
+      >>> u1, state = tx.update(g, tx.init(g))
+      >>> u2, state = tx.update(jnp.zeros(2), state)  # e_2 = 0.25 g, debiased by 1 - 0.25
+      >>> u1, [round(float(x), 4) for x in u2]
+      (Array([ 1., -2.], dtype=float32), [0.3333, -0.6667])
     """
     who = "ema"
     _validate.boolean(who, "debias", debias)

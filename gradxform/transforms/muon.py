@@ -19,6 +19,7 @@ from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
+from gradxform._types import StepCount
 
 # Keller Jordan's quintic coefficients, torch's and Optax's default.
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
@@ -28,9 +29,16 @@ ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
 
 class ScaleByMuonState(NamedTuple):
-    """``count`` (int32) and the momentum ``mu``, one matrix per param."""
+    """``count`` (int32) and the momentum ``mu``, one matrix per param.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_muon().init({"w": jnp.zeros((2, 3))})
+      >>> state.count, state.mu["w"].shape
+      (Array(0, dtype=int32), (2, 3))
+    """
+
+    count: StepCount
     mu: Any
 
 

@@ -9,14 +9,23 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class AddNoiseState(NamedTuple):
     """``count``: updates made (int32); ``rng_key``: the raw bits (bit-cast to int32) of the key
     the next noise is drawn from; ``jax.random.wrap_key_data(lax.bitcast_convert_type(rng_key,
-    jnp.uint32))`` is Optax's key."""
+    jnp.uint32))`` is Optax's key.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.add_noise(0.01, 0.55, seed=0)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> state.count, state.rng_key  # the raw bits of jax.random.PRNGKey(0)
+      (Array(0, dtype=int32), Array([0, 0], dtype=int32))
+    """
+
+    count: StepCount
     rng_key: jax.Array
 
 
@@ -54,6 +63,13 @@ def add_noise(eta: float, gamma: float, key: Any = None, *, seed: int | None = N
     References:
       Neelakantan et al., *Adding Gradient Noise Improves Learning for Very Deep Networks*,
       2015 (https://arxiv.org/abs/1511.06807).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, u = gx.add_noise(0.25, 0.55, seed=0), jnp.zeros(10_000)
+      >>> noisy, _ = tx.update(u, tx.init(u))
+      >>> round(float(noisy.std()), 2)  # sigma_1 = sqrt(0.25 / 1^0.55)
+      0.5
     """
     who = "add_noise"
     _validate.non_negative(who, "eta", eta)

@@ -11,13 +11,23 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ScaleByOptimisticGradientState(NamedTuple):
     """``count`` (int32) and the ``previous_gradient``; ``is_initial_step`` (Optax's field) is
-    ``count == 0``, kept as a counter so that the state holds no boolean."""
+    ``count == 0``, kept as a counter so that the state holds no boolean.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_optimistic_gradient()
+      >>> _, state = tx.update(jnp.array([1.0, 2.0]), tx.init(jnp.zeros(2)))
+      >>> state
+      ScaleByOptimisticGradientState(count=Array(1, dtype=int32), previous_gradient=Array([1., 2.],
+      dtype=float32))
+    """
+
+    count: StepCount
     previous_gradient: Any
 
     @property
@@ -43,6 +53,14 @@ def scale_by_optimistic_gradient(alpha: float = 1.0, beta: float = 1.0) -> Gradi
       Daskalakis et al., `Training GANs with Optimism <https://arxiv.org/abs/1711.00141>`_,
       2018; Mokhtari et al., `A Unified Analysis of Extra-gradient and Optimistic Gradient
       Methods for Saddle Point Problems <https://arxiv.org/abs/1901.08511>`_, 2019.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_optimistic_gradient()
+      >>> u1, state = tx.update(jnp.array([1.0, 2.0]), tx.init(jnp.zeros(2)))  # g_0 = g_1: u = g
+      >>> u2, _ = tx.update(jnp.array([3.0, 3.0]), state)  # 2 g_2 - g_1
+      >>> u1, u2
+      (Array([1., 2.], dtype=float32), Array([5., 4.], dtype=float32))
     """
     who = "scale_by_optimistic_gradient"
     _validate.finite(who, "alpha", alpha)

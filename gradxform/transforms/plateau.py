@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ReduceLROnPlateauState(NamedTuple):
@@ -20,13 +21,24 @@ class ReduceLROnPlateauState(NamedTuple):
     ``count``: losses accumulated towards the next decision; ``avg_value``: their mean.
     The field names are Optax's.
     Counters are int32, the rest the default float dtype.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.reduce_on_plateau(patience=0)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> state.scale, state.best_value
+      (Array(1., dtype=float32), Array(inf, dtype=float32))
+      >>> _, state = tx.update(jnp.ones(2), state, value=1.0)  # the best so far
+      >>> _, state = tx.update(jnp.ones(2), state, value=2.0)  # worse: with patience 0, x factor
+      >>> state.scale, state.best_value
+      (Array(0.1, dtype=float32), Array(1., dtype=float32))
     """
 
     scale: jax.Array
     best_value: jax.Array
     plateau_count: jax.Array
     cooldown_count: jax.Array
-    count: jax.Array
+    count: StepCount
     avg_value: jax.Array
 
 

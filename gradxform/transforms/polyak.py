@@ -39,6 +39,13 @@ def scale_by_polyak(
       Loizou et al., `Stochastic Polyak Step-size for SGD: An Adaptive Learning Rate for Fast
       Convergence <https://arxiv.org/abs/2002.10542>`_, 2021; Berrada et al., `Training Neural
       Networks for and by Interpolation <https://arxiv.org/abs/1906.05661>`_, 2020.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_polyak()
+      >>> # f = 1, ||g||^2 = 2: the step size is (f - f_min) / ||g||^2 = 0.5
+      >>> tx.update(jnp.array([1.0, -1.0]), tx.init(jnp.zeros(2)), value=jnp.array(1.0))[0]
+      Array([ 0.5, -0.5], dtype=float32)
     """
     who = "scale_by_polyak"
     _validate.finite(who, "f_min", f_min)

@@ -43,7 +43,7 @@ def _rectification(b2: Any, count: jax.Array, threshold: Any, strict: bool):
     steps = count.astype(dtype)
     rho_inf = 2 / (1 - b2) - 1
     if _validate.is_static_number(b2):  # the logarithm in Python's float64, as torch's powers
-        log_b2 = math.log(float(b2)) if float(b2) > 0 else -math.inf
+        log_b2: float | jax.Array = math.log(float(b2)) if float(b2) > 0 else -math.inf
     else:
         log_b2 = jnp.log(jnp.asarray(b2).astype(dtype))
     # rho_t is a difference of two numbers near rho_inf (1999 - 1992 = 7 at t = 7 for
@@ -101,6 +101,14 @@ def scale_by_radam(
 
     Returns:
       A transformation whose state is :class:`gradxform.ScaleByAdamState` (as in Optax).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_radam()
+      >>> # rho_1 = rho_inf - 2 b2 / (1 - b2) = 1 <= 5: the first step is m_hat = g, not rectified
+      >>> u, _ = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [round(float(x), 4) for x in u]
+      [0.5, -2.0]
     """
     who = "scale_by_radam"
     check_moments(who, b1, b2, eps, eps_root)

@@ -14,40 +14,78 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 from gradxform.transforms.adam import root_may_be_zero
 
 
 class ScaleByRmsState(NamedTuple):
-    """``nu``: the moving average of squared gradients."""
+    """``nu``: the moving average of squared gradients.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_rms()
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [round(float(x), 4) for x in state.nu]  # (1 - decay) g^2
+      [0.0025, 0.04]
+    """
 
     nu: Any
 
 
 class ScaleByRStdDevState(NamedTuple):
-    """``mu`` and ``nu``: moving averages of gradients and of squared gradients."""
+    """``mu`` and ``nu``: moving averages of gradients and of squared gradients.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_stddev()
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [[round(float(x), 4) for x in v] for v in state]  # (1 - decay) g and (1 - decay) g^2
+      [[0.005, -0.02], [0.0025, 0.04]]
+    """
 
     mu: Any
     nu: Any
 
 
 class ScaleByRmsWithCountState(NamedTuple):
-    """``count`` (int32) and ``nu``: :class:`ScaleByRmsState` with ``bias_correction``."""
+    """``count`` (int32) and ``nu``: :class:`ScaleByRmsState` with ``bias_correction``.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale_by_rms(bias_correction=True).init(jnp.zeros(2))
+      ScaleByRmsWithCountState(count=Array(0, dtype=int32), nu=Array([0., 0.], dtype=float32))
+    """
+
+    count: StepCount
     nu: Any
 
 
 class ScaleByRStdDevWithCountState(NamedTuple):
     """``count`` (int32), ``mu`` and ``nu``: :class:`ScaleByRStdDevState` with
-    ``bias_correction``."""
+    ``bias_correction``.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale_by_stddev(bias_correction=True).init(jnp.zeros(2))
+      ScaleByRStdDevWithCountState(count=Array(0, dtype=int32), mu=Array([0., 0.], dtype=float32),
+      nu=Array([0., 0.], dtype=float32))
+    """
+
+    count: StepCount
     mu: Any
     nu: Any
 
 
 class ScaleByRssState(NamedTuple):
-    """``sum_of_squares``: Adagrad's accumulator."""
+    """``sum_of_squares``: Adagrad's accumulator.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_rss()
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> state  # the sum of g^2
+      ScaleByRssState(sum_of_squares=Array([0.25, 4.  ], dtype=float32))
+    """
 
     sum_of_squares: Any
 
@@ -102,6 +140,13 @@ def scale_by_rms(
     Returns:
       A transformation whose state is :class:`ScaleByRmsState` (:class:`ScaleByRStdDevState`
       when centered; the ``...WithCountState`` of either with ``bias_correction``).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_rms()
+      >>> u, _ = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [round(float(x), 4) for x in u]  # g / sqrt((1 - decay) g^2) = 10 g / |g|
+      [10.0, -10.0]
     """
     return _rms(
         "scale_by_rms", decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered, eps_root
@@ -210,6 +255,13 @@ def scale_by_stddev(
     Returns:
       A transformation whose state is :class:`ScaleByRStdDevState`
       (:class:`ScaleByRStdDevWithCountState` with ``bias_correction``).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_stddev()
+      >>> u, _ = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [round(float(x), 4) for x in u]  # g / sqrt(0.01 g^2 - (0.01 g)^2) = 10.0504 g / |g|
+      [10.0504, -10.0504]
     """
     return _rms(
         "scale_by_stddev", decay, eps, initial_scale, eps_in_sqrt, bias_correction, True, eps_root
@@ -236,6 +288,14 @@ def scale_by_rss(
 
     Returns:
       A transformation whose state is :class:`ScaleByRssState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_rss()
+      >>> u1, state = tx.update(jnp.array([3.0, -1.0]), tx.init(jnp.zeros(2)))
+      >>> u2, state = tx.update(jnp.array([4.0, 0.0]), state)
+      >>> u1, u2  # g_1 / |g_1|, then g_2 / sqrt(g_1^2 + g_2^2)
+      (Array([ 1., -1.], dtype=float32), Array([0.8, 0. ], dtype=float32))
     """
     who = "scale_by_rss"
     _validate.non_negative(who, "initial_accumulator_value", initial_accumulator_value)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 NUMERICS = ("torch", "optax")
 
@@ -22,9 +23,17 @@ class ScaleByRpropState(NamedTuple):
     """``count`` (int32); ``step_sizes``, one per coordinate; ``prev_updates``, what is
     remembered of the last step, zeroed where the sign flipped: its gradient
     (``numerics="torch"``, torch's ``prev``) or its update (``"optax"``). Only its sign is read.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_rprop(0.1)
+      >>> _, state = tx.update(jnp.array([1.0, -1.0]), tx.init(jnp.zeros(2)))
+      >>> _, state = tx.update(jnp.array([2.0, 1.0]), state)
+      >>> [round(float(x), 4) for x in state.step_sizes], state.prev_updates  # 0.1 * (1.2, 0.5)
+      ([0.12, 0.05], Array([2., 0.], dtype=float32))
     """
 
-    count: jax.Array
+    count: StepCount
     step_sizes: Any
     prev_updates: Any
 
@@ -89,6 +98,14 @@ def scale_by_rprop(
 
     Returns:
       A transformation whose state is :class:`ScaleByRpropState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_rprop(0.1)
+      >>> u1, state = tx.update(jnp.array([1.0, -1.0]), tx.init(jnp.zeros(2)))
+      >>> u2, state = tx.update(jnp.array([2.0, 1.0]), state)  # the second sign flips: no step
+      >>> u1, [round(float(x), 4) for x in u2]  # 0.1 sign(g), then 0.1 * 1.2 and 0
+      (Array([ 0.1, -0.1], dtype=float32), [0.12, 0.0])
     """
     who = "scale_by_rprop"
     _validate.non_negative(who, "learning_rate", learning_rate)

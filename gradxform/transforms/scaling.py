@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
-from gradxform._types import ScalarOrSchedule, Schedule
+from gradxform._types import ScalarOrSchedule, Schedule, StepCount
 
 
 def _scaled(factor: Any, updates: Any) -> Any:
@@ -25,9 +25,16 @@ def _scaled(factor: Any, updates: Any) -> Any:
 
 
 class ScaleByScheduleState(NamedTuple):
-    """``count``: how many updates have been made (int32)."""
+    """``count``: how many updates have been made (int32).
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_schedule(lambda k: 0.5**k)
+      >>> tx.update(jnp.ones(2), tx.init(jnp.zeros(2)))[1]  # one update made
+      ScaleByScheduleState(count=Array(1, dtype=int32))
+    """
+
+    count: StepCount
 
 
 def scale(step_size: float | jax.Array) -> GradientTransformation:
@@ -41,6 +48,11 @@ def scale(step_size: float | jax.Array) -> GradientTransformation:
 
     Returns:
       A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale(0.5).update(jnp.array([1.0, -2.0]), gx.EmptyState())[0]
+      Array([ 0.5, -1. ], dtype=float32)
     """
     _validate.finite("scale", "step_size", step_size)
 
@@ -66,6 +78,14 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
     Returns:
       A transformation whose state is :class:`ScaleByScheduleState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_schedule(lambda k: 0.5**k)
+      >>> u1, state = tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))
+      >>> u2, state = tx.update(jnp.array([1.0, -2.0]), state)
+      >>> u1, u2  # s(0) g and s(1) g
+      (Array([ 1., -2.], dtype=float32), Array([ 0.5, -1. ], dtype=float32))
     """
     who = "scale_by_schedule"
     _validate.function(who, "step_size_fn", step_size_fn)
@@ -101,6 +121,14 @@ def scale_by_learning_rate(
 
     Returns:
       :func:`scale` for a number, :func:`scale_by_schedule` for a schedule.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_learning_rate(lambda k: 0.5 / (k + 1))
+      >>> u1, state = tx.update(jnp.array([1.0, -2.0]), tx.init(jnp.zeros(2)))
+      >>> u2, state = tx.update(jnp.array([1.0, -2.0]), state)
+      >>> u1, u2  # -lr(0) g and -lr(1) g
+      (Array([-0.5,  1. ], dtype=float32), Array([-0.25,  0.5 ], dtype=float32))
     """
     who = "scale_by_learning_rate"
     _validate.learning_rate(who, learning_rate)
@@ -118,6 +146,11 @@ def set_to_zero() -> GradientTransformation:
 
     Returns:
       A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.set_to_zero().update(jnp.array([1.0, jnp.nan]), gx.EmptyState())[0]
+      Array([0., 0.], dtype=float32)
     """
 
     def init_fn(params):
@@ -150,6 +183,13 @@ def normalize_by_update_norm(
 
     Returns:
       A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.normalize_by_update_norm()
+      >>> u, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, gx.EmptyState())
+      >>> {k: round(float(v[0]), 4) for k, v in u.items()}  # u / ||u|| = u / 5
+      {'a': 0.6, 'b': 0.8}
     """
     who = "normalize_by_update_norm"
     _validate.finite(who, "scale_factor", scale_factor)
@@ -208,6 +248,12 @@ def scale_gradient(inputs: Any, scale: float | jax.Array) -> Any:
 
     Returns:
       ``inputs``, with the scaled backward pass.
+
+    Example:
+      >>> import jax, gradxform as gx
+      >>> f = lambda x: gx.scale_gradient(x, 0.5) ** 2
+      >>> f(3.0), jax.grad(f)(3.0)  # the value of x^2; the gradient 2 x times 0.5
+      (9.0, Array(3., dtype=float32))
     """
     _validate.finite("scale_gradient", "scale", scale)
     if _validate.is_static_number(scale) and float(scale) == 1.0:

@@ -17,15 +17,24 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, find_state, require_params
-from gradxform._types import ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 
 
 class ScheduleFreeState(NamedTuple):
     """``count`` (int32, steps taken), ``b1`` (the interpolation, kept for the eval params),
     ``weight_sum`` (the sum of averaging weights), ``lr_max`` (the largest warmed-up learning
-    rate so far, -1 before the first step) and ``z`` (the base iterate, one leaf per param)."""
+    rate so far, -1 before the first step) and ``z`` (the base iterate, one leaf per param).
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_schedule_free(1.0), jnp.zeros(2)
+      >>> _, state = tx.update(jnp.array([1.0, -2.0]), tx.init(params), params)
+      >>> state.count, state.weight_sum, state.lr_max, state.z  # z_1 = z_0 - lr d
+      (Array(1, dtype=int32), Array(1., dtype=float32), Array(1., dtype=float32), Array([-1.,  2.],
+      dtype=float32))
+    """
+
+    count: StepCount
     b1: jax.Array
     weight_sum: jax.Array
     lr_max: jax.Array
@@ -86,6 +95,15 @@ def scale_by_schedule_free(
 
     References:
       Defazio, Yang, Mehta, Mishchenko, Khaled, Cutkosky, "The Road Less Scheduled", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, y, d = gx.scale_by_schedule_free(1.0), jnp.zeros(2), jnp.array([1.0, -2.0])
+      >>> u1, state = tx.update(d, tx.init(y), y)  # c = 1: y + (z - y) - d = -d
+      >>> y = gx.apply_updates(y, u1)
+      >>> u2, state = tx.update(d, state, y)  # c = 1/2, z = y: (b1 / 2 - 1) d
+      >>> u1, [round(float(x), 4) for x in u2]
+      (Array([-1.,  2.], dtype=float32), [-0.55, 1.1])
     """
     who = "scale_by_schedule_free"
     check_schedule_free(who, learning_rate, warmup_steps, b1, weight_lr_power, r)
@@ -187,6 +205,17 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
 
     Returns:
       A tree like ``params``, each leaf in its param's dtype.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, y, d = gx.scale_by_schedule_free(1.0), jnp.zeros(2), jnp.array([1.0, -2.0])
+      >>> state = tx.init(y)
+      >>> for _ in range(2):
+      ...     u, state = tx.update(d, state, y)
+      ...     y = gx.apply_updates(y, u)
+      >>> x = gx.schedule_free_eval_params(state, y)
+      >>> [round(float(v), 4) for v in x]  # the mean of z_1 = -d and z_2 = -2 d
+      [-1.5, 3.0]
     """
     who = "schedule_free_eval_params"
     found = find_state(state, ScheduleFreeState, who)

@@ -31,14 +31,22 @@ from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
 from gradxform._stacking import stacked_map
 from gradxform._tree import path_name
+from gradxform._types import StepCount
 
 
 class ScaleByShampooState(NamedTuple):
     """``count`` (int32); ``momentum``, the last preconditioned direction (param's shape and
     dtype); per param a tuple with one ``d x d`` matrix per dimension ``d``: the Kronecker
-    factors ``statistics`` and their inverse roots ``roots`` (float32 for bf16/f16 params)."""
+    factors ``statistics`` and their inverse roots ``roots`` (float32 for bf16/f16 params).
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_shampoo().init(jnp.zeros((2, 2)))
+      >>> state.count, [s.shape for s in state.statistics], [r.shape for r in state.roots]
+      (Array(0, dtype=int32), [(2, 2), (2, 2)], [(2, 2), (2, 2)])
+    """
+
+    count: StepCount
     momentum: Any
     statistics: Any
     roots: Any

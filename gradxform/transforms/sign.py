@@ -14,7 +14,15 @@ LION_MODES = ("hard", "smooth", "refined")
 
 
 class ScaleByLionState(NamedTuple):
-    """``mu``: the momentum."""
+    """``mu``: the momentum.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_lion()
+      >>> _, state = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [round(float(x), 4) for x in state.mu]  # (1 - b2) g
+      [0.005, -0.02]
+    """
 
     mu: Any
 
@@ -56,6 +64,12 @@ def scale_by_lion(
 
     Returns:
       A transformation whose state is :class:`ScaleByLionState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_lion()
+      >>> tx.update(jnp.array([0.5, -2.0, 0.0]), tx.init(jnp.zeros(3)))[0]  # sign((1 - b1) g)
+      Array([ 1., -1.,  0.], dtype=float32)
     """
     who = "scale_by_lion"
     check_lion(who, b1, b2, mu_dtype, mode, smooth_beta)
@@ -99,6 +113,11 @@ def scale_by_sign() -> GradientTransformation:
 
     Returns:
       A stateless transformation.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale_by_sign().update(jnp.array([0.5, -2.0, 0.0]), gx.EmptyState())[0]
+      Array([ 1., -1.,  0.], dtype=float32)
     """
     who = "scale_by_sign"
 

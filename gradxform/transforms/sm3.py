@@ -20,6 +20,12 @@ class ScaleBySM3State(NamedTuple):
     Axis ``i``'s accumulator of a param of rank >= 2 keeps the param's rank, with every axis but
     ``i`` of size 1 (Optax keeps the 1-D vector), so that it broadcasts as it is; a param of
     rank 0 or 1 has one accumulator of its own shape.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_sm3().init({"b": jnp.zeros(3), "w": jnp.zeros((2, 3))})
+      >>> {k: [m.shape for m in v] for k, v in state.mu.items()}  # one accumulator per axis
+      {'b': [(3,)], 'w': [(2, 1), (1, 3)]}
     """
 
     mu: Any
@@ -56,6 +62,13 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
     References:
       Anil et al., `Memory-Efficient Adaptive Optimization for Large-Scale Learning
       <https://arxiv.org/abs/1901.11150>`_, 2019.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_sm3()
+      >>> u, _ = tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))
+      >>> [round(float(x), 4) for x in u]  # (1 - b1) g / sqrt(g^2 + eps)
+      [0.1, -0.1]
     """
     who = "scale_by_sm3"
     _validate.probability(who, "b1", b1)
@@ -88,7 +101,7 @@ def scale_by_sm3(b1: float = 0.9, b2: float = 1.0, eps: float = 1e-8) -> Gradien
             dtype = _tree.compute_dtype(g.dtype, m.dtype)
             g32 = g.astype(dtype)
             if _validate.is_static_number(b2):
-                weight = 1.0 if float(b2) == 1.0 else 1.0 - float(b2)
+                weight: float | jax.Array = 1.0 if float(b2) == 1.0 else 1.0 - float(b2)
             else:
                 weight = jnp.where(jnp.asarray(b2) == 1, 1.0, 1.0 - jnp.asarray(b2))
             smallest = functools.reduce(jnp.minimum, [a.astype(dtype) for a in accumulators])

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
 from gradxform._stacking import stacked_map
+from gradxform._types import StepCount
 
 HIGHEST = jax.lax.Precision.HIGHEST
 # What pytorch-optimizer adds to a factor's diagonal before its eigendecomposition.
@@ -44,9 +45,16 @@ class ScaleBySoapState(NamedTuple):
     second moment in the eigenbasis, both of each param's shape and dtype; per param a tuple of
     ``factors`` ``L_i`` and of ``bases`` ``Q_i`` (one per axis of the merged shape, ``None``
     where that axis is not preconditioned), float32 for params of 32 bits or fewer, float64
-    for float64 params."""
+    for float64 params.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.scale_by_soap().init(jnp.zeros((2, 2)))
+      >>> state.count, [f.shape for f in state.factors], [q.shape for q in state.bases]
+      (Array(0, dtype=int32), [(2, 2), (2, 2)], [(2, 2), (2, 2)])
+    """
+
+    count: StepCount
     mu: Any
     nu: Any
     factors: Any
@@ -92,7 +100,7 @@ def project(x: jax.Array, bases: tuple, forward: bool) -> jax.Array:
 def factor_statistics(g: jax.Array, factors: tuple, weight: Any) -> tuple:
     """``L_i <- lerp(L_i, G_(i) G_(i)^T, weight)``, ``G_(i)`` the gradient unfolded along
     axis ``i``."""
-    new = []
+    new: list[jax.Array | None] = []
     for i, f in enumerate(factors):
         if f is None:
             new.append(None)
@@ -117,7 +125,8 @@ def refreshed_bases(factors: tuple, bases: tuple) -> tuple[tuple, tuple]:
     """One power-iteration step per factor: ``Q <- qr(L Q P)``, ``P`` ordering the columns
     by decreasing estimated eigenvalue ``diag(Q^T L Q)``. Returns the bases and each ``P`` as
     indices (``nu`` is reordered by them)."""
-    new, orders = [], []
+    new: list[jax.Array | None] = []
+    orders: list[jax.Array | None] = []
     for f, q in zip(factors, bases, strict=True):
         if f is None:
             new.append(None)

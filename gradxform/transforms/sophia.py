@@ -17,13 +17,22 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 
 
 class ScaleBySophiaState(NamedTuple):
     """``count`` (int32), the momentum ``mu`` and ``hessian``, the running average of the
-    caller's Hessian estimates, one leaf per param in its dtype."""
+    caller's Hessian estimates, one leaf per param in its dtype.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_sophia()
+      >>> _, state = tx.update(jnp.ones(2), tx.init(jnp.zeros(2)), hessian=jnp.array([100.0, 1.0]))
+      >>> state.count, [round(float(x), 4) for x in state.hessian]  # (1 - b2) h
+      (Array(1, dtype=int32), [1.0, 0.01])
+    """
+
+    count: StepCount
     mu: Any
     hessian: Any
 
@@ -84,6 +93,15 @@ def scale_by_sophia(
       A transformation whose state is :class:`ScaleBySophiaState`; its ``update`` takes
       ``hessian=`` (a tree like the params, or ``None``). Liu, Li, Hall, Liang & Ma, "Sophia:
       A Scalable Stochastic Second-order Optimizer for Language Model Pre-training", 2023.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, g = gx.scale_by_sophia(), jnp.array([1.0, -1.0])
+      >>> u1, state = tx.update(g, tx.init(g))  # no estimate yet: H = 0, sign(m)
+      >>> # m = 0.035 (1 + b1) g, H = 0.01 h: |m| / (rho H) = 0.068775 / 0.08 and 171.9
+      >>> u2, state = tx.update(g, state, hessian=jnp.array([200.0, 1.0]))
+      >>> u1, [round(float(x), 4) for x in u2]
+      (Array([ 1., -1.], dtype=float32), [0.8597, -1.0])
     """
     who = "scale_by_sophia"
     check_sophia(who, b1, b2, rho, eps)
@@ -163,6 +181,14 @@ def gauss_newton_bartlett(
     Returns:
       A tree like ``params``. Liu et al., "Sophia: A Scalable Stochastic Second-order
       Optimizer for Language Model Pre-training", 2023, Algorithm 2.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> logits_fn = lambda params: params  # B = 2 rows of V = 2 logits, all 0
+      >>> # grad of the mean CE: (softmax - onehot) / B = +-1/4, whichever label is drawn
+      >>> gx.gauss_newton_bartlett(logits_fn, jnp.zeros((2, 2)), jax.random.key(0))  # B g_hat^2
+      Array([[0.125, 0.125],
+             [0.125, 0.125]], dtype=float32)
     """
     logits, pullback = jax.vjp(lambda p: logits_fn(p, *args), params)
     labels = jax.random.categorical(key, jax.lax.stop_gradient(logits))

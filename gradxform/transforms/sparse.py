@@ -9,18 +9,25 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
+from gradxform._types import StepCount
 from gradxform.transforms.adam import check_moments
 
 
 class ScaleBySparseAdamState(NamedTuple):
-    """``count`` (int32, every update), first moment ``mu`` and second moment ``nu``."""
+    """``count`` (int32, every update), first moment ``mu`` and second moment ``nu``.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.scale_by_sparse_adam().init(jnp.zeros(2))
+      ScaleBySparseAdamState(count=Array(0, dtype=int32), mu=Array([0., 0.], dtype=float32),
+      nu=Array([0., 0.], dtype=float32))
+    """
+
+    count: StepCount
     mu: Any
     nu: Any
 

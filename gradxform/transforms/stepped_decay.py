@@ -12,13 +12,20 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._types import ScalarOrSchedule
+from gradxform._types import ScalarOrSchedule, StepCount
 
 
 class DecayAfterStepState(NamedTuple):
-    """``count`` (int32): the learning rate's schedule step."""
+    """``count`` (int32): the learning rate's schedule step.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.decay_after_step(0.1, weight_decay=0.5), jnp.ones(2)
+      >>> tx.update(jnp.zeros(2), tx.init(params), params)[1]
+      DecayAfterStepState(count=Array(1, dtype=int32))
+    """
+
+    count: StepCount
 
 
 def decay_after_step(
@@ -42,6 +49,13 @@ def decay_after_step(
 
     Returns:
       A transformation whose state is :class:`DecayAfterStepState`. Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.decay_after_step(0.1, weight_decay=0.5), jnp.array([2.0, 4.0])
+      >>> u, _ = tx.update(jnp.array([0.0, -2.0]), tx.init(params), params)
+      >>> [round(float(x), 4) for x in u]  # u - 0.1 * 0.5 (p + u), p + u = (2, 2)
+      [-0.1, -2.1]
     """
     who = "decay_after_step"
     _validate.learning_rate(who, learning_rate)

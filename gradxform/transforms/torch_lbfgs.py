@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
+from gradxform._types import StepCount
 from gradxform.transforms.complex import merge, split
 from gradxform.transforms.wolfe import strong_wolfe
 
@@ -39,9 +40,16 @@ class LbfgsState(NamedTuple):
     scale ``y.s / y.y``. ``prev_flat_grad``, ``prev_loss``: the gradient and loss where the
     last iteration started. Vectors and scalars are in the params' widest dtype (at least
     float32).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> state = gx.lbfgs(history_size=4).init(jnp.zeros(3))
+      >>> lbfgs_state = jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, gx.LbfgsState))[0]
+      >>> lbfgs_state.count, lbfgs_state.old_dirs.shape, lbfgs_state.history_length
+      (Array(0, dtype=int32), (4, 3), Array(0, dtype=int32))
     """
 
-    count: jax.Array
+    count: StepCount
     func_evals: jax.Array
     n_iter: jax.Array
     d: jax.Array

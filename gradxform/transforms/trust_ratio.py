@@ -57,6 +57,12 @@ def scale_by_trust_ratio(
       You et al., `Large Batch Training of Convolutional Networks
       <https://arxiv.org/abs/1708.03888>`_, 2017; You et al., `Large Batch Optimization for
       Deep Learning: Training BERT in 76 minutes <https://arxiv.org/abs/1904.00962>`_, 2020.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_trust_ratio(), jnp.array([3.0, 4.0])
+      >>> tx.update(jnp.array([0.0, 2.0]), tx.init(params), params)[0]  # ||p|| / ||u|| u = 2.5 u
+      Array([0., 5.], dtype=float32)
     """
     who = "scale_by_trust_ratio"
     _validate.non_negative(who, "min_norm", min_norm)
@@ -96,6 +102,12 @@ def scale_by_param_block_norm(min_scale: float = 1e-3) -> GradientTransformation
 
     Returns:
       A stateless transformation. Needs ``params``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx, params = gx.scale_by_param_block_norm(), jnp.array([3.0, 4.0])
+      >>> tx.update(jnp.array([1.0, -1.0]), tx.init(params), params)[0]  # ||p|| u = 5 u
+      Array([ 5., -5.], dtype=float32)
     """
     who = "scale_by_param_block_norm"
     _validate.non_negative(who, "min_scale", min_scale)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _tree, _validate
 from gradxform._base import GradientTransformation
+from gradxform._types import StepCount
 from gradxform.transforms.linesearch import (
     ScaleByZoomLinesearchState,
     ZoomLinesearchInfo,
@@ -34,7 +35,7 @@ class _Search(NamedTuple):
     value(high)``, not ``low <= high``), the cubic's third point, and the best point with a
     sufficient decrease (``safe_*``) to fall back on."""
 
-    count: jax.Array
+    count: StepCount
     stepsize: jax.Array
     value: jax.Array
     grad: Any
@@ -124,6 +125,13 @@ def scale_by_zoom_linesearch(
     References:
       Nocedal & Wright, *Numerical Optimization*, 1999. Hager & Zhang, *Algorithm 851:
       CG_DESCENT*, 2006.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> f, w = lambda w: jnp.sum(w**2), jnp.array([1.0, 2.0])
+      >>> tx, g = gx.scale_by_zoom_linesearch(15), 2 * w
+      >>> tx.update(-g, tx.init(w), w, value=f(w), grad=g, value_fn=f)[0]  # -0.5 g: to the minimum
+      Array([-1., -2.], dtype=float32)
     """
     who = "scale_by_zoom_linesearch"
     _validate.count(who, "max_linesearch_steps", max_linesearch_steps)

@@ -6,6 +6,14 @@ trees, moving averages, casting and random trees, and state surgery (``tree_get`
 ``optax.tree_utils.tree_norm(grads)`` does. gradxform's own transformations are written with
 their internal tree arithmetic (``gradxform/_tree.py``), which keeps each leaf's dtype and
 follows torch's order of operations; that module is not public.
+
+Example:
+  >>> import jax.numpy as jnp, gradxform as gx
+  >>> tree = {"a": jnp.array([3.0]), "b": jnp.array([4.0])}
+  >>> gx.tree_utils.tree_norm(tree)  # sqrt(9 + 16)
+  Array(5., dtype=float32)
+  >>> gx.tree_utils.tree_add_scale(tree, 0.5, tree)  # a + 0.5 b
+  {'a': Array([4.5], dtype=float32), 'b': Array([6.], dtype=float32)}
 """
 
 from gradxform.tree_utils._arithmetic import (

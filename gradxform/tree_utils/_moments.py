@@ -39,6 +39,12 @@ def tree_update_moment(updates: Any, moments: Any, decay: ArrayLike, order: int)
     ::
 
         m <- (1 - decay) * g^order + decay * m
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> m = {"w": jnp.array([1.0, 1.0])}
+      >>> gx.update_moment({"w": jnp.array([1.0, -2.0])}, m, 0.5, 2)  # 0.5 g^2 + 0.5 m
+      {'w': Array([1. , 2.5], dtype=float32)}
     """
     return _map_moments(lambda g, m: (1 - decay) * (g**order) + decay * m, updates, moments)
 
@@ -51,6 +57,12 @@ def tree_update_infinity_moment(
     ::
 
         u <- max(|g| + eps, decay * u)
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> u = {"w": jnp.array([3.0, 0.0])}
+      >>> gx.update_infinity_moment({"w": jnp.array([1.0, -2.0])}, u, 0.5, 0.0)  # max(|g|, 0.5 u)
+      {'w': Array([1.5, 2. ], dtype=float32)}
     """
     return _map_moments(lambda g, u: jnp.maximum(jnp.abs(g) + eps, decay * u), updates, moments)
 
@@ -73,6 +85,12 @@ def tree_update_moment_per_elem_norm(
     ::
 
         m <- (1 - decay) * |g|^order + decay * m      (g^order for real g)
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> g, m = {"w": jnp.array([3.0 + 4.0j])}, {"w": jnp.zeros(1)}
+      >>> gx.update_moment_per_elem_norm(g, m, 0.5, 2)  # 0.5 |g|^2, a real moment
+      {'w': Array([12.5], dtype=float32)}
     """
     return _map_moments(
         lambda g, m: (1 - decay) * _power_of_magnitude(g, order) + decay * m, updates, moments
@@ -90,6 +108,11 @@ def tree_bias_correction(moment: Any, decay: ArrayLike, count: ArrayLike) -> Any
     The correction is computed in the promotion of ``decay`` and ``count`` (at least float32)
     and only then cast to each leaf's dtype: in bfloat16, ``decay^count`` rounds to 1 and the
     correction to 0.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.bias_correction({"w": jnp.array([0.75, -1.5])}, 0.5, 2)  # m / (1 - 0.5^2)
+      {'w': Array([ 1., -2.], dtype=float32)}
     """
-    correction = 1 - decay**count
+    correction = 1 - jnp.power(decay, count)
     return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)

@@ -1,16 +1,16 @@
 """Wrappers: transformations built around other transformations, one module per concern.
 
-``masking`` (masks, groups, partitions, freezing), ``accumulation`` (gradient accumulation,
-skipping steps), ``microbatching`` (microbatches inside one step), ``hyperparams`` and
-``stateful_hyperparams`` (hyperparameters in the state), ``phases`` (switching
-transformations), ``conditional`` (transformations on some steps only), ``averaging``
-(parameter averages, Lookahead), ``guards`` (skipping non-finite steps), ``loss_scale``
-(dynamic loss scaling), ``monitoring`` (inspecting updates inside a chain), ``privacy``
-(DP-SGD), ``mechanic`` (Mechanic's learning-rate tuner), ``sharpness_aware`` (SAM),
+``masking`` (masks, freezing), ``groups`` (parameter groups, partitions), ``accumulation``
+(gradient accumulation, skipping steps), ``microbatching`` (microbatches inside one step),
+``hyperparams`` and ``stateful_hyperparams`` (hyperparameters in the state), ``phases``
+(switching transformations), ``conditional`` (transformations on some steps only),
+``averaging`` (parameter averages, Lookahead), ``guards`` (skipping non-finite steps),
+``loss_scale`` (dynamic loss scaling), ``monitoring`` (inspecting updates inside a chain),
+``privacy`` (DP-SGD), ``mechanic`` (Mechanic's learning-rate tuner), ``sharpness_aware`` (SAM),
 ``schedule_free_wrapper`` (Optax's schedule-free around any optimizer), ``sharding``
-(multi-device: all-reduce, ZeRO-1) with the analysis that decides whether a transformation
-may run on slices (``elementwise``, the jaxpr walk in ``jaxpr_walk``, its
-``marks`` and the ``primitive_table``).
+(multi-device: all-reduce, ZeRO-1) with the analysis that decides whether a transformation may
+run on slices (``elementwise``, the jaxpr walk in ``jaxpr_walk``, its ``marks`` and the
+``primitive_table``).
 """
 
 from gradxform.wrappers.accumulation import (
@@ -42,6 +42,13 @@ from gradxform.wrappers.conditional import (
     incremental_update,
     periodic_update,
 )
+from gradxform.wrappers.groups import (
+    MultiTransformState,
+    PartitionState,
+    multi_transform,
+    partition,
+    selective_transform,
+)
 from gradxform.wrappers.guards import ApplyIfFiniteState, all_finite, apply_if_finite
 from gradxform.wrappers.hyperparams import InjectHyperparamsState, inject_hyperparams
 from gradxform.wrappers.loss_scale import (
@@ -50,17 +57,7 @@ from gradxform.wrappers.loss_scale import (
     current_loss_scale,
     dynamic_loss_scale,
 )
-from gradxform.wrappers.masking import (
-    MaskedState,
-    MultiTransformState,
-    PartitionState,
-    decay_matrices_only,
-    freeze,
-    masked,
-    multi_transform,
-    partition,
-    selective_transform,
-)
+from gradxform.wrappers.masking import MaskedState, decay_matrices_only, freeze, masked
 from gradxform.wrappers.mechanic import MechanicState, mechanize
 from gradxform.wrappers.microbatching import microbatch
 from gradxform.wrappers.monitoring import (

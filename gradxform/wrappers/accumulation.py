@@ -24,6 +24,7 @@ from gradxform._base import (
     extra_args_filter,
     find_state,
 )
+from gradxform._types import StepCount
 
 Params = Any
 Updates = Any
@@ -34,6 +35,15 @@ class ShouldSkipUpdateFunction(Protocol):
 
     Called as ``fn(updates, gradient_step, params)``; returns ``(skip, skip_state)``: a scalar
     bool array, and any tree kept in :attr:`MultiStepsState.skip_state` (for monitoring).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> def skip_negative(updates, gradient_step, params):  # a ShouldSkipUpdateFunction
+      ...     return updates["w"].sum() < 0, ()
+      >>> opt = gx.MultiSteps(gx.sgd(1.0), 1, should_skip_update_fn=skip_negative)
+      >>> params = {"w": jnp.zeros(1)}
+      >>> opt.update({"w": jnp.array([-1.0])}, opt.init(params), params)[0]["w"].tolist()  # skipped
+      [0.0]
     """
 
     def __call__(
@@ -55,6 +65,12 @@ def skip_not_finite(
 
     Returns:
       ``(skip, {"should_skip": skip, "num_not_finite": num_not_finite})``, as Optax's.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> skip, info = gx.skip_not_finite({"w": jnp.array([1.0, jnp.inf])}, 0, None)
+      >>> bool(skip), int(info["num_not_finite"])
+      (True, 1)
     """
     del gradient_step, params
     counts = [jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(updates)]
@@ -79,6 +95,12 @@ def skip_large_updates(
 
     Returns:
       ``(skip, {"should_skip": skip, "norm_squared": ||g||^2})``, as Optax's.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> skip, info = gx.skip_large_updates({"w": jnp.array([3.0, 4.0])}, 0, None, 25.0)
+      >>> bool(skip), float(info["norm_squared"])  # not (25 < 25)
+      (True, 25.0)
     """
     del gradient_step, params
     squares = [jnp.sum(_tree.abs_sq(g)) for g in jax.tree.leaves(updates)]
@@ -102,6 +124,12 @@ class MultiStepsState(NamedTuple):
     ``acc_grads``: the sum of the gradients accumulated since the last update;
     ``skip_state``: what ``should_skip_update_fn`` returned for the last micro-batch (``()``
     without one).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.MultiSteps(gx.sgd(1.0), every_k_schedule=2).init({"w": jnp.zeros(1)})
+      >>> type(state).__name__, int(state.mini_step), state.acc_grads["w"].tolist()
+      ('MultiStepsState', 0, [0.0])
     """
 
     mini_step: jax.Array
@@ -188,6 +216,7 @@ class MultiSteps:
         self._inner = as_transformation(opt, f"{who}: `opt`")
         self._keep_extra = extra_args_filter(self._inner.update)
         if callable(every_k_schedule):
+            self._every_k: Callable[[jax.Array], Any]
             self._every_k = lambda step: jnp.maximum(every_k_schedule(step), 1)
         else:
             _validate.count(who, "every_k_schedule", every_k_schedule)
@@ -293,6 +322,14 @@ def gradient_accumulation(
 
     Returns:
       A transformation whose state is :class:`MultiStepsState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.gradient_accumulation(gx.sgd(1.0), k=2), {"w": jnp.zeros(1)}
+      >>> u, state = opt.update({"w": jnp.array([1.0])}, opt.init(params), params)
+      >>> u, state = opt.update({"w": jnp.array([3.0])}, state, params)
+      >>> u["w"].tolist()  # -lr * (1 + 3) / 2
+      [-2.0]
     """
     who = "gradient_accumulation"
     inner = as_transformation(inner, f"{who}: `inner`")
@@ -304,9 +341,15 @@ def gradient_accumulation(
 
 class ApplyEvery(NamedTuple):
     """The state of :func:`apply_every` (Optax's name): ``count`` (int32, the position in the
-    round) and ``grad_acc``, the sum of the updates of the round so far."""
+    round) and ``grad_acc``, the sum of the updates of the round so far.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.apply_every(2).init({"w": jnp.zeros(2)})
+      ApplyEvery(count=Array(0, dtype=int32), grad_acc={'w': Array([0., 0.], dtype=float32)})
+    """
+
+    count: StepCount
     grad_acc: Any
 
 
@@ -326,6 +369,14 @@ def apply_every(k: int = 1) -> GradientTransformation:
 
     Returns:
       A transformation whose state is :class:`ApplyEvery`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, g = gx.apply_every(2), {"w": jnp.array([1.0])}
+      >>> u1, state = opt.update(g, opt.init(g))
+      >>> u2, state = opt.update({"w": jnp.array([3.0])}, state)
+      >>> u1["w"].tolist(), u2["w"].tolist()  # 0, then the sum of the round
+      ([0.0], [4.0])
     """
     who = "apply_every"
     _validate.count(who, "k", k)

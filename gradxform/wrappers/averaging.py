@@ -26,23 +26,38 @@ from gradxform._base import (
     find_state,
     require_params,
 )
+from gradxform._types import StepCount
 
 _NEEDS_PARAMS = "it computes the new params `params + updates` itself"
 
 
 class ParamsAverageState(NamedTuple):
-    """``count``: updates seen (int32); ``average``: the averaged params, one leaf per param."""
+    """``count``: updates seen (int32); ``average``: the averaged params, one leaf per param.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.ema_params(0.9).init({"w": jnp.ones(2)})
+      >>> type(state).__name__, int(state.count), state.average["w"].tolist()
+      ('ParamsAverageState', 0, [1.0, 1.0])
+    """
+
+    count: StepCount
     average: Any
 
 
 class LookaheadState(NamedTuple):
     """``count``: updates made (int32); ``slow``: the slow weights (``()`` when the params are
     a :class:`LookaheadParams` pair, which holds them); ``inner_state``: the fast optimizer's
-    state (also readable as ``fast_state``, Optax's name)."""
+    state (also readable as ``fast_state``, Optax's name).
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.lookahead(gx.sgd(0.1), sync_period=2, slow_step_size=0.5).init(jnp.ones(1))
+      >>> type(state).__name__, int(state.count), state.slow.tolist()
+      ('LookaheadState', 0, [1.0])
+    """
+
+    count: StepCount
     slow: Any
     inner_state: Any
 
@@ -53,7 +68,14 @@ class LookaheadState(NamedTuple):
 
 
 class LookaheadParams(NamedTuple):
-    """Optax's form of Lookahead's params: the ``fast`` weights and the ``slow`` ones."""
+    """Optax's form of Lookahead's params: the ``fast`` weights and the ``slow`` ones.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.LookaheadParams.init_synced({"w": jnp.ones(1)})
+      LookaheadParams(fast={'w': Array([1.], dtype=float32)},
+                      slow={'w': Array([1.], dtype=float32)})
+    """
 
     fast: Any
     slow: Any
@@ -203,6 +225,13 @@ def averaged_params(state: Any) -> Any:
     Returns:
       The average, a tree with the params' structure (leaves a wrapper did not show it are
       :class:`gradxform.MaskedNode`).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.chain(gx.sgd(1.0), gx.ema_params(0.5)), {"w": jnp.zeros(1)}
+      >>> _, state = opt.update({"w": jnp.array([-2.0])}, opt.init(params), params)
+      >>> gx.averaged_params(state)["w"].tolist()  # the params after the step: 0 + 2
+      [2.0]
     """
     return find_state(state, ParamsAverageState, "averaged_params").average
 
@@ -356,5 +385,13 @@ def lookahead_slow_params(state: Any) -> Any:
 
     Returns:
       The slow weights, a tree with the params' structure.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.lookahead(gx.sgd(1.0), sync_period=1, slow_step_size=0.5)
+      >>> params = {"w": jnp.zeros(1)}
+      >>> _, state = opt.update({"w": jnp.array([-2.0])}, opt.init(params), params)
+      >>> gx.lookahead_slow_params(state)["w"].tolist()  # 0 + 0.5 * (2 - 0)
+      [1.0]
     """
     return find_state(state, LookaheadState, "lookahead_slow_params").slow

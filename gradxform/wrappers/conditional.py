@@ -24,20 +24,45 @@ from gradxform._base import (
 
 class ConditionFn(Protocol):
     """Optax's condition of ``conditionally_transform``/``conditionally_mask``: the number of
-    calls so far (an int32 array) and the update's extra arguments to a scalar bool array."""
+    calls so far (an int32 array) and the update's extra arguments to a scalar bool array.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> def after_two(step):  # a ConditionFn
+      ...     return step >= 2
+      >>> opt = gx.conditionally_mask(gx.sgd(1.0), after_two)
+      >>> state, g, out = opt.init(jnp.zeros(1)), jnp.ones(1), []
+      >>> for _ in range(3):
+      ...     u, state = opt.update(g, state)
+      ...     out.append(float(u[0]))
+      >>> out  # steps 0 and 1 masked
+      [0.0, 0.0, -1.0]
+    """
 
     def __call__(self, step: jax.Array, **extra_args: Any) -> jax.Array: ...
 
 
 class ConditionallyTransformState(NamedTuple):
-    """``inner_state``: the inner transformation's state; ``step``: calls so far (int32)."""
+    """``inner_state``: the inner transformation's state; ``step``: calls so far (int32).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.conditionally_transform(gx.sgd(1.0), lambda step: step > 0).init(jnp.zeros(1))
+      ConditionallyTransformState(inner_state=(EmptyState(),), step=Array(0, dtype=int32))
+    """
 
     inner_state: Any
     step: jax.Array
 
 
 class ConditionallyMaskState(NamedTuple):
-    """``step``: calls so far (int32); ``inner_state``: the inner transformation's state."""
+    """``step``: calls so far (int32); ``inner_state``: the inner transformation's state.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.conditionally_mask(gx.sgd(1.0), lambda step: step > 0).init(jnp.zeros(1))
+      ConditionallyMaskState(step=Array(0, dtype=int32), inner_state=(EmptyState(),))
+    """
 
     step: jax.Array
     inner_state: Any
@@ -88,6 +113,14 @@ def conditionally_transform(
 
     Returns:
       A transformation whose state is :class:`ConditionallyTransformState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, g = gx.conditionally_transform(gx.sgd(0.5), lambda step: step % 2 == 1), jnp.ones(1)
+      >>> u0, state = opt.update(g, opt.init(g))
+      >>> u1, state = opt.update(g, state)
+      >>> u0.tolist(), u1.tolist()  # g unchanged on step 0, SGD's -lr * g on step 1
+      ([1.0], [-0.5])
     """
     who = "conditionally_transform"
     inner, update = _conditional(
@@ -124,6 +157,14 @@ def conditionally_mask(
 
     Returns:
       A transformation whose state is :class:`ConditionallyMaskState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, g = gx.conditionally_mask(gx.sgd(0.5), lambda step: step % 2 == 1), jnp.ones(1)
+      >>> u0, state = opt.update(g, opt.init(g))
+      >>> u1, state = opt.update(g, state)
+      >>> u0.tolist(), u1.tolist()  # zero on step 0, SGD's -lr * g on step 1
+      ([0.0], [-0.5])
     """
     who = "conditionally_mask"
     inner, update = _conditional(
@@ -151,6 +192,12 @@ def incremental_update(new_tensors: Any, old_tensors: Any, step_size: Any) -> An
 
     Returns:
       The new average, leaf by leaf.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> new, old = {"w": jnp.array([4.0])}, {"w": jnp.array([0.0])}
+      >>> gx.incremental_update(new, old, 0.25)["w"].tolist()  # 0.25 * 4 + 0.75 * 0
+      [1.0]
     """
     return jax.tree.map(
         lambda new, old: step_size * new + (1.0 - step_size) * old, new_tensors, old_tensors
@@ -170,6 +217,12 @@ def periodic_update(new_tensors: Any, old_tensors: Any, steps: Any, update_perio
 
     Returns:
       The target tree for this step.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> new, old = jnp.array([1.0]), jnp.array([0.0])
+      >>> [gx.periodic_update(new, old, step, 3).tolist() for step in (2, 3)]  # 3 mod 3 == 0
+      [[0.0], [1.0]]
     """
     refresh = jnp.mod(steps, update_period) == 0
     return jax.tree.map(lambda new, old: jnp.where(refresh, new, old), new_tensors, old_tensors)

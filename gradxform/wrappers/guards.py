@@ -41,6 +41,12 @@ def all_finite(tree: Any, *, axis_name: str | None = None) -> jax.Array:
 
     Returns:
       A bool array of shape ``()``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tree = {"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan])}
+      >>> bool(gx.all_finite(tree)), bool(gx.all_finite({}))
+      (False, True)
     """
     _validate.axis_name("all_finite", axis_name)
     finite = jnp.array(True)
@@ -85,6 +91,12 @@ class ApplyIfFiniteState(NamedTuple):
     ``last_finite``: whether the last step was finite (bool);
     ``total_notfinite``: non-finite steps since ``init`` (int32, saturating);
     ``inner_state``: the inner optimizer's state, as of the last applied step.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.apply_if_finite(gx.sgd(0.1), max_consecutive_errors=3).init(jnp.ones(2))
+      >>> int(state.notfinite_count), bool(state.last_finite), int(state.total_notfinite)
+      (0, True, 0)
     """
 
     notfinite_count: jax.Array

@@ -32,7 +32,7 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
-from gradxform._types import Schedule, StatefulSchedule
+from gradxform._types import Schedule, StatefulSchedule, StepCount
 
 # Arguments that are functions of params, never schedules of the step count: a callable passed
 # for one of these is handed to the factory as it is.
@@ -46,9 +46,16 @@ class InjectStatefulHyperparamsState(NamedTuple):
     hyperparameters and the values the scheduled ones took at the last update (read them, or
     overwrite the numeric ones between steps). ``hyperparams_states``: ``{name: schedule
     state}`` for the scheduled ones. ``inner_state``: the wrapped optimizer's state.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.inject_hyperparams(gx.sgd)(learning_rate=0.1).init(jnp.ones(2))
+      >>> lr = state.hyperparams["learning_rate"]
+      >>> type(state).__name__, int(state.count), round(float(lr), 6)
+      ('InjectStatefulHyperparamsState', 0, 0.1)
     """
 
-    count: jax.Array
+    count: StepCount
     hyperparams: dict[str, jax.Array]
     hyperparams_states: dict[str, Any]
     inner_state: Any
@@ -60,9 +67,16 @@ InjectHyperparamsState = InjectStatefulHyperparamsState
 
 
 class WrappedScheduleState(NamedTuple):
-    """The state of a :class:`WrappedSchedule`: ``count``, the updates made (int32)."""
+    """The state of a :class:`WrappedSchedule`: ``count``, the updates made (int32).
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> sched = gx.WrappedSchedule(lambda count: 0.5 ** count)
+      >>> sched.update(sched.init())
+      WrappedScheduleState(count=Array(1, dtype=int32))
+    """
+
+    count: StepCount
 
 
 class WrappedSchedule:
@@ -74,6 +88,13 @@ class WrappedSchedule:
 
     Args:
       schedule_fn: the schedule, a function of the update count.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> sched = gx.WrappedSchedule(lambda count: 0.5 ** count)
+      >>> state = sched.update(sched.update(sched.init()))
+      >>> float(sched(sched.init())), float(sched(state))  # schedule_fn(0), schedule_fn(2)
+      (1.0, 0.25)
     """
 
     def __init__(self, schedule_fn: Schedule):

@@ -73,7 +73,8 @@ def _e(name: str, pad: Pad, ins: list[Mark]) -> Mark:
 
 def _constant(whole: Any, sliced: Any, dtype: Any = None) -> Mark:
     """``R`` for a constant that is the same in both programs."""
-    same_value, pad = whole is sliced, UNIFORM
+    same_value = whole is sliced
+    pad: Pad = UNIFORM
     try:
         a, b = np.asarray(whole, dtype), np.asarray(sliced, dtype)
         key = lambda x: (x.dtype, x.shape, x.tobytes())  # noqa: E731
@@ -268,6 +269,7 @@ def _moves(ew: Any, es: Any, ins: list[Mark], worst: Mark) -> Mark:
     return Mark(MIXED, f"`{ew.primitive.name}` giving a {_shape(ew.outvars[0])} array")
 
 
+_RULES: dict[str, Callable[[Any, Any, list[Mark], Mark], Mark]]
 _RULES = {"elementwise": _elementwise, "broadcast_in_dim": _broadcast, "reduction": _reduction}
 _RULES |= {"dot_general": _dot_general, "transpose": _moves_axes, "rev": _moves_axes}
 _RULES |= {"moves": _moves, "position": _moves, "reshape": lambda ew, es, i, w: _at_least_e(w)}
@@ -368,5 +370,6 @@ def _scan(axis: Hashable, ew: Any, es: Any, ins: list[Mark]) -> list[Mark]:
     return [*carry, *ys]
 
 
+_FOLLOWED: dict[str, Callable[[Hashable, Any, Any, list[Mark]], list[Mark]]]
 _FOLLOWED = {"call": _call, "cond": _cond, "while": _while, "scan": _scan}
 _FOLLOWED["collective"] = _collective

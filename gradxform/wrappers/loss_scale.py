@@ -131,6 +131,12 @@ class DynamicLossScaleState(NamedTuple):
     ``last_finite``: whether the last step's gradients were finite (bool);
     ``total_notfinite``: skipped steps since ``init`` (int32, saturating);
     ``inner_state``: the inner optimizer's state, as of the last applied step.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.dynamic_loss_scale(gx.sgd(0.5), initial_scale=1024.0).init(jnp.ones(2))
+      >>> type(state).__name__, float(state.loss_scale), int(state.good_steps)
+      ('DynamicLossScaleState', 1024.0, 0)
     """
 
     loss_scale: jax.Array
@@ -230,7 +236,10 @@ def dynamic_loss_scale(
     _validate.dtype(who, "state_dtype", state_dtype)
     _validate.axis_name(who, axis_name)
     template = DynamicLossScale(
-        float(initial_scale), period=period, factor=factor, min_loss_scale=min_scale
+        jnp.asarray(float(initial_scale), jnp.float32),
+        period=period,
+        factor=factor,
+        min_loss_scale=min_scale,
     )
 
     def init_fn(params):
@@ -275,5 +284,11 @@ def current_loss_scale(state: Any) -> jax.Array:
 
     Raises:
       ValueError: when ``state`` holds no :class:`DynamicLossScaleState`, or several.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.chain(gx.clip(1.0), gx.dynamic_loss_scale(gx.sgd(0.5), initial_scale=8.0))
+      >>> float(gx.current_loss_scale(opt.init(jnp.ones(2))))  # found in the chain
+      8.0
     """
     return find_state(state, DynamicLossScaleState, "current_loss_scale").loss_scale

@@ -66,7 +66,7 @@ def value_set(values: Sequence[Any], dtype: Any) -> tuple | None:
 
 def zeros(dtype: Any) -> tuple:
     """A zero of unknown sign in ``dtype``."""
-    signs = (0.0, -0.0) if np.issubdtype(dtype, np.floating) else (0,)
+    signs: tuple[complex, ...] = (0.0, -0.0) if np.issubdtype(dtype, np.floating) else (0,)
     if np.issubdtype(dtype, np.complexfloating):
         signs = tuple(complex(a, b) for a in (0.0, -0.0) for b in (0.0, -0.0))
     return value_set(signs, dtype) or ()
@@ -88,8 +88,9 @@ def describe(pad: Pad) -> str:
 
 def join_pads(pads: Sequence[Pad], dtype: Any = None) -> Pad:
     """What a value that is any one of ``pads`` is at the padding."""
-    if pads and all(isinstance(p, tuple) for p in pads):
-        values = [v for p in pads for v in p]
+    known = [p for p in pads if isinstance(p, tuple)]
+    if pads and len(known) == len(pads):
+        values = [v for p in known for v in p]
         return value_set(values, dtype or values[0].dtype) if values else None
     return UNIFORM if pads and all(p is UNIFORM for p in pads) else None
 

@@ -21,16 +21,24 @@ from gradxform._base import (
     extra_args_filter,
     require_params,
 )
+from gradxform._types import StepCount
 from gradxform.transforms.dog import copy_params, scalar_dtype
 
 
 class MechanicState(NamedTuple):
     """``base_optimizer_state``, ``count`` (int32), the per-horizon vectors ``r`` (reward),
     ``m`` (running max of ``|h|``), ``v`` (sum of ``h^2``) and ``s`` (scales), and ``x0``
-    (the params at the first update)."""
+    (the params at the first update).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> state = gx.mechanize(gx.sgd(0.1), num_betas=2).init(jnp.ones(2))
+      >>> type(state).__name__, int(state.count), [round(s / 1e-6, 4) for s in state.s.tolist()]
+      ('MechanicState', 0, [1.0, 1.0])
+    """
 
     base_optimizer_state: Any
-    count: jax.Array
+    count: StepCount
     r: jax.Array
     m: jax.Array
     v: jax.Array
@@ -70,6 +78,13 @@ def mechanize(
     Returns:
       A transformation whose state is :class:`MechanicState`; it needs ``params``. Cutkosky,
       Defazio & Mehta, "Mechanic: A Learning Rate Tuner", NeurIPS 2023.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.mechanize(gx.sgd(1.0)), jnp.zeros(2)
+      >>> updates, state = jax.jit(opt.update)(jnp.array([0.5, -4.0]), opt.init(params), params)
+      >>> [round(u / 1e-6, 4) for u in updates.tolist()]  # S_1 = s_init = 1e-6: S_1 * (-g)
+      [-0.5, 4.0]
     """
     who = "mechanize"
     base_optimizer = as_transformation(base_optimizer, f"{who}: `base_optimizer`")

@@ -61,6 +61,14 @@ def microbatch(
 
     Returns:
       The micro-batched function, with ``fun``'s signature.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> loss = lambda w, x: jnp.mean((x * w) ** 2)
+      >>> batch = jnp.arange(4.0)
+      >>> grad = gx.microbatch(jax.grad(loss), 1, 2, "mean")  # two micro-batches of two
+      >>> float(grad(1.0, batch)), float(jax.grad(loss)(1.0, batch))  # mean(2 x^2) = 7
+      (7.0, 7.0)
     """
     who = "microbatch"
     _validate.function(who, "fun", fun)

@@ -7,7 +7,7 @@ training loop reads them (e.g. ``state.measurements["norm"]``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -22,19 +22,34 @@ from gradxform._base import (
     extra_args_filter,
     stateless,
 )
+from gradxform._types import Params, Updates
 from gradxform.transforms.momentum import ema
 
 
 class SnapshotState(NamedTuple):
     """``measurement``: ``{measure_name: measure(updates)}`` of the last call (of the params
-    after ``init``)."""
+    after ``init``).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> gx.snapshot("norm", gx.global_norm).init(jnp.array([3.0, 4.0]))  # the params' norm
+      SnapshotState(measurement={'norm': Array(5., dtype=float32)})
+    """
 
     measurement: dict
 
 
 class MonitorState(NamedTuple):
     """``measurements``: ``{name: measurement}`` of the last call (empty after ``init``);
-    ``measure_states``: the states of the measures that are transformations, in order."""
+    ``measure_states``: the states of the measures that are transformations, in order.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.monitor({"max": lambda u: jnp.max(u)})
+      >>> _, state = opt.update(jnp.array([1.0, 3.0]), opt.init(jnp.zeros(2)))
+      >>> type(state).__name__, float(state.measurements["max"])
+      ('MonitorState', 3.0)
+    """
 
     measurements: dict
     measure_states: tuple
@@ -50,6 +65,13 @@ def snapshot(measure_name: str, measure: Callable[[Any], Any]) -> GradientTransf
     Returns:
       A transformation whose state is :class:`SnapshotState`. Its ``init`` measures the params,
       so that the state keeps one structure.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.snapshot("norm", gx.global_norm)
+      >>> updates, state = opt.update(jnp.array([3.0, 4.0]), opt.init(jnp.zeros(2)))
+      >>> updates.tolist(), float(state.measurement["norm"])
+      ([3.0, 4.0], 5.0)
     """
     who = "snapshot"
     if not isinstance(measure_name, str):
@@ -68,6 +90,11 @@ def snapshot(measure_name: str, measure: Callable[[Any], Any]) -> GradientTransf
     return GradientTransformation(init_fn, update_fn)
 
 
+def _of_updates(measure: Callable[[Updates], Any]) -> Callable[[Updates, Params | None], Any]:
+    """A measure of the updates as a function of ``(updates, params)``."""
+    return lambda updates, params: measure(updates)
+
+
 def monitor(measures: Mapping[str, Any]) -> GradientTransformation:
     """Records several measurements of the updates; updates pass unchanged.
 
@@ -80,15 +107,23 @@ def monitor(measures: Mapping[str, Any]) -> GradientTransformation:
 
     Returns:
       A transformation whose state is :class:`MonitorState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> ema = gx.measure_with_ema(gx.global_norm, 0.5)  # debiased: 5 after one step
+      >>> opt = gx.monitor({"norm": gx.global_norm, "ema": ema})
+      >>> updates, state = opt.update(jnp.array([3.0, 4.0]), opt.init(jnp.zeros(2)))
+      >>> updates.tolist(), {k: float(v) for k, v in state.measurements.items()}
+      ([3.0, 4.0], {'norm': 5.0, 'ema': 5.0})
     """
     who = "monitor"
     if not isinstance(measures, Mapping):
         raise TypeError(f"{who}: `measures` must be a dict {{name: measure}}, got {measures!r}")
     names = tuple(measures)
-    transforms = {}
+    transforms: dict[Hashable, GradientTransformation] = {}
     for name, measure in measures.items():
         if callable(measure) and not hasattr(measure, "init"):
-            transforms[name] = stateless(lambda u, p, m=measure: m(u))
+            transforms[name] = stateless(_of_updates(measure))
         else:
             transforms[name] = as_transformation(measure, f"{who}: measures[{name!r}]")
     filters = {name: extra_args_filter(t.update) for name, t in transforms.items()}
@@ -141,6 +176,13 @@ def measure_with_ema(
     Returns:
       A transformation whose state is ``(EmptyState(), EmaState)``, the EMA over the
       measurement's structure.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> ema = gx.measure_with_ema(gx.global_norm, 0.5, debias=False)
+      >>> out, state = ema.update(jnp.array([3.0, 4.0]), ema.init(jnp.zeros(2)))
+      >>> float(out)  # (1 - 0.5) * ||u||
+      2.5
     """
     who = "measure_with_ema"
     _validate.function(who, "measure", measure)

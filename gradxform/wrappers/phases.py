@@ -16,12 +16,21 @@ from gradxform._base import (
     expect_state,
     extra_args_filter,
 )
+from gradxform._types import StepCount
 
 
 class JoinTransformsState(NamedTuple):
-    """``count``: updates made (int32); ``inner_states``: each phase's state, in order."""
+    """``count``: updates made (int32); ``inner_states``: each phase's state, in order.
 
-    count: jax.Array
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.join_transforms([gx.sgd(0.1), gx.adam(0.1)], boundaries=[2])
+      >>> state = opt.init(jnp.zeros(1))
+      >>> type(state).__name__, int(state.count), len(state.inner_states)
+      ('JoinTransformsState', 0, 2)
+    """
+
+    count: StepCount
     inner_states: tuple
 
 

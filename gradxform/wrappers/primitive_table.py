@@ -158,10 +158,11 @@ def padding_value(name: str, params: dict, pads: Sequence[Pad], dtype: Any) -> P
             if isinstance(pads[0], tuple):  # a known predicate picks the cases
                 cases = [cases[int(v)] for v in pads[0]]
             return cases[0] if len(cases) == 1 else join_pads(cases, dtype)
-        if all(isinstance(p, tuple) for p in pads) and not _signed_zeros(name, pads):
+        known = [p for p in pads if isinstance(p, tuple)]
+        if len(known) == len(pads) and not _signed_zeros(name, pads):
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # complex to real keeps the real part, as in XLA
-                results = [_evaluate(name, params, v, dtype) for v in itertools.product(*pads)]
+                results = [_evaluate(name, params, v, dtype) for v in itertools.product(*known)]
             if any(r is None or r is FINITE for r in results):
                 return None if any(r is None for r in results) else FINITE
             return value_set(results, dtype)

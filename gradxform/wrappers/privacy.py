@@ -43,6 +43,13 @@ def per_example_global_norm_clip(grads: Any, l2_norm_clip: Any) -> tuple[Any, ja
 
     Returns:
       ``(the clipped sum, the number of examples clipped)``.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> grads = [jnp.array([[3.0, 4.0], [0.3, 0.4]])]  # norms 5 and 0.5
+      >>> total, clipped = gx.per_example_global_norm_clip(grads, 1.0)
+      >>> [round(x, 4) for x in total[0].tolist()], int(clipped)  # 0.2 * (3, 4) + (0.3, 0.4)
+      ([0.9, 1.2], 1)
     """
     _check_batch_axis("per_example_global_norm_clip", grads)
     norms = jax.vmap(lambda g: jnp.sqrt(_tree.tree_squared_norm(g)))(grads)
@@ -72,6 +79,14 @@ def per_example_layer_norm_clip(
 
     Returns:
       ``(the clipped sums, the numbers of examples clipped)``, two trees like ``grads``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> grads = [jnp.array([[3.0, 4.0]]), jnp.array([[0.5]])]  # one example, two leaves
+      >>> clip = jax.jit(gx.per_example_layer_norm_clip)  # one compile
+      >>> total, clipped = clip(grads, jnp.sqrt(2.0))  # C_l = sqrt(2) / sqrt(2 leaves) = 1
+      >>> [[round(x, 4) for x in t.tolist()] for t in total], [int(c) for c in clipped]
+      ([[0.6, 0.8], [0.5]], [1, 0])
     """
     who = "per_example_layer_norm_clip"
     _validate.boolean(who, "uniform", uniform)
@@ -90,7 +105,14 @@ def per_example_layer_norm_clip(
 
 
 class DifferentiallyPrivateAggregateState(NamedTuple):
-    """``rng_key``: the key the next noise is drawn from."""
+    """``rng_key``: the key the next noise is drawn from.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> state = gx.differentially_private_aggregate(1.0, 0.5, key=0).init(jnp.zeros(2))
+      >>> type(state).__name__, jax.random.key_data(state.rng_key).tolist()  # key(0)'s data
+      ('DifferentiallyPrivateAggregateState', [0, 0])
+    """
 
     rng_key: jax.Array
 
@@ -121,6 +143,13 @@ def differentially_private_aggregate(
     References:
       Abadi et al., *Deep Learning with Differential Privacy*, 2016
       (https://arxiv.org/abs/1607.00133).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.differentially_private_aggregate(l2_norm_clip=1.0, noise_multiplier=0.0)
+      >>> per_example = jnp.array([[3.0, 4.0], [0.3, 0.4]])  # norms 5 (clipped to 1) and 0.5
+      >>> [round(u, 4) for u in opt.update(per_example, opt.init(jnp.zeros(2)))[0].tolist()]
+      [0.45, 0.6]
     """
     who = "differentially_private_aggregate"
     _validate.non_negative(who, "l2_norm_clip", l2_norm_clip)
@@ -190,6 +219,14 @@ def dpsgd(
 
     Returns:
       The optimizer; its ``update`` takes per-example gradients.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.dpsgd(0.1, l2_norm_clip=1.0, noise_multiplier=0.0, seed=0)
+      >>> per_example = jnp.array([[3.0, 4.0], [0.3, 0.4]])
+      >>> updates, _ = opt.update(per_example, opt.init(jnp.zeros(2)))
+      >>> [round(u, 4) for u in updates.tolist()]  # -lr * the aggregate
+      [-0.045, -0.06]
     """
     who = "dpsgd"
     _validate.learning_rate(who, learning_rate)

@@ -67,6 +67,17 @@ def schedule_free(
 
     References:
       Defazio, Yang, Mehta, Mishchenko, Khaled, Cutkosky, "The Road Less Scheduled", 2024.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt, params = gx.schedule_free(gx.sgd(0.1), 0.1), {"w": jnp.ones(2)}
+      >>> grads = {"w": jnp.array([0.5, -4.0])}
+      >>> updates, state = opt.update(grads, opt.init(params), params)
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # c = 1: -lr * g
+      [-0.05, 0.4]
+      >>> updates, state = opt.update(grads, state, gx.apply_updates(params, updates))
+      >>> [round(u, 4) for u in updates["w"].tolist()]  # c = 1/2, z = y: (b1 / 2 - 1) * lr * g
+      [-0.0275, 0.22]
     """
     who = "schedule_free"
     base_optimizer = as_transformation(base_optimizer, f"{who}: `base_optimizer`")

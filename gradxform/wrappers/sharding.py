@@ -91,6 +91,14 @@ class ShardedState(NamedTuple):
     parameter. Every leaf carries a leading axis of length 1, the device axis, so that the
     states of all devices stack along it: ``out_specs=P(axis_name)`` under ``shard_map``
     (global leaves of shape ``(n, ...)``), and ``(n, 1, ...)`` leaves out of ``pmap``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.shard_optimizer_state(gx.sgd(0.1, momentum=0.9), axis_name="i")
+      >>> n = jax.local_device_count()
+      >>> state = jax.pmap(opt.init, axis_name="i")(jnp.zeros((n, 2 * n)))  # N = 2n per param
+      >>> type(state).__name__, state.inner_state[0].trace.shape[1:]  # (1, k), k = N / n
+      ('ShardedState', (1, 2))
     """
 
     inner_state: Any
@@ -184,6 +192,16 @@ def shard_optimizer_state(
 
     Returns:
       A transformation whose state is :class:`ShardedState`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gradxform as gx
+      >>> n, opt = jax.local_device_count(), gx.shard_optimizer_state(gx.adam(0.1), axis_name="i")
+      >>> def step(g, p):
+      ...     return opt.update(g, opt.init(p), p)[0]
+      >>> g = jnp.tile(jnp.array([0.5, -4.0, 2.0]), (n, 1))  # the same gradient on every device
+      >>> u = jax.pmap(step, axis_name="i")(g, jnp.zeros_like(g))[0]
+      >>> [round(x, 4) for x in u.tolist()]  # Adam's first step, -lr * sign(g)
+      [-0.1, 0.1, -0.1]
     """
     who = "shard_optimizer_state"
     inner = as_transformation(inner, f"{who}: `inner`")

@@ -32,7 +32,15 @@ NormalizeState = EmptyState
 
 class SAMState(NamedTuple):
     """``steps_since_sync`` (int32), the outer ``opt_state``, the ``adv_state``, and ``cache``:
-    the params where the adversarial steps started (``None`` in opaque mode)."""
+    the params where the adversarial steps started (``None`` in opaque mode).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.sam(gx.sgd(0.1), gx.chain(gx.normalize(), gx.scale(0.05)))
+      >>> state = opt.init(jnp.zeros(2))
+      >>> type(state).__name__, int(state.steps_since_sync)
+      ('SAMState', 0)
+    """
 
     steps_since_sync: jax.Array
     opt_state: Any
@@ -48,6 +56,13 @@ def normalize() -> GradientTransformation:
 
     Returns:
       A stateless transformation (its state is :data:`NormalizeState`, an empty state).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.normalize()
+      >>> u, _ = opt.update(jnp.array([3.0, 4.0]), opt.init(jnp.zeros(2)))
+      >>> [round(x, 4) for x in u.tolist()]  # u / ||u||
+      [0.6, 0.8]
     """
     who = "normalize"
 
@@ -96,9 +111,9 @@ def sam(
     argument ``grad_fn(params, i)`` for the ``k - 1`` adversarial gradients (averaged over
     ``batch_axis_name`` when given), and returns the outer update.
 
-    The adversarial step is typically ``chain(normalize(), scale(rho))``: ``optimizer``'s and
-    ``adv_optimizer``'s updates are both added to the params, and SAM negates the latter, so
-    the adversarial step ascends.
+    The adversarial step is typically ``chain(normalize(), sgd(rho))``, a descent step of length
+    ``rho``: SAM negates ``adv_optimizer``'s updates, so the params move ``+rho g / |g|``, up the
+    loss (as Optax's; ``scale(rho)`` in its place would descend).
 
     Args:
       optimizer: the outer transformation.
@@ -112,6 +127,18 @@ def sam(
     Returns:
       A transformation whose state is :class:`SAMState`; it needs ``params``. Foret et al.,
       "Sharpness-Aware Minimization for Efficiently Improving Generalization", ICLR 2021.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.sam(gx.sgd(0.1), gx.chain(gx.normalize(), gx.sgd(0.05)))
+      >>> params = jnp.zeros(2)
+      >>> u, state = opt.update(jnp.array([3.0, 4.0]), opt.init(params), params)
+      >>> [round(x, 4) for x in u.tolist()]  # -adv_optimizer(g) = 0.05 g / |g|: ascent
+      [0.03, 0.04]
+      >>> params = params + u
+      >>> u, state = opt.update(jnp.array([1.0, 1.0]), state, params)
+      >>> [round(x, 4) for x in (params + u).tolist()]  # back to x, then -0.1 * g(x_adv)
+      [-0.1, -0.1]
     """
     who = "sam"
     optimizer = as_transformation(optimizer, f"{who}: `optimizer`")
