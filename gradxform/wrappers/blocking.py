@@ -43,7 +43,8 @@ def _pieces(d: int, block_size: int) -> list[tuple[int, int]]:
 
 
 def _is_blocked(shape: tuple[int, ...], block_size: int) -> bool:
-    return len(shape) >= 2 and max(shape) > block_size
+    # An empty leaf has no block to cut: it reaches the inner transformation as it is.
+    return len(shape) >= 2 and max(shape) > block_size and 0 not in shape
 
 
 def _split(x: Any, block_size: int) -> Any:
@@ -104,10 +105,10 @@ def blocked_matrices(inner: GradientTransformation, *, block_size: int) -> Gradi
     of at most ``block_size`` square. Every axis of a tensor of ``ndim > 2`` is cut, leading
     axes included: no axis is taken as a batch axis, so each block has the leaf's ``ndim`` and
     an inner that puts a factor on every axis (Shampoo, SOAP) holds none longer than
-    ``block_size``. Vectors and scalars, and leaves with no axis longer than ``block_size``,
-    reach ``inner`` untouched. Extra keyword arguments are passed to ``inner`` as they are (not
-    blocked). An element-wise ``inner`` computes the same numbers blocked or not; an inner that
-    reduces over a leaf (a norm, an rms) reduces over each block instead.
+    ``block_size``. Vectors and scalars, empty leaves, and leaves with no axis longer than
+    ``block_size`` reach ``inner`` untouched. Extra keyword arguments are passed to ``inner``
+    as they are (not blocked). An element-wise ``inner`` computes the same numbers blocked or
+    not; an inner that reduces over a leaf (a norm, an rms) reduces over each block instead.
 
     Args:
       inner: the transformation to run on the blocked tree.
@@ -119,13 +120,13 @@ def blocked_matrices(inner: GradientTransformation, *, block_size: int) -> Gradi
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
       >>> opt = gx.blocked_matrices(gx.scale_by_shampoo(), block_size=2)
-      >>> params = {"w": jnp.ones((5, 3)), "b": jnp.ones(5)}
-      >>> state = opt.init(params)
-      >>> [f.shape for f in state.inner_state.statistics["w"][-1]]  # the (1, 1) corner block
-      [(1, 1), (1, 1)]
+      >>> params = {"w": jnp.ones((3, 2)), "b": jnp.ones(3)}
+      >>> state = opt.init(params)  # "w": rows 2 + 1, so blocks (2, 2) and (1, 2)
+      >>> [[f.shape for f in block] for block in state.inner_state.statistics["w"]]
+      [[(2, 2), (2, 2)], [(1, 1), (2, 2)]]
       >>> updates, state = opt.update(params, state, params)
       >>> updates["w"].shape
-      (5, 3)
+      (3, 2)
 
     References:
       Anil et al., `Scalable Second Order Optimization for Deep Learning
