@@ -118,13 +118,13 @@ def blocked_matrices(inner: GradientTransformation, *, block_size: int) -> Gradi
       A transformation whose state is :class:`BlockedMatricesState`.
 
     Example:
-      >>> import jax.numpy as jnp, gradxform as gx
+      >>> import jax, jax.numpy as jnp, gradxform as gx
       >>> opt = gx.blocked_matrices(gx.scale_by_shampoo(), block_size=2)
       >>> params = {"w": jnp.ones((3, 2)), "b": jnp.ones(3)}
       >>> state = opt.init(params)  # "w": rows 2 + 1, so blocks (2, 2) and (1, 2)
       >>> [[f.shape for f in block] for block in state.inner_state.statistics["w"]]
       [[(2, 2), (2, 2)], [(1, 1), (2, 2)]]
-      >>> updates, state = opt.update(params, state, params)
+      >>> updates, state = jax.jit(opt.update)(params, state, params)
       >>> updates["w"].shape
       (3, 2)
 
