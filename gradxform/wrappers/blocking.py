@@ -31,7 +31,15 @@ from gradxform._base import (
 
 class BlockedMatricesState(NamedTuple):
     """``inner_state``: the inner transformation's state, over the blocked tree (a blocked
-    leaf's place holds a tuple, one entry per block)."""
+    leaf's place holds a tuple, one entry per block).
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> opt = gx.blocked_matrices(gx.scale_by_adam(), block_size=2)
+      >>> state = opt.init({"w": jnp.ones((3, 2)), "b": jnp.ones(3)})
+      >>> [m.shape for m in state.inner_state.mu["w"]], state.inner_state.mu["b"].shape
+      ([(2, 2), (1, 2)], (3,))
+    """
 
     inner_state: Any
 
