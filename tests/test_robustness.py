@@ -219,6 +219,7 @@ VALID = {
             "fixed_decay": st.booleans(),
             "preconditioning_compute_steps": st.integers(1, 3),
             "matrix_eps": _number(1e-6, 1.0),
+            "block_size": st.one_of(st.none(), st.integers(1, 3)),
         }
     ),
     "muon_with_adamw": st.fixed_dictionaries(
@@ -252,6 +253,7 @@ VALID = {
             "precondition_1d": st.booleans(),
             "normalize_grads": st.booleans(),
             "correct_bias": st.booleans(),
+            "block_size": st.one_of(st.none(), st.integers(1, 3)),
         }
     ),
     "lbfgs": st.fixed_dictionaries(
@@ -684,6 +686,7 @@ INVALID = {
     "shampoo": ({}, {
         "learning_rate": negative, "momentum": outside_unit, "weight_decay": negative,
         "matrix_eps": negative, "preconditioning_compute_steps": st.integers(max_value=0),
+        "block_size": st.integers(max_value=0),
     }),
     "muon_with_adamw": ({}, {
         "learning_rate": negative, "weight_decay": negative, "momentum": outside_unit,
@@ -694,7 +697,7 @@ INVALID = {
         "learning_rate": negative, "b1": outside_unit, "b2": outside_unit,
         "shampoo_beta": st.one_of(st.floats(min_value=1.0), st.just(math.nan)), "eps": negative,
         "weight_decay": negative, "precondition_frequency": st.integers(max_value=0),
-        "max_precond_dim": st.integers(max_value=0),
+        "max_precond_dim": st.integers(max_value=0), "block_size": st.integers(max_value=0),
     }),
     "lbfgs": ({}, {
         "learning_rate": negative, "tolerance_grad": negative, "tolerance_change": negative,

@@ -63,6 +63,8 @@ TRANSFORMS = {
     "split_real_and_imaginary": (lambda: gx.split_real_and_imaginary(gx.adam(0.1)), True),
     "reduce_on_plateau": (gx.reduce_on_plateau, False),
     "masked": (lambda: gx.masked(gx.adam(0.1), {"a": True, "b": True}), True),
+    # Block size 1 cuts PARAMS["b"] (2, 2) into four blocks; the vector "a" is not cut.
+    "blocked_matrices": (lambda: gx.blocked_matrices(gx.adam(0.1), block_size=1), True),
     "freeze": (lambda: gx.freeze({"a": False, "b": True}, inner=gx.adam(0.1)), True),
     "multi_transform": (
         lambda: gx.multi_transform({"x": gx.adam(0.1), "y": gx.sgd(0.1)}, {"a": "x", "b": "y"}),

@@ -120,6 +120,7 @@ REQUIRED = {
     "adaptive_grad_clip": {"clipping": 0.1},
     "ema_params": {"decay": 0.9},
     "masked": {"inner": _INNER, "mask": {"w": True}},
+    "blocked_matrices": {"inner": _INNER, "block_size": 2},
     "freeze": {"mask": {"w": True}},
     "multi_transform": {"transforms": {"a": _INNER}, "param_labels": {"w": "a"}},
     "lookahead": {"fast_optimizer": _INNER},

@@ -9,6 +9,7 @@ from gradxform.optimizers._links import check_common, optional
 from gradxform.transforms.scaling import scale_by_learning_rate
 from gradxform.transforms.soap_precondition import check_soap, soap_direction
 from gradxform.transforms.stepped_decay import decayed_after_step
+from gradxform.wrappers.blocking import blocks_of
 
 
 def soap(
@@ -25,6 +26,7 @@ def soap(
     precondition_1d: bool = False,
     normalize_grads: bool = False,
     correct_bias: bool = True,
+    block_size: int | None = None,
 ) -> GradientTransformation:
     """SOAP (Vyas et al., 2024), as ``pytorch_optimizer.SOAP``: Adam in Shampoo's eigenbasis.
 
@@ -43,6 +45,18 @@ def soap(
     float32. Where ``merge_dims`` would merge a whole leaf into one axis, the reference fails
     (it reshapes to ``(1,)``); here the axis keeps the leaf's size.
 
+    With ``block_size`` (Distributed Shampoo's blocking, not in the reference), every tensor of
+    ``ndim >= 2`` with an axis longer than ``block_size`` is cut along each axis into blocks
+    of at most ``block_size`` (:func:`gradxform.blocked_matrices`), and each block gets its own
+    factors, bases and moments: a block-diagonal approximation of the whole factors, whose
+    ``eigh`` and QR cost at most ``block_size^3`` each, where without blocking an axis longer
+    than ``max_precond_dim`` gets no factor at all. The longest axis that gets a factor is
+    then ``min(max_precond_dim, block_size)``, so no factor, merged axes included, is larger
+    than ``block_size`` square; ``normalize_grads`` divides each block by its own rms. Vectors
+    are not cut (with ``precondition_1d``, one longer than that bound follows Adam).
+    ``soap(max_precond_dim=n, block_size=n)`` gives every large matrix blocks of at most
+    ``max_precond_dim``, as Distributed Shampoo's ``max_preconditioner_dim`` does.
+
     Args:
       learning_rate: ``lr``, a number or a schedule.
       b1: the first moment's decay, in [0, 1).
@@ -56,9 +70,12 @@ def soap(
       precondition_1d: give vectors a factor too.
       normalize_grads: divide the direction by its rms (+ eps).
       correct_bias: Adam's bias correction.
+      block_size: ``None`` (the default: the reference's whole matrices) or the longest axis
+        of a block (a positive int), as above.
 
     Returns:
-      ``chain(scale_by_soap, scale_by_learning_rate, decay_after_step)``.
+      ``chain(scale_by_soap, scale_by_learning_rate, decay_after_step)``; with ``block_size``,
+      the direction is ``blocked_matrices(scale_by_soap(...), block_size=block_size)``.
 
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
@@ -78,8 +95,16 @@ def soap(
     flags = (merge_dims, precondition_1d, normalize_grads, correct_bias)
     check_common(who, learning_rate, weight_decay)
     check_soap(who, *args, *flags)
+    if block_size is None:
+        direction = soap_direction(who, *args, *flags)
+    else:
+        _validate.count(who, "block_size", block_size)
+        # A block's axes are at most block_size, but merge_dims could merge them into a longer
+        # one: the bound on a factor is the smaller of the two.
+        args = (*args[:-1], min(max_precond_dim, block_size))
+        direction = blocks_of(who, soap_direction(who, *args, *flags), block_size)
     return chain(
-        soap_direction(who, *args, *flags),
+        direction,
         scale_by_learning_rate(learning_rate),
         *optional(
             not _validate.is_static_zero(weight_decay),

@@ -8,6 +8,7 @@ from gradxform._types import ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link
 from gradxform.transforms.scaling import scale, scale_by_learning_rate
 from gradxform.transforms.shampoo_precondition import check_shampoo, shampoo_direction
+from gradxform.wrappers.blocking import blocks_of
 
 
 def shampoo(
@@ -19,6 +20,7 @@ def shampoo(
     fixed_decay: bool = False,
     preconditioning_compute_steps: int = 1,
     matrix_eps: float = 1e-6,
+    block_size: int | None = None,
 ) -> GradientTransformation:
     """Shampoo (Gupta, Koren & Singer, 2018), as ``pytorch_optimizer.Shampoo``.
 
@@ -34,6 +36,14 @@ def shampoo(
     momentum mixes it and before the preconditioning, as the reference does. Optax 0.2.8 has no
     Shampoo, in its core or contrib.
 
+    With ``block_size`` (Distributed Shampoo's blocking, not in the reference), every tensor of
+    ``ndim >= 2`` with an axis longer than ``block_size`` is cut along each axis into blocks
+    of at most ``block_size`` (:func:`gradxform.blocked_matrices`), each with its own factors,
+    roots and momentum: the preconditioner becomes block-diagonal, its factors at most
+    ``block_size`` square and its SVDs at most ``block_size^3`` each, where the whole matrix
+    costs ``d^3`` per dimension ``d``. A block of order ``n`` keeps the exponent ``-1/(2n)``.
+    Vectors are not cut: a vector of length ``d`` keeps its ``d x d`` factor.
+
     Args:
       learning_rate: ``lr``, a number or a schedule.
       momentum: the weight of the previous preconditioned direction, in [0, 1).
@@ -44,11 +54,14 @@ def shampoo(
         an array, e.g. injected, runs the general program); the update is zero until the first
         computation, as in the reference.
       matrix_eps: the factors start from ``matrix_eps * I`` (>= 0).
+      block_size: ``None`` (the default: the reference's whole tensors) or the longest axis of
+        a block (a positive int), as above.
 
     Returns:
       ``chain(scale_by_shampoo, [add_decayed_weights], scale_by_learning_rate)``; with
       ``fixed_decay``, ``chain(scale_by_shampoo, scale_by_learning_rate(flip_sign=False),
-      add_decayed_weights, scale(-1))``.
+      add_decayed_weights, scale(-1))``; with ``block_size``, ``scale_by_shampoo`` within
+      ``blocked_matrices(..., block_size=block_size)``.
 
     Example:
       >>> import jax.numpy as jnp, gradxform as gx
@@ -69,6 +82,9 @@ def shampoo(
     check_shampoo(who, momentum, weight_decay, preconditioning_compute_steps, matrix_eps)
     coupled = 0.0 if weight_decouple else weight_decay
     direction = shampoo_direction(who, momentum, coupled, preconditioning_compute_steps, matrix_eps)
+    if block_size is not None:
+        _validate.count(who, "block_size", block_size)
+        direction = blocks_of(who, direction, block_size)
     if not weight_decouple:
         return chain(direction, scale_by_learning_rate(learning_rate))
     if fixed_decay:

@@ -1,7 +1,8 @@
 """Wrappers: transformations built around other transformations, one module per concern.
 
-``masking`` (masks, freezing), ``groups`` (parameter groups, partitions), ``accumulation``
-(gradient accumulation, skipping steps), ``microbatching`` (microbatches inside one step),
+``masking`` (masks, freezing), ``groups`` (parameter groups, partitions), ``blocking``
+(large matrices as blocks), ``accumulation`` (gradient accumulation, skipping steps),
+``microbatching`` (microbatches inside one step),
 ``hyperparams`` and ``stateful_hyperparams`` (hyperparameters in the state), ``phases``
 (switching transformations), ``conditional`` (transformations on some steps only),
 ``averaging`` (parameter averages, Lookahead), ``guards`` (skipping non-finite steps),
@@ -33,6 +34,7 @@ from gradxform.wrappers.averaging import (
     lookahead_slow_params,
     swa_params,
 )
+from gradxform.wrappers.blocking import BlockedMatricesState, blocked_matrices
 from gradxform.wrappers.conditional import (
     ConditionallyMaskState,
     ConditionallyTransformState,
@@ -88,6 +90,7 @@ from gradxform.wrappers.stateful_hyperparams import (
 __all__ = [
     "ApplyEvery",
     "ApplyIfFiniteState",
+    "BlockedMatricesState",
     "ConditionFn",
     "ConditionallyMaskState",
     "ConditionallyTransformState",
@@ -118,6 +121,7 @@ __all__ = [
     "apply_every",
     "apply_if_finite",
     "averaged_params",
+    "blocked_matrices",
     "conditionally_mask",
     "conditionally_transform",
     "cross_replica_mean",
