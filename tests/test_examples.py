@@ -128,3 +128,62 @@ def test_lbfgs_fit_reaches_the_noise_floor_and_writes_png(tmp_path, capsys):
     assert losses[-1] < 0.0095 < losses[0]
     assert abs(params["frequency"] - example.TRUE["frequency"]) < 2.5e-3
     assert evaluations == sorted(evaluations) and evaluations[-1] <= 6 * 5
+
+
+def test_transformer_lm_first_steps_match_their_closed_forms(tmp_path):
+    """Two AdamW steps on a tiny transformer, against what the first step must do.
+
+    The head starts at zero, so the fresh model's logits are 0 and its loss is log(256); the
+    first step's gradient reaches only the head, ``G = h^T (1/256 - onehot(y)) / N`` for the
+    normalized features ``h``, and AdamW's first step (bias-corrected moments ``g`` and ``g^2``)
+    sets the head to ``-lr_0 G / (|G| + eps)``: the validation loss after it is re-derived here
+    in float64. (One optimizer only: each is one more compile, 3 to 7 s of CPU.)
+    """
+    pytest.importorskip("flax", reason="flax is not installed: examples/transformer_lm.py needs it")
+    _require("tqdm", "matplotlib")
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    lm = _example("transformer_lm")
+    text = _example("_text_corpus")
+    config = lm.Config(
+        width=32, depth=1, heads=2, context=16, batch_size=4, steps=2, eval_every=1, val_windows=8
+    )
+    table = lm.make_table(1)
+    curves = lm.compare(config, ["adamw"], seed=0, progress=False)
+    adamw = curves["adamw", table["adamw"].learning_rate]
+    assert list(adamw.steps) == [0, 1, 2] and np.all(np.isfinite(adamw.losses))
+    # logsumexp of 256 zeros in float32: log(256) to an ulp.
+    assert adamw.losses[0] == pytest.approx(np.log(256), rel=2e-7)
+    assert adamw.losses[2] < adamw.losses[1] < adamw.losses[0]
+
+    corpus = text.load_corpus()
+    batch = text.sample_windows(corpus.train, np.random.default_rng(0), 4, 16)
+    validation = text.sample_windows(corpus.validation, np.random.default_rng(1), 8, 16)
+    model = lm.TransformerLM(config, nnx.Rngs(0))
+
+    def features(windows):
+        h = np.asarray(model.features(jnp.asarray(windows[:, :-1])), np.float64)
+        return h.reshape(-1, config.width), windows[:, 1:].reshape(-1)
+
+    h, y = features(batch)
+    softmax_minus_onehot = np.full((y.size, 256), 1 / 256)
+    softmax_minus_onehot[np.arange(y.size), y] -= 1
+    gradient = h.T @ softmax_minus_onehot / y.size
+    lr_0 = table["adamw"].learning_rate / 10  # the warmup's first rate
+    head = -lr_0 * gradient / (np.abs(gradient) + 1e-8)
+    h, y = features(validation)
+    logits = h @ head
+    peak = logits.max(axis=1)
+    logsumexp = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
+    expected = np.mean(logsumexp - logits[np.arange(y.size), y])
+    # The first step moves the loss by 6.1e-3 and the re-derivation matches it to 1.0e-6 (seen):
+    # float32 rounds a loss near 5.5 to 4.8e-7 and sums 128 tokens' terms; the weight decay of
+    # the other params (a factor 1 - 3e-6) moves the logits by less than 1e-7.
+    assert adamw.losses[1] == pytest.approx(expected, abs=2e-6)
+
+    out = tmp_path / "transformer_lm.png"
+    lm.plot(curves, out, lm.describe(config))
+    width, height = _png_size(out)
+    assert width > 500 and height > 300
