@@ -53,8 +53,9 @@ neighbours end at: AdamW 3e-3: 2.459, 3e-2: 2.703 (1e-2: 2.463, a tie); Muon 1e-
 
 Wall-clock seconds count the training steps only: compilation (printed, per optimizer) and the
 evaluations are left out. On this small model a SOAP step costs several AdamW steps (its bases
-are refreshed every 10 steps), hence the logarithmic time axis. The figure in ``docs/`` was made on a machine shared with other jobs,
-so its seconds are perturbed; the loss against steps is not.
+are refreshed every 10 steps), hence the logarithmic time axis. The figure in ``docs/`` was
+made on a machine shared with other jobs, so its seconds are perturbed; the loss against steps
+is not (the runs are deterministic: a rerun gives the same losses).
 """
 
 from __future__ import annotations
