@@ -128,3 +128,90 @@ def test_lbfgs_fit_reaches_the_noise_floor_and_writes_png(tmp_path, capsys):
     assert losses[-1] < 0.0095 < losses[0]
     assert abs(params["frequency"] - example.TRUE["frequency"]) < 2.5e-3
     assert evaluations == sorted(evaluations) and evaluations[-1] <= 6 * 5
+
+
+def _layer_norm(x, norm):
+    centered = x - x.mean(-1, keepdims=True)
+    return centered / (centered.var(-1, keepdims=True) + 1e-6) ** 0.5 * norm["scale"] + norm["bias"]
+
+
+def _transformer_features(params, heads, tokens):
+    """examples/transformer_lm.py's ``TransformerLM.features``, in float64 numpy."""
+    import numpy as np
+
+    x = params["embed"]["embedding"][tokens] + params["pos_embed"][: tokens.shape[1]]
+    batch, length = tokens.shape
+    causal = np.tril(np.ones((length, length), bool))
+    for block in params["blocks"].values():
+        qkv = _layer_norm(x, block["attention_norm"]) @ block["qkv"]["kernel"]
+        q, k, v = qkv.reshape(batch, length, 3, heads, -1).transpose(2, 0, 3, 1, 4)
+        scores = np.where(causal, q @ k.swapaxes(-1, -2) / q.shape[-1] ** 0.5, -np.inf)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        attended = (weights / weights.sum(-1, keepdims=True)) @ v
+        x = x + attended.transpose(0, 2, 1, 3).reshape(x.shape) @ block["out"]["kernel"]
+        u = _layer_norm(x, block["mlp_norm"]) @ block["up"]["kernel"]
+        gelu = 0.5 * u * (1 + np.tanh((2 / np.pi) ** 0.5 * (u + 0.044715 * u**3)))
+        x = x + gelu @ block["down"]["kernel"]
+    return _layer_norm(x, params["norm"])
+
+
+def test_transformer_lm_first_steps_match_a_float64_rederivation(tmp_path):
+    """Two AdamW steps of examples/transformer_lm.py's model, the first re-derived in float64.
+
+    The head starts at zero, so the fresh model's logits are 0 and its loss is log(256); the
+    first step's gradient reaches only the head, ``G = h^T (1/256 - onehot(y)) / N`` for the
+    normalized features ``h`` (computed here by a numpy forward pass), and AdamW's first step
+    (bias-corrected moments ``G`` and ``G^2``) sets the head to ``-lr_0 G / (|G| + eps)`` and
+    decays every other param by ``1 - lr_0 weight_decay``.
+    One optimizer only: each is one more compile, 3 to 7 s of CPU.
+    """
+    pytest.importorskip("flax", reason="flax is not installed: examples/transformer_lm.py needs it")
+    _require("tqdm", "matplotlib")
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    lm = _example("transformer_lm")
+    text = _example("_text_corpus")
+    config = lm.Config(
+        width=32, depth=1, heads=2, context=16, batch_size=4, steps=2, eval_every=1, val_windows=8
+    )
+    table = lm.make_table(1)
+    curves = lm.compare(config, ["adamw"], seed=0, progress=False)
+    adamw = curves["adamw", table["adamw"].learning_rate]
+    assert list(adamw.steps) == [0, 1, 2] and np.all(np.isfinite(adamw.losses))
+    # logsumexp of 256 zeros in float32: log(256) to an ulp.
+    assert adamw.losses[0] == pytest.approx(np.log(256), rel=2e-7)
+    assert adamw.losses[2] < adamw.losses[1] < adamw.losses[0]
+
+    # The same initialization, batch and validation windows as the run's (seed 0).
+    model = lm.TransformerLM(config, nnx.Rngs(0))
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(nnx.state(model)))
+    corpus = text.load_corpus()
+    batch = text.sample_windows(corpus.train, np.random.default_rng(0), 4, 16)
+    validation = text.sample_windows(corpus.validation, np.random.default_rng(1), 8, 16)
+
+    def features(params, windows):
+        h = _transformer_features(params, config.heads, windows[:, :-1])
+        return h.reshape(-1, config.width), windows[:, 1:].reshape(-1)
+
+    h, y = features(params, batch)
+    softmax_minus_onehot = np.full((y.size, 256), 1 / 256)
+    softmax_minus_onehot[np.arange(y.size), y] -= 1
+    gradient = h.T @ softmax_minus_onehot / y.size
+    lr_0 = table["adamw"].learning_rate / 10  # the warmup's first rate
+    head = -lr_0 * gradient / (np.abs(gradient) + 1e-8)
+    decayed = jax.tree.map(lambda p: (1 - lr_0 * 1e-2) * p, params)  # adamw's weight_decay
+    h, y = features(decayed, validation)
+    logits = h @ head
+    peak = logits.max(axis=1)
+    logsumexp = peak + np.log(np.exp(logits - peak[:, None]).sum(axis=1))
+    expected = np.mean(logsumexp - logits[np.arange(y.size), y])
+    # The first step moves the loss by 2.0e-2 and the float32 run matches this float64 value to
+    # 1.0e-7 (seen); the bound is an ulp of float32 at 5.5, 4.8e-7.
+    assert adamw.losses[1] == pytest.approx(expected, abs=5e-7)
+
+    out = tmp_path / "transformer_lm.png"
+    lm.plot(curves, out, lm.describe(config))
+    width, height = _png_size(out)
+    assert width > 500 and height > 300
