@@ -102,9 +102,37 @@ def stacked_map(
     for index, args in enumerate(calls):
         groups.setdefault(_signature(args), []).append(index)
     results: list[Any] = [None] * len(calls)
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(calls))
+    # Eagerly nothing is compiled per kernel, and Python ints index faster.
+    size = max(map(len, groups.values()), default=0)
+    positions = runtime_positions(size) if traced else range(size)
     for indices in groups.values():
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(calls[i] for i in indices))
         out = jax.vmap(fn)(*stacked)
-        for position, index in enumerate(indices):
-            results[index] = jax.tree.map(lambda x, p=position: x[p], out)
+        for position, index in zip(positions, indices, strict=False):
+            results[index] = jax.tree.map(
+                lambda x, p=position: jax.lax.dynamic_index_in_dim(x, p, keepdims=False), out
+            )
     return treedef.unflatten(results)
+
+
+def runtime_positions(n: int) -> tuple[jax.Array, ...]:
+    """``0, 1, ..., n - 1`` as ``n`` int32 scalars that XLA cannot fold into constants.
+
+    ``x[i]`` with a constant ``i`` compiles to a slice whose offset is part of the kernel: ``n``
+    slices of one stack are ``n`` distinct kernels, compiled one by one (about 25 ms each on a
+    2-core CPU). With ``i`` a runtime scalar, ``dynamic_index_in_dim(x, i)`` is the same kernel
+    for every ``i`` and XLA compiles it once. A constant (even behind
+    ``lax.optimization_barrier``) is folded back into the slice, and ``i`` computed from a
+    runtime value by its own small kernel makes ``n`` distinct small kernels; the counter of a
+    loop is neither: ``n - 1`` iterations of ``c_k <- c_{k-1} + 1`` leave ``c_k = k`` and hold
+    one ``+ 1`` kernel, whatever ``n``. The loop costs ``n - 1`` iterations of ``n`` scalar
+    additions per step.
+    """
+    if n <= 1:
+        return tuple(jnp.zeros([], jnp.int32) for _ in range(n))
+
+    def shift(_, counters):
+        return (counters[0], *(c + 1 for c in counters[:-1]))
+
+    return jax.lax.fori_loop(0, n - 1, shift, (jnp.zeros([], jnp.int32),) * n)
