@@ -2,15 +2,19 @@
 
     python -m benchmarks.matrix_compile            # 4, 12 and 48 layers
     python -m benchmarks.matrix_compile --quick    # 4 and 12 layers, 3 timed steps (not 5)
+    python -m benchmarks.matrix_compile --only soap shampoo --layers 12 48
 
 The tree is transformer-shaped: per layer the attention's q, k, v, o (256 x 256), the MLP's
 256 x 1024 and 1024 x 256, and two layer-norm vectors (256); plus an embedding 1024 x 256. For
 each matrix optimizer of gradxform (``muon_with_adamw``, ``shampoo``, and ``soap`` and
 ``galore_adamw`` when this gradxform has them) it measures the lowering plus compilation of
-the jitted ``update`` + ``apply_updates`` and the time of one compiled step, for the stacked
-program (same-shape matrices share one ``vmap``-ped computation; traced within
-``gradxform._stacking.stacked_by_shape()``) and the per-leaf one (gradxform's default, which
-these numbers chose), and for Optax's nearest equivalent where there is one:
+the jitted ``update`` + ``apply_updates`` and the time of one compiled step, in wall time and
+in the process's CPU time (all threads; less perturbed when other processes share the cores),
+and the compiled program's size (HLO instructions, fused kernels, distinct fused kernels), for
+the stacked program (same-shape matrices share one ``vmap``-ped computation, each leaf read out
+at a runtime position; traced within ``gradxform._stacking.stacked_by_shape()``) and the
+per-leaf one (gradxform's default, which these numbers chose), and for Optax's nearest
+equivalent where there is one:
 ``optax.contrib.muon`` for Muon, ``optax.contrib.galore`` for GaLore. Optax 0.2.8 has no
 Shampoo and no SOAP, in its core or contrib; those rows have no peer.
 
@@ -19,8 +23,9 @@ are compiled, inside the step's ``cond``, but the timed steps (the 2nd to the 6t
 compute them. They are the steady-state step between two root computations: on a 2-core CPU
 one float32 SVD of a 1024 x 1024 factor takes ~10 s (measured), and the 12-layer tree has 25.
 
-Results: a table on stdout (times and the per-leaf / stacked ratios), and the raw numbers as
-JSON under ``--out`` (default ``benchmarks/results/<machine>-matrix-compile.json``).
+Results: a table on stdout (times, distinct / all fused kernels, the per-leaf / stacked ratio
+of compile CPU time), and the raw numbers as JSON under ``--out`` (default
+``benchmarks/results/<machine>-matrix-compile.json``), rewritten after every row.
 """
 
 from __future__ import annotations

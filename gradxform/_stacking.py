@@ -7,15 +7,20 @@ whose arguments have the same shapes and dtypes, stacks each group on a new lead
 runs ``fn`` once per group under ``jax.vmap``, so the traced program holds one batched
 computation per distinct shape, whatever the depth of the model.
 
-Leaf by leaf is the default, because it is what measures faster on XLA's CPU backend, in
-compile time and in step time (``benchmarks/matrix_compile.py``; 2-core EPYC): XLA compiles a
-fused kernel once per distinct computation, so the per-leaf kernels of same-shape leaves are
-compiled once (measured: 48 leaves ``x * 2`` of one shape compile in 0.07 s, of 48 shapes in
-2.0 s), while the slices that split a stacked result back into leaves are distinct kernels
-(``x[i]`` differs in ``i``): about 25 ms of compile each, per output leaf, which costs more
-than the batched decompositions save (Shampoo on 48 layers: 71 s stacked, 11 s leaf by
-leaf). Stacking stays available, within :func:`stacked_by_shape`, for backends where launching
-one kernel per leaf dominates (unmeasured here: no accelerator was available).
+Leaf by leaf is the default, because it is what measures faster on XLA's CPU backend
+(``benchmarks/matrix_compile.py``; 2-core EPYC). XLA compiles a fused kernel once per distinct
+computation: the per-leaf kernels of same-shape leaves are compiled once (48 leaves ``x * 2``
+of one shape compile in 0.07 s, of 48 shapes in 2.0 s). Stacked, each leaf is read out of its
+group's result at a runtime position (:func:`runtime_positions`): with a constant position the
+slices are distinct kernels, one per leaf (about 25 ms of compile each), which made the stacked
+program slower to compile than leaf by leaf (Shampoo on 48 layers: 71 s against 11 s). With
+runtime positions the stacked program's distinct kernels do not grow with depth; what still
+grows is the number of instructions (the stacking, the reads, the per-leaf state), and with it
+the compile time (not profiled pass by pass), more slowly than leaf by leaf's (SOAP on 48
+layers: 21.7 s of CPU stacked, 31.8 s leaf by leaf). Stacking stays opt-in, within
+:func:`stacked_by_shape`: on this CPU it compiles no faster up to 12 layers and its steps are
+slower at every depth measured; on a backend where launching one kernel per leaf dominates it
+may win (unmeasured: no accelerator was used).
 
 Every stacked group is mapped with ``vmap``, a group of one leaf included, so that a leaf's
 numbers do not depend on how many other leaves share its shape.
