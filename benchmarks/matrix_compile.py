@@ -2,15 +2,19 @@
 
     python -m benchmarks.matrix_compile            # 4, 12 and 48 layers
     python -m benchmarks.matrix_compile --quick    # 4 and 12 layers, 3 timed steps (not 5)
+    python -m benchmarks.matrix_compile --only soap shampoo --layers 12 48
 
 The tree is transformer-shaped: per layer the attention's q, k, v, o (256 x 256), the MLP's
 256 x 1024 and 1024 x 256, and two layer-norm vectors (256); plus an embedding 1024 x 256. For
 each matrix optimizer of gradxform (``muon_with_adamw``, ``shampoo``, and ``soap`` and
 ``galore_adamw`` when this gradxform has them) it measures the lowering plus compilation of
-the jitted ``update`` + ``apply_updates`` and the time of one compiled step, for the stacked
-program (same-shape matrices share one ``vmap``-ped computation; traced within
-``gradxform._stacking.stacked_by_shape()``) and the per-leaf one (gradxform's default, which
-these numbers chose), and for Optax's nearest equivalent where there is one:
+the jitted ``update`` + ``apply_updates`` and the time of one compiled step, in wall time and
+in the process's CPU time (all threads; less perturbed when other processes share the cores),
+and the compiled program's size (HLO instructions, fused kernels, distinct fused kernels), for
+the stacked program (same-shape matrices share one ``vmap``-ped computation, each leaf read out
+at a runtime position; traced within ``gradxform._stacking.stacked_by_shape()``) and the
+per-leaf one (gradxform's default, which these numbers chose), and for Optax's nearest
+equivalent where there is one:
 ``optax.contrib.muon`` for Muon, ``optax.contrib.galore`` for GaLore. Optax 0.2.8 has no
 Shampoo and no SOAP, in its core or contrib; those rows have no peer.
 
@@ -19,14 +23,16 @@ are compiled, inside the step's ``cond``, but the timed steps (the 2nd to the 6t
 compute them. They are the steady-state step between two root computations: on a 2-core CPU
 one float32 SVD of a 1024 x 1024 factor takes ~10 s (measured), and the 12-layer tree has 25.
 
-Results: a table on stdout (times and the per-leaf / stacked ratios), and the raw numbers as
-JSON under ``--out`` (default ``benchmarks/results/<machine>-matrix-compile.json``).
+Results: a table on stdout (times, distinct / all fused kernels, the per-leaf / stacked ratio
+of compile CPU time), and the raw numbers as JSON under ``--out`` (default
+``benchmarks/results/<machine>-matrix-compile.json``), rewritten after every row.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -92,7 +98,10 @@ def optimizers() -> dict:
 
 
 def measure(make, params, *, per_leaf: bool, steps: int) -> dict:
-    """Seconds to lower + compile the jitted step, and the median of ``steps`` steps."""
+    """Seconds to lower + compile the jitted step, and the median of ``steps`` steps, in wall
+    time and in this process's CPU time (all threads: less perturbed by other processes on a
+    shared machine); the compiled program's size (HLO instructions, fused kernels, distinct
+    fused kernels: XLA compiles each distinct one once)."""
     opt = make()
     grads = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
 
@@ -104,19 +113,50 @@ def measure(make, params, *, per_leaf: bool, steps: int) -> dict:
     # ``step`` is a new function on every call: JAX's trace cache is keyed on the function and
     # the arguments' types, not on the stacking context, so a reused function would return the
     # first variant's trace for the other too (measured: identical jaxprs).
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with leaf_by_leaf() if per_leaf else stacked_by_shape():
         traced = jax.jit(step).trace(params, state, grads)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
+    compile_cpu_s = time.process_time() - cpu_start
     params, state = jax.block_until_ready(compiled(params, state, grads))
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         params, state = jax.block_until_ready(compiled(params, state, grads))
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     counts = {name: _count(traced.jaxpr.jaxpr, name) for name in COUNTED}
-    return {"compile_s": compile_s, "step_s": statistics.median(times), "equations": counts}
+    return {
+        "compile_s": compile_s,
+        "compile_cpu_s": compile_cpu_s,
+        "step_s": statistics.median(times),
+        "step_cpu_s": statistics.median(cpu_times),
+        "equations": counts,
+        "hlo": hlo_size(compiled.as_text()),
+    }
+
+
+def hlo_size(text: str) -> dict:
+    """Instructions, fused kernels and distinct fused kernels (bodies equal up to names and
+    metadata) of an optimized HLO module's text."""
+    bodies: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
+        if header and not line.startswith(" "):
+            current = bodies.setdefault(header.group(1), [])
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            line = re.sub(r", metadata=\{[^}]*\}|backend_config=.*", "", line)
+            current.append(re.sub(r"%[\w.\-]+", "%", line.strip()))
+    fused = [b for name, b in bodies.items() if "fused" in name or "fusion" in name]
+    return {
+        "instructions": sum(map(len, bodies.values())),
+        "fused_kernels": len(fused),
+        "distinct_fused_kernels": len({"\n".join(b) for b in fused}),
+    }
 
 
 # Equations counted in each variant's jaxpr (sub-jaxprs included, a loop body once): the
@@ -139,13 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4 and 12 layers only")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--machine", default="cpu-2core-epyc")
+    parser.add_argument("--only", nargs="*", default=None, help="optimizers to measure")
+    parser.add_argument("--layers", nargs="*", type=int, default=None, help="depths to measure")
     args = parser.parse_args(argv)
-    depths = (4, 12) if args.quick else (4, 12, 48)
+    depths = args.layers or ((4, 12) if args.quick else (4, 12, 48))
     steps = 3 if args.quick else 5
     rows = []
+    out = args.out or Path("benchmarks/results") / f"{args.machine}-matrix-compile.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for depth in depths:
         params = transformer_tree(depth)
         for name, (ours, peer) in optimizers().items():
+            if args.only is not None and name not in args.only:
+                continue
             row = {"optimizer": name, "layers": depth}
             row["stacked"] = measure(ours, params, per_leaf=False, steps=steps)
             row["per_leaf"] = measure(ours, params, per_leaf=True, steps=steps)
@@ -154,28 +200,28 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows.append(row)
             print(_line(row), flush=True)
-    out = args.out or Path("benchmarks/results") / f"{args.machine}-matrix-compile.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine_description(), "quick": args.quick, "rows": rows}
-    out.write_text(json.dumps(record, indent=2) + "\n")
+            # Written after every row, so that an interrupted run keeps what it measured.
+            record = {"machine": machine_description(), "quick": args.quick, "rows": rows}
+            out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
 
 def _line(row: dict) -> str:
     s, p, o = row["stacked"], row["per_leaf"], row["optax"]
-    optax_part = (
-        "optax: none in 0.2.8"
-        if o is None
-        else f"optax compile {o['compile_s']:7.2f}s step {o['step_s'] * 1e3:8.2f}ms"
-    )
+
+    def part(m: dict) -> str:
+        return (
+            f"compile {m['compile_s']:6.2f}s (cpu {m['compile_cpu_s']:6.2f}s) step "
+            f"{m['step_s'] * 1e3:7.1f}ms (cpu {m['step_cpu_s'] * 1e3:7.1f}ms) kernels "
+            f"{m['hlo']['distinct_fused_kernels']}/{m['hlo']['fused_kernels']}"
+        )
+
+    optax_part = "none in optax 0.2.8" if o is None else part(o)
     return (
-        f"{row['optimizer']:>16} {row['layers']:>3} layers | stacked compile "
-        f"{s['compile_s']:7.2f}s step {s['step_s'] * 1e3:8.2f}ms | per-leaf compile "
-        f"{p['compile_s']:7.2f}s ({p['compile_s'] / s['compile_s']:5.2f}x) step "
-        f"{p['step_s'] * 1e3:8.2f}ms ({p['step_s'] / s['step_s']:5.2f}x) | {optax_part} | "
-        f"svd/dot equations stacked {s['equations']['svd']}/{s['equations']['dot_general']}, "
-        f"per-leaf {p['equations']['svd']}/{p['equations']['dot_general']}"
+        f"{row['optimizer']:>16} {row['layers']:>3} layers | stacked {part(s)} | per-leaf "
+        f"{part(p)} | cpu compile per-leaf/stacked "
+        f"{p['compile_cpu_s'] / s['compile_cpu_s']:5.2f}x | optax {optax_part}"
     )
 
 

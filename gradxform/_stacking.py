@@ -7,15 +7,20 @@ whose arguments have the same shapes and dtypes, stacks each group on a new lead
 runs ``fn`` once per group under ``jax.vmap``, so the traced program holds one batched
 computation per distinct shape, whatever the depth of the model.
 
-Leaf by leaf is the default, because it is what measures faster on XLA's CPU backend, in
-compile time and in step time (``benchmarks/matrix_compile.py``; 2-core EPYC): XLA compiles a
-fused kernel once per distinct computation, so the per-leaf kernels of same-shape leaves are
-compiled once (measured: 48 leaves ``x * 2`` of one shape compile in 0.07 s, of 48 shapes in
-2.0 s), while the slices that split a stacked result back into leaves are distinct kernels
-(``x[i]`` differs in ``i``): about 25 ms of compile each, per output leaf, which costs more
-than the batched decompositions save (Shampoo on 48 layers: 71 s stacked, 11 s leaf by
-leaf). Stacking stays available, within :func:`stacked_by_shape`, for backends where launching
-one kernel per leaf dominates (unmeasured here: no accelerator was available).
+Leaf by leaf is the default, because it is what measures faster on XLA's CPU backend
+(``benchmarks/matrix_compile.py``; 2-core EPYC). XLA compiles a fused kernel once per distinct
+computation: the per-leaf kernels of same-shape leaves are compiled once (48 leaves ``x * 2``
+of one shape compile in 0.07 s, of 48 shapes in 2.0 s). Stacked, each leaf is read out of its
+group's result at a runtime position (:func:`runtime_positions`): with a constant position the
+slices are distinct kernels, one per leaf (about 25 ms of compile each), which made the stacked
+program slower to compile than leaf by leaf (Shampoo on 48 layers: 71 s against 11 s). With
+runtime positions the stacked program's distinct kernels do not grow with depth; what still
+grows is the number of instructions (the stacking, the reads, the per-leaf state), and with it
+the compile time (not profiled pass by pass), more slowly than leaf by leaf's (SOAP on 48
+layers: 15.7 s of CPU stacked, 24.3 s leaf by leaf). Stacking stays opt-in, within
+:func:`stacked_by_shape`: on this CPU it compiles no faster up to 12 layers and its steps are
+slower at every depth measured (SOAP on 48 layers: 6.9 s against 5.5 s); on a backend where
+launching one kernel per leaf dominates it may win (unmeasured: no accelerator was used).
 
 Every stacked group is mapped with ``vmap``, a group of one leaf included, so that a leaf's
 numbers do not depend on how many other leaves share its shape.
@@ -102,9 +107,37 @@ def stacked_map(
     for index, args in enumerate(calls):
         groups.setdefault(_signature(args), []).append(index)
     results: list[Any] = [None] * len(calls)
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(calls))
+    # Eagerly nothing is compiled per kernel, and Python ints index faster.
+    size = max(map(len, groups.values()), default=0)
+    positions = runtime_positions(size) if traced else range(size)
     for indices in groups.values():
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(calls[i] for i in indices))
         out = jax.vmap(fn)(*stacked)
-        for position, index in enumerate(indices):
-            results[index] = jax.tree.map(lambda x, p=position: x[p], out)
+        for position, index in zip(positions, indices, strict=False):
+            results[index] = jax.tree.map(
+                lambda x, p=position: jax.lax.dynamic_index_in_dim(x, p, keepdims=False), out
+            )
     return treedef.unflatten(results)
+
+
+def runtime_positions(n: int) -> tuple[jax.Array, ...]:
+    """``0, 1, ..., n - 1`` as ``n`` int32 scalars that XLA cannot fold into constants.
+
+    ``x[i]`` with a constant ``i`` compiles to a slice whose offset is part of the kernel: ``n``
+    slices of one stack are ``n`` distinct kernels, compiled one by one (about 25 ms each on a
+    2-core CPU). With ``i`` a runtime scalar, ``dynamic_index_in_dim(x, i)`` is the same kernel
+    for every ``i`` and XLA compiles it once. A constant (even behind
+    ``lax.optimization_barrier``) is folded back into the slice, and ``i`` computed from a
+    runtime value by its own small kernel makes ``n`` distinct small kernels; the counter of a
+    loop is neither: ``n - 1`` iterations of ``c_k <- c_{k-1} + 1`` leave ``c_k = k`` and hold
+    one ``+ 1`` kernel, whatever ``n``. The loop costs ``n - 1`` iterations of ``n`` scalar
+    additions per step.
+    """
+    if n <= 1:
+        return tuple(jnp.zeros([], jnp.int32) for _ in range(n))
+
+    def shift(_, counters):
+        return (counters[0], *(c + 1 for c in counters[:-1]))
+
+    return jax.lax.fori_loop(0, n - 1, shift, (jnp.zeros([], jnp.int32),) * n)
