@@ -11,10 +11,10 @@ from gradxform._base import GradientTransformation, chain
 from gradxform._types import MaskOrFn, ScalarOrSchedule
 from gradxform.optimizers._links import check_common, decay_link, optional
 from gradxform.transforms.adam import check_moments
+from gradxform.transforms.adam_variants import scale_by_adam_raw_eps
 from gradxform.transforms.galore import (
     check_galore,
     galore_projection,
-    scale_by_adam_raw_eps,
     scale_by_galore,
 )
 from gradxform.transforms.scaling import scale_by_learning_rate

@@ -5,7 +5,7 @@
 ``asgd``, ``sparse`` (lazy Adam), ``rms`` (RMSProp, Adagrad), ``sign`` (Lion, sign),
 ``factored`` (Adafactor's moments), ``muon`` (Newton-Schulz), ``adaptive`` (AdaBelief,
 NovoGrad, Yogi), ``adan``, ``optimistic``, ``sm3``, ``polyak``, ``trust_ratio`` (LAMB's and
-LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp), ``ademamix``, ``madgrad``,
+LARS's ratio, block norms), ``adam_variants`` (ADOPT, ACProp, GaLore's Adam), ``ademamix``, ``madgrad``,
 ``coin`` (COCOB), ``dog`` (DoG, DoWG), ``momo``, ``hutchinson`` (a diagonal Hessian estimate),
 ``noise``, ``decay`` (weight decay), ``clipping``, ``constrain`` (NaN handling, non-negative
 params, centralisation), ``complex`` (complex params as real pairs), ``plateau`` (reducing the
@@ -28,7 +28,11 @@ from gradxform.transforms.adam import (
     scale_by_adamax,
     scale_by_amsgrad,
 )
-from gradxform.transforms.adam_variants import scale_by_acprop, scale_by_adopt
+from gradxform.transforms.adam_variants import (
+    scale_by_acprop,
+    scale_by_adam_raw_eps,
+    scale_by_adopt,
+)
 from gradxform.transforms.adan import ScaleByAdanState, scale_by_adan
 from gradxform.transforms.adaptive import (
     ScaleByBeliefState,
@@ -81,7 +85,7 @@ from gradxform.transforms.factored import (
     scale_by_param_block_rms,
 )
 from gradxform.transforms.factored_rms import FactoredState, scale_by_factored_rms
-from gradxform.transforms.galore import GaLoreState, scale_by_adam_raw_eps, scale_by_galore
+from gradxform.transforms.galore import GaLoreState, scale_by_galore
 from gradxform.transforms.hutchinson import HutchinsonState, hutchinson_estimator_diag_hessian
 from gradxform.transforms.lbfgs import ScaleByLBFGSState, scale_by_lbfgs
 from gradxform.transforms.linesearch import (

@@ -1,6 +1,7 @@
 """Adam's relatives that normalise by an earlier second moment, with Optax's numbers: ADOPT
 (the gradient divided by the root of the previous second moment, then averaged) and ACProp
-(the gradient divided by the previous centred second moment).
+(the gradient divided by the previous centred second moment); and the Adam of GaLore's
+reference code, ``eps`` added to the root of the raw second moment.
 
 Both keep Optax's state, :class:`gradxform.ScaleByAdamState` (``count``, ``mu``, ``nu``), with
 the moments in each param's dtype (ADOPT's ``mu_dtype`` overrides its first moment).
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform.transforms.adam import ScaleByAdamState
+from gradxform.transforms.adam import ScaleByAdamState, check_moments
 
 
 def _quarter_power(count: jax.Array) -> jax.Array:
@@ -185,5 +186,64 @@ def scale_by_acprop(
 
         u, mu, nu = _tree.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
         return u, ScaleByAdamState(_tree.safe_increment(state.count), mu, nu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_adam_raw_eps(
+    b1: float = 0.9, *, b2: float = 0.999, eps: float = 1e-6
+) -> GradientTransformation:
+    """Adam with ``eps`` added to the root of the raw second moment and the bias corrections
+    in the step size (Kingma & Ba's "efficient" order; transformers' ``AdamW``, which GaLore's
+    reference extends; the example shows ``eps`` on the small gradient's first step)::
+
+        m_t = b1 * m_{t-1} + (1 - b1) * g_t
+        v_t = b2 * v_{t-1} + (1 - b2) * |g_t|^2
+        u_t = sqrt(1 - b2^t) / (1 - b1^t) * m_t / (sqrt(v_t) + eps)
+
+    That is ``scale_by_adam``'s ``m_hat / (sqrt(v_hat) + eps / sqrt(1 - b2^t))``: the same rule
+    with an ``eps`` that shrinks as ``t`` grows.
+
+    Args:
+      b1: decay of the first moment, in [0, 1).
+      b2: decay of the second moment, in [0, 1).
+      eps: added to ``sqrt(v_t)`` (>= 0).
+
+    Returns:
+      A transformation whose state is :class:`gradxform.ScaleByAdamState`.
+
+    Example:
+      >>> import jax.numpy as jnp, gradxform as gx
+      >>> tx = gx.scale_by_adam_raw_eps()
+      >>> [round(float(x), 5) for x in tx.update(jnp.array([0.5, -2.0]), tx.init(jnp.zeros(2)))[0]]
+      [0.99994, -0.99998]
+    """
+    who = "scale_by_adam_raw_eps"
+    check_moments(who, b1, b2, eps)
+    may_be_zero = not _validate.is_static_nonzero(eps)
+
+    def init_fn(params):
+        _tree.check_inexact_leaves(params, who)
+        zeros = _tree.tree_zeros_like(params)
+        return ScaleByAdamState(jnp.zeros([], jnp.int32), zeros, _tree.tree_zeros_like(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        expect_state(who, state, ScaleByAdamState)
+        _checks.check_updates(who, updates, state.mu, "first moment")
+        count = _tree.safe_increment(state.count)
+        step = jnp.sqrt(_tree.bias_correction(b2, count)) / _tree.bias_correction(b1, count)
+
+        def leaf(g, m, v):
+            dtype = _tree.compute_dtype(g.dtype, m.dtype, v.dtype)
+            out_dtype, g = _tree.update_dtype(g, m, v), g.astype(dtype)
+            new_m = _tree.moment_update(m, g, b1, dtype)
+            new_v = _tree.square_moment_update(v, g, b2, dtype)
+            denominator = jnp.sqrt(new_v) + _tree.cast_scalar(eps, new_v.dtype)
+            u = _tree.cast_scalar(step, dtype) * _tree.safe_divide(new_m, denominator, may_be_zero)
+            return u.astype(out_dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
+
+        u, mu, nu = _tree.tree_map_multi(leaf, 3, updates, state.mu, state.nu)
+        return u, ScaleByAdamState(count, mu, nu)
 
     return GradientTransformation(init_fn, update_fn)
