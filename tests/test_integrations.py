@@ -113,10 +113,10 @@ def _mse(model, x, y):
     return jnp.mean((model(x) - y) ** 2)
 
 
-def _nnx_functional_steps(nnx, opt, flat):
-    """The functional NNX step (split once, merge in the loss); on flat buffers when ``flat``:
-    the two lines marked are the whole change. Returns the params, the state and the losses."""
-    graphdef, params, rest = nnx.split(_nnx_mlp(nnx), nnx.Param, ...)
+def _train_on_batches(params, opt, loss_of, flat):
+    """Jitted, donated training steps over ``_batches()`` with ``loss_of(params, x, y)``; on flat
+    buffers when ``flat``: the two lines marked are the whole change. Returns the params (as
+    given: a State, a module's arrays), the state and the losses."""
     layout = None
     if flat:
         params, layout = gx.flatten_params(params)  # the flat path's first line
@@ -126,7 +126,7 @@ def _nnx_functional_steps(nnx, opt, flat):
     def step(params, state, x, y):
         def loss_fn(params):
             view = params if layout is None else layout.unflatten(params)  # its second line
-            return _mse(nnx.merge(graphdef, view, rest), x, y)
+            return loss_of(view, x, y)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, state = opt.update(grads, state, params)
@@ -137,6 +137,14 @@ def _nnx_functional_steps(nnx, opt, flat):
         params, state, loss = step(params, state, x, y)
         losses.append(loss)
     return (params if layout is None else layout.unflatten(params)), state, jnp.stack(losses)
+
+
+def _nnx_functional_steps(nnx, opt, flat):
+    """The functional NNX step (split once, merge in the loss), on flat buffers when ``flat``."""
+    graphdef, params, rest = nnx.split(_nnx_mlp(nnx), nnx.Param, ...)
+    return _train_on_batches(
+        params, opt, lambda view, x, y: _mse(nnx.merge(graphdef, view, rest), x, y), flat
+    )
 
 
 def test_nnx_optimizer_and_the_flat_step_equal_the_functional_step_bitwise():
@@ -199,29 +207,12 @@ def _eqx_mse(model, x, y):
 
 
 def _eqx_partitioned_steps(eqx, opt, flat):
-    """The step by hand (arrays and the rest split once, plain jit and grad over the arrays);
-    on flat buffers when ``flat``, the two lines marked. Returns params, state and losses."""
+    """The step by hand (arrays and the rest split once, plain jit and grad over the arrays),
+    on flat buffers when ``flat``."""
     params, static = eqx.partition(_eqx_mlp(eqx), eqx.is_array)
-    layout = None
-    if flat:
-        params, layout = gx.flatten_params(params)  # the flat path's first line
-    state = opt.init(params)
-
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, state, x, y):
-        def loss_fn(params):
-            view = params if layout is None else layout.unflatten(params)  # its second line
-            return _eqx_mse(eqx.combine(view, static), x, y)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, state = opt.update(grads, state, params)
-        return gx.apply_updates(params, updates), state, loss
-
-    losses = []
-    for x, y in _batches():
-        params, state, loss = step(params, state, x, y)
-        losses.append(loss)
-    return (params if layout is None else layout.unflatten(params)), state, jnp.stack(losses)
+    return _train_on_batches(
+        params, opt, lambda view, x, y: _eqx_mse(eqx.combine(view, static), x, y), flat
+    )
 
 
 def test_equinox_filter_jit_step_and_the_flat_step_equal_the_step_by_hand_bitwise():
