@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import gradxform as gx
-from benchmarks.run import Runner, machine_description
+from benchmarks.run import Runner, machine_description, measure
 
 try:
     import optax
@@ -187,24 +187,6 @@ def nnx_optimizer_runner(model, tokens) -> Runner:
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def measure(runners: list[Runner], rounds: int, reps: int) -> dict[str, list[float]]:
-    """Interleaved rounds as in ``benchmarks.run``; wall times go to ``runner.times``, and the
-    process's CPU time per step (all threads) is returned: on a machine shared with other
-    jobs, wall time includes waiting for a core and CPU time does not."""
-    cpu: dict[str, list[float]] = {r.impl: [] for r in runners}
-    for runner in runners:  # warm-up
-        for _ in range(2):
-            runner.step()
-    for _ in range(rounds):
-        for runner in runners:
-            for _ in range(reps):
-                start, start_cpu = time.perf_counter(), time.process_time()
-                runner.step()
-                runner.times.append(time.perf_counter() - start)
-                cpu[runner.impl].append(time.process_time() - start_cpu)
-    return cpu
 
 
 def bench(config: dict, batch: int, args) -> list[dict]:

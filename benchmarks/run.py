@@ -271,16 +271,24 @@ def torch_triad_runner(case: Case) -> Runner | None:
 # ----------------------------------------------------------------------------- measuring
 
 
-def measure(runners: list[Runner], rounds: int, reps: int) -> None:
+def measure(runners: list[Runner], rounds: int, reps: int) -> dict[str, list[float]]:
+    """Interleaved rounds after two warm-up steps each: wall times go to ``runner.times``; the
+    process's CPU time per step (all threads, read outside the wall-clock window) is returned,
+    by implementation: on a machine shared with other jobs, wall time includes waiting for a
+    core and CPU time does not."""
+    cpu: dict[str, list[float]] = {runner.impl: [] for runner in runners}
     for runner in runners:  # warm-up
         for _ in range(2):
             runner.step()
     for _ in range(rounds):
         for runner in runners:
             for _ in range(reps):
+                start_cpu = time.process_time()
                 start = time.perf_counter()
                 runner.step()
                 runner.times.append(time.perf_counter() - start)
+                cpu[runner.impl].append(time.process_time() - start_cpu)
+    return cpu
 
 
 def bench_case(case: Case, names: list[str], impls: list[str], args) -> list[dict]:
