@@ -35,6 +35,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gradxform import _checks
+
 _stack_by_default = [False]
 
 
@@ -141,3 +143,102 @@ def runtime_positions(n: int) -> tuple[jax.Array, ...]:
         return (counters[0], *(c + 1 for c in counters[:-1]))
 
     return jax.lax.fori_loop(0, n - 1, shift, (jnp.zeros([], jnp.int32),) * n)
+
+
+class LeafLayout:
+    """Where a matrix optimizer keeps one leaf's state, and how it maps its per-leaf work.
+
+    Built from a tree (the params in ``init``, the updates in ``update``) and the optimizer's
+    ``stack_by_shape`` flag. Its *units* are what the per-leaf work is mapped over:
+
+    - leaf by leaf (``stacked=False``): the leaves themselves; a state field is a tree of the
+      params' structure (one entry per leaf), and ``fn`` runs once per leaf;
+    - stacked (``stacked=True``): one unit per group of leaves with the same shape and dtype
+      (groups in the order of their first leaf), each the group's leaves stacked on a new
+      leading axis; a state field is a tuple with one stack per group, and ``fn`` runs once per
+      group under ``jax.vmap``. The traced program then holds one computation per distinct
+      shape, and its per-leaf part is only the stacking, the reads and the final updates.
+
+    ``jax.vmap`` of a computation gives, on XLA's CPU backend, the numbers of the computation
+    leaf by leaf bit for bit (tested per optimizer); a group of one leaf is vmapped too, so a
+    leaf's numbers do not depend on how many others share its shape.
+    """
+
+    def __init__(self, tree: Any, *, stacked: bool) -> None:
+        leaves, self.treedef = jax.tree.flatten(tree)
+        self.stacked = stacked
+        self.size = len(leaves)
+        groups: dict[tuple, list[int]] = {}
+        for index, leaf in enumerate(leaves):
+            groups.setdefault((jnp.shape(leaf), jnp.result_type(leaf)), []).append(index)
+        self.keys = tuple(groups)
+        self.groups = tuple(tuple(members) for members in groups.values())
+
+    def units(self, tree: Any) -> list:
+        """``tree`` (the layout's structure, or with it as a prefix) as units."""
+        leaves = self.treedef.flatten_up_to(tree)
+        if not self.stacked:
+            return leaves
+        return [
+            jax.tree.map(lambda *xs: jnp.stack(xs), *(leaves[i] for i in members))
+            for members in self.groups
+        ]
+
+    def map(self, fn: Callable[..., Any], *units: list) -> list:
+        """``fn`` on each unit's arguments (vmapped when stacked)."""
+        apply = jax.vmap(fn) if self.stacked else fn
+        return [apply(*args) for args in zip(*units, strict=True)]
+
+    def tree(self, units: list) -> Any:
+        """The tree of the layout's structure whose leaves are the units' entries."""
+        if not self.stacked:
+            return self.treedef.unflatten(units)
+        results: list[Any] = [None] * self.size
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(units))
+        size = max(map(len, self.groups), default=0)
+        # Eagerly nothing is compiled per kernel, and Python ints index faster.
+        positions = runtime_positions(size) if traced else range(size)
+        for members, unit in zip(self.groups, units, strict=True):
+            for position, index in zip(positions, members, strict=False):
+                results[index] = jax.tree.map(
+                    lambda x, p=position: jax.lax.dynamic_index_in_dim(x, p, keepdims=False), unit
+                )
+        return self.treedef.unflatten(results)
+
+    def state(self, units: list) -> Any:
+        """Units as a state field: the tree of leaves, or the tuple of stacks."""
+        return tuple(units) if self.stacked else self.treedef.unflatten(units)
+
+    def state_units(self, field: Any) -> list:
+        """A state field (as :meth:`state` made it) as units."""
+        return list(field) if self.stacked else self.treedef.flatten_up_to(field)
+
+    def checked_units(self, who: str, field: Any, name: str, updates: Any) -> list:
+        """A state field of the leaves' shapes (a moment) as units, checked against the
+        ``updates``: leaf by leaf by ``check_updates``; stacked, each stack against its group's
+        number of leaves, shape and dtype. Errors name ``who`` and both sides."""
+        if not self.stacked:
+            _checks.check_updates(who, updates, field, name)
+            return self.treedef.flatten_up_to(field)
+        expected = [(len(m), *shape) for m, (shape, _) in zip(self.groups, self.keys, strict=True)]
+        found = (
+            [jnp.shape(x) for x in field]
+            if isinstance(field, tuple) and all(hasattr(x, "shape") for x in field)
+            else None
+        )
+        if found != [tuple(e) for e in expected]:
+            raise ValueError(
+                f"{who}: the state's {name} holds one stack per group of same-shape leaves "
+                f"(stack_by_shape=True); the updates group into stacks of shapes {expected} "
+                f"(group size first), the state has {found if found is not None else field!r}. "
+                "Was the state made for another model, or with stack_by_shape=False?"
+            )
+        for (shape, dtype), stack in zip(self.keys, field, strict=True):
+            one = jax.ShapeDtypeStruct(jnp.shape(stack)[1:], jnp.result_type(stack))
+            _checks.check_leaf_update(who, (), jax.ShapeDtypeStruct(shape, dtype), one, name)
+        return list(field)
+
+
+def columns(results: list, n: int) -> list[list]:
+    """Per-unit results that are ``n``-tuples, as ``n`` lists (``n`` empty lists for none)."""
+    return [[r[i] for r in results] for i in range(n)]

@@ -15,7 +15,6 @@ import pytest
 from jaxpr_counts import count
 
 import gradxform as gx
-from gradxform._stacking import stacked_by_shape
 
 # Block size 2: "w" is cut into 2 + 1 rows, "t" along its leading axis (2 + 1); "v" (a
 # vector) and "s" (no axis longer than 2) are not cut. (Remainders along both axes of a
@@ -141,16 +140,15 @@ def test_soap_with_blocks_never_has_a_factor_larger_than_block_size():
 
 def test_blocks_of_one_shape_share_one_decomposition_when_stacked():
     decompositions = {"eigh", "qr", "householder_product", "geqrf"}
-    optimizer = gx.soap(precondition_frequency=2, block_size=4)
+    optimizer = gx.soap(precondition_frequency=2, block_size=4, stack_by_shape=True)
 
     def update_jaxpr(params):
         state = optimizer.init(params)
         return jax.make_jaxpr(optimizer.update)(params, state, params).jaxpr
 
-    with stacked_by_shape():
-        one_block = count(update_jaxpr({"w": jnp.ones((4, 4))}), decompositions)
-        # A (12, 8) leaf and a (4, 4) leaf: seven (4, 4) blocks, one batched decomposition.
-        seven = count(update_jaxpr({"w": jnp.ones((12, 8)), "s": jnp.ones((4, 4))}), decompositions)
+    one_block = count(update_jaxpr({"w": jnp.ones((4, 4))}), decompositions)
+    # A (12, 8) leaf and a (4, 4) leaf: seven (4, 4) blocks, one batched decomposition.
+    seven = count(update_jaxpr({"w": jnp.ones((12, 8)), "s": jnp.ones((4, 4))}), decompositions)
     assert one_block > 0 and seven == one_block
 
 

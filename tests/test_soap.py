@@ -45,7 +45,6 @@ from jax.sharding import PartitionSpec as P
 from jaxpr_counts import count
 
 import gradxform as gx
-from gradxform._stacking import stacked_by_shape
 
 torch = pytest.importorskip("torch")
 soap_module = pytest.importorskip("pytorch_optimizer.optimizer.soap")
@@ -200,21 +199,15 @@ def test_one_decomposition_per_distinct_shape_inside_the_switch():
     one = {"w0": jnp.ones((4, 3))}
     many = {f"w{i}": jnp.ones((4, 3)) for i in range(48)}
     two_shapes = {**many, "v": jnp.ones((2, 5))}
-    optimizer = gx.soap(precondition_frequency=2)
-    # Stacked (within stacked_by_shape): one batched decomposition per shape; leaf by leaf
-    # (the default, faster on XLA's CPU backend: gradxform/_stacking.py) one per leaf.
-    with stacked_by_shape():
-        counts = [
-            count(_update_jaxpr(optimizer, t), decompositions) for t in (one, many, two_shapes)
-        ]
+    optimizer = gx.soap(precondition_frequency=2, stack_by_shape=True)
+    # Stacked: one batched decomposition per shape; leaf by leaf (the default) one per leaf.
+    counts = [count(_update_jaxpr(optimizer, t), decompositions) for t in (one, many, two_shapes)]
     assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == 2 * counts[0], counts
-    # A new optimizer: the traces above are cached for the old one's functions.
     per_leaf = _update_jaxpr(gx.soap(precondition_frequency=2), many)
     assert count(per_leaf, decompositions) == 48 * counts[0]
     # Every decomposition is inside the cond, and nothing selects between its results and
     # others (a cond under vmap would have become a select computing both branches).
-    with stacked_by_shape():
-        jaxpr = _update_jaxpr(optimizer, two_shapes)
+    jaxpr = _update_jaxpr(optimizer, two_shapes)
     assert count(jaxpr, decompositions, into_cond=False) == 0
     assert count(jaxpr, {"cond"}) == 1
     cond = next(e for e in jaxpr.eqns if e.primitive.name == "cond")

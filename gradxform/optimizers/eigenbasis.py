@@ -27,6 +27,7 @@ def soap(
     normalize_grads: bool = False,
     correct_bias: bool = True,
     block_size: int | None = None,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """SOAP (Vyas et al., 2024), as ``pytorch_optimizer.SOAP``: Adam in Shampoo's eigenbasis.
 
@@ -72,6 +73,9 @@ def soap(
       correct_bias: Adam's bias correction.
       block_size: ``None`` (the default: the reference's whole matrices) or the longest axis
         of a block (a positive int), as above.
+      stack_by_shape: keep same-shape leaves' (or blocks') state stacked and compute each
+        shape once under ``vmap``, as :func:`gradxform.scale_by_soap`'s argument: the same
+        numbers, compile time set by the number of distinct shapes, not of layers.
 
     Returns:
       ``chain(scale_by_soap, scale_by_learning_rate, decay_after_step)``; with ``block_size``,
@@ -92,7 +96,7 @@ def soap(
     """
     who = "soap"
     args = (b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim)
-    flags = (merge_dims, precondition_1d, normalize_grads, correct_bias)
+    flags = (merge_dims, precondition_1d, normalize_grads, correct_bias, stack_by_shape)
     check_common(who, learning_rate, weight_decay)
     check_soap(who, *args, *flags)
     if block_size is None:

@@ -30,9 +30,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradxform import _checks, _tree, _validate
+from gradxform import _tree, _validate
 from gradxform._base import GradientTransformation, expect_state
-from gradxform._stacking import stacked_map
+from gradxform._stacking import LeafLayout, columns
 from gradxform._types import StepCount
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -139,10 +139,6 @@ def refreshed_bases(factors: tuple, bases: tuple) -> tuple[tuple, tuple]:
     return tuple(new), tuple(orders)
 
 
-def _is_per_leaf(x: Any) -> bool:
-    return isinstance(x, tuple)
-
-
 def identity_orders(bases: tuple) -> tuple:
     """The orders that leave ``nu`` as it is."""
     return tuple(None if q is None else jnp.arange(q.shape[0]) for q in bases)
@@ -179,6 +175,7 @@ def soap_direction(
     precondition_1d: bool,
     normalize_grads: bool,
     correct_bias: bool,
+    stack_by_shape: bool,
 ) -> GradientTransformation:
     """:func:`scale_by_soap` with errors naming ``who``."""
     if _validate.is_static_number(shampoo_beta):
@@ -194,6 +191,7 @@ def soap_direction(
 
     def init_fn(params):
         _tree.check_inexact_leaves(params, who)
+        leaves = LeafLayout(params, stacked=stack_by_shape)
 
         def factors(p):
             work, sides = layout(jnp.shape(p))
@@ -203,20 +201,26 @@ def soap_direction(
                 for d, side in zip(work, sides, strict=True)
             )
 
-        zeros = jax.tree.map(factors, params)
-        eyes = jax.tree.map(lambda f: jnp.eye(f.shape[0], dtype=f.dtype), zeros)
+        def one_leaf(p):
+            zeros = factors(p)
+            eyes = tuple(None if f is None else jnp.eye(f.shape[0], dtype=f.dtype) for f in zeros)
+            return _tree.tree_zeros_like(p), _tree.tree_zeros_like(p), zeros, eyes
+
+        mu, nu, zeros, eyes = columns(leaves.map(one_leaf, leaves.units(params)), 4)
         return ScaleBySoapState(
             count=jnp.zeros([], jnp.int32),
-            mu=_tree.tree_zeros_like(params),
-            nu=_tree.tree_zeros_like(params),
-            factors=zeros,
-            bases=eyes,
+            mu=leaves.state(mu),
+            nu=leaves.state(nu),
+            factors=leaves.state(zeros),
+            bases=leaves.state(eyes),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, ScaleBySoapState)
-        _checks.check_updates(who, updates, state.mu, "first moment")
+        leaves = LeafLayout(updates, stacked=stack_by_shape)
+        mu = leaves.checked_units(who, state.mu, "first moment", updates)
+        nu = leaves.checked_units(who, state.nu, "second moment", updates)
         count = _tree.safe_increment(state.count)
         first = count == 1
 
@@ -247,26 +251,22 @@ def soap_direction(
                 factor_statistics(w, factors, 1 - factor_decay),
             )
 
-        treedef = jax.tree.structure(updates)
-        results = treedef.flatten_up_to(
-            stacked_map(direction, updates, state.mu, state.nu, state.factors, state.bases)
+        bases = leaves.state_units(state.bases)
+        results = leaves.map(
+            direction, leaves.units(updates), mu, nu, leaves.state_units(state.factors), bases
         )
-        u, mu, nu, factors = (
-            (list(r) for r in zip(*results, strict=True)) if results else ([], [], [], [])
-        )
-        bases = treedef.flatten_up_to(state.bases)
-        # Only the leaves with a factor enter the switch (vmap needs an array to map over).
+        u, mu, nu, factors = columns(results, 4)
+        # Only the units with a factor enter the switch (vmap needs an array to map over).
         held = [i for i, f in enumerate(factors) if any(x is not None for x in f)]
 
         def keep(held_factors, held_bases):
-            return held_bases, [identity_orders(b) for b in held_bases]
+            return held_bases, leaves.map(identity_orders, held_bases)
 
         def first_bases(held_factors, held_bases):
-            new = stacked_map(eigenbases, held_factors, is_leaf=_is_per_leaf)
-            return new, [identity_orders(b) for b in held_bases]
+            return leaves.map(eigenbases, held_factors), leaves.map(identity_orders, held_bases)
 
         def refresh(held_factors, held_bases):
-            both = stacked_map(refreshed_bases, held_factors, held_bases, is_leaf=_is_per_leaf)
+            both = leaves.map(refreshed_bases, held_factors, held_bases)
             return [b for b, _ in both], [o for _, o in both]
 
         due = jnp.logical_and(count > 1, (count - 1) % frequency == 0)
@@ -277,17 +277,22 @@ def soap_direction(
             [factors[i] for i in held],
             [bases[i] for i in held],
         )
-        for i, b, o in zip(held, new_bases, orders, strict=True):
-            bases[i] = b
-            nu[i] = reorder(nu[i], o, layout(jnp.shape(nu[i]))[0])
+
+        def reordered(nu, orders):
+            return reorder(nu, orders, layout(nu.shape)[0])
+
+        for i, b, n in zip(
+            held, new_bases, leaves.map(reordered, [nu[i] for i in held], orders), strict=True
+        ):
+            bases[i], nu[i] = b, n
         state = ScaleBySoapState(
             count=count,
-            mu=treedef.unflatten(mu),
-            nu=treedef.unflatten(nu),
-            factors=treedef.unflatten(factors),
-            bases=treedef.unflatten(bases),
+            mu=leaves.state(mu),
+            nu=leaves.state(nu),
+            factors=leaves.state(factors),
+            bases=leaves.state(bases),
         )
-        return treedef.unflatten(u), state
+        return leaves.tree(u), state
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -304,6 +309,7 @@ def check_soap(
     precondition_1d: Any,
     normalize_grads: Any,
     correct_bias: Any,
+    stack_by_shape: Any,
 ) -> None:
     """The arguments of :func:`scale_by_soap`."""
     _validate.probability(who, "b1", b1)
@@ -318,6 +324,7 @@ def check_soap(
         ("precondition_1d", precondition_1d),
         ("normalize_grads", normalize_grads),
         ("correct_bias", correct_bias),
+        ("stack_by_shape", stack_by_shape),
     ):
         _validate.boolean(who, name, flag)
 
@@ -334,6 +341,7 @@ def scale_by_soap(
     precondition_1d: bool = False,
     normalize_grads: bool = False,
     correct_bias: bool = True,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """SOAP's direction (Vyas et al., 2024): Adam in the eigenbasis of Shampoo's factors.
 
@@ -371,6 +379,11 @@ def scale_by_soap(
       precondition_1d: give vectors a factor too (else they get Adam).
       normalize_grads: divide the direction by its rms.
       correct_bias: Adam's bias correction, as above.
+      stack_by_shape: keep the state of same-shape leaves stacked, one stack per shape and
+        dtype, and compute each group under one ``vmap`` (the same numbers; compile time set
+        by the number of distinct shapes, not of leaves: ``gradxform._stacking.LeafLayout``).
+        The state's ``mu``, ``nu``, ``factors`` and ``bases`` are then tuples of stacks, not
+        trees of the params' structure.
 
     Returns:
       A transformation whose state is :class:`ScaleBySoapState`.
@@ -393,6 +406,6 @@ def scale_by_soap(
     """
     who = "scale_by_soap"
     args = (b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim)
-    flags = (merge_dims, precondition_1d, normalize_grads, correct_bias)
+    flags = (merge_dims, precondition_1d, normalize_grads, correct_bias, stack_by_shape)
     check_soap(who, *args, *flags)
     return soap_direction(who, *args, *flags)
