@@ -201,7 +201,10 @@ class LeafLayout:
         for members, unit in zip(self.groups, units, strict=True):
             for position, index in zip(positions, members, strict=False):
                 results[index] = jax.tree.map(
-                    lambda x, p=position: jax.lax.dynamic_index_in_dim(x, p, keepdims=False), unit
+                    lambda x, p=position: jax.lax.dynamic_index_in_dim(
+                        x, p, keepdims=False, allow_negative_indices=False
+                    ),
+                    unit,
                 )
         return self.treedef.unflatten(results)
 
