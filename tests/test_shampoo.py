@@ -37,7 +37,6 @@ from jax.sharding import PartitionSpec as P
 from jaxpr_counts import count
 
 import gradxform as gx
-from gradxform._stacking import stacked_by_shape
 
 STEPS = 100
 # Tall, wide, vector, scalar and a 3-D tensor; the factors are 4x4 and 2x2 only, so the
@@ -157,14 +156,14 @@ def test_one_svd_per_distinct_factor_shape_not_per_layer():
             for i in range(layers)
         }
 
-    opt = gx.shampoo(0.1)
-    # Stacked (within stacked_by_shape); leaf by leaf (the default: gradxform/_stacking.py).
-    with stacked_by_shape():
-        one = count(_update_jaxpr(opt, tree(1, [(8, 8)])), "svd")
-        assert one == 1
-        assert count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == one
-        assert count(_update_jaxpr(opt, tree(48, [(8, 8), (16, 16)])), "svd") == 2 * one
-    assert count(_update_jaxpr(opt, tree(48, [(8, 8)])), "svd") == 48 * 2
+    stacked = gx.shampoo(0.1, stack_by_shape=True)
+    # Stacked: one batched SVD per axis of each distinct shape (an 8 x 8 leaf has two factors);
+    # leaf by leaf (the default) one per factor of every leaf.
+    one = count(_update_jaxpr(stacked, tree(1, [(8, 8)])), "svd")
+    assert one == 2
+    assert count(_update_jaxpr(stacked, tree(48, [(8, 8)])), "svd") == one
+    assert count(_update_jaxpr(stacked, tree(48, [(8, 8), (16, 16)])), "svd") == 2 * one
+    assert count(_update_jaxpr(gx.shampoo(0.1), tree(48, [(8, 8)])), "svd") == 48 * 2
 
 
 def test_periodic_root_is_one_cond_around_the_svd():

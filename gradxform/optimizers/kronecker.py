@@ -21,6 +21,7 @@ def shampoo(
     preconditioning_compute_steps: int = 1,
     matrix_eps: float = 1e-6,
     block_size: int | None = None,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """Shampoo (Gupta, Koren & Singer, 2018), as ``pytorch_optimizer.Shampoo``.
 
@@ -56,6 +57,9 @@ def shampoo(
       matrix_eps: the factors start from ``matrix_eps * I`` (>= 0).
       block_size: ``None`` (the default: the reference's whole tensors) or the longest axis of
         a block (a positive int), as above.
+      stack_by_shape: keep same-shape leaves' (or blocks') state stacked and compute each
+        shape once under ``vmap``, as :func:`gradxform.scale_by_shampoo`'s argument: the same
+        numbers, compile time set by the number of distinct shapes, not of layers.
 
     Returns:
       ``chain(scale_by_shampoo, [add_decayed_weights], scale_by_learning_rate)``; with
@@ -79,9 +83,13 @@ def shampoo(
     check_common(who, learning_rate, weight_decay)
     _validate.boolean(who, "weight_decouple", weight_decouple)
     _validate.boolean(who, "fixed_decay", fixed_decay)
-    check_shampoo(who, momentum, weight_decay, preconditioning_compute_steps, matrix_eps)
+    check_shampoo(
+        who, momentum, weight_decay, preconditioning_compute_steps, matrix_eps, stack_by_shape
+    )
     coupled = 0.0 if weight_decouple else weight_decay
-    direction = shampoo_direction(who, momentum, coupled, preconditioning_compute_steps, matrix_eps)
+    direction = shampoo_direction(
+        who, momentum, coupled, preconditioning_compute_steps, matrix_eps, stack_by_shape
+    )
     if block_size is not None:
         _validate.count(who, "block_size", block_size)
         direction = blocks_of(who, direction, block_size)

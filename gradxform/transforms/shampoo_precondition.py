@@ -2,12 +2,13 @@
 ``Shampoo`` computes it: one Kronecker factor per dimension of every tensor, its inverse root
 from an SVD, and the momentum that mixes the previous preconditioned direction into the gradient.
 
-The statistics update, the inverse roots and the preconditioning go through
-:func:`gradxform._stacking.stacked_map`: leaf by leaf by default, or, within
-``stacked_by_shape()``, one ``vmap``-ped computation per distinct shape, where the inverse roots
-of every factor of one shape, from all params, share one batched SVD. The periodic root (every
-``preconditioning_compute_steps`` steps) is one ``lax.cond`` on the step count, outside any
-``vmap``, whose branches take the factors and the old roots and return only the roots.
+The statistics update, the inverse roots and the preconditioning are written for one leaf and
+mapped by a ``LeafLayout`` (``gradxform._stacking``): leaf by leaf by default, or, with
+``stack_by_shape``, one ``vmap``-ped computation per distinct shape over state kept stacked,
+where the inverse roots of one axis's factors, from all params of one shape, share one batched
+SVD. The periodic root (every ``preconditioning_compute_steps`` steps) is one ``lax.cond`` on
+the step count, outside any ``vmap``, whose branches take the factors and the old roots and
+return only the roots.
 
 Sharding (under ``jit`` with params sharded over explicit mesh axes): the momentum, the
 update and the mixing of the gradient with the momentum are sharded like the param; the
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import GradientTransformation, expect_state, require_params
-from gradxform._stacking import stacked_map
+from gradxform._stacking import LeafLayout, columns
 from gradxform._tree import path_name
 from gradxform._types import StepCount
 
@@ -58,6 +59,13 @@ def inverse_root(matrix: jax.Array, exponent: jax.Array) -> jax.Array:
     float64 matrix)."""
     u, s, vh = jnp.linalg.svd(matrix, full_matrices=False)
     return jnp.matmul(u * jnp.power(s, exponent)[None, :], vh, precision=jax.lax.Precision.HIGHEST)
+
+
+def inverse_roots(statistics: tuple) -> tuple:
+    """Each factor's ``L_i^{-1/(2n)}``, ``n`` the number of factors (the param's order)."""
+    return tuple(
+        inverse_root(f, jnp.asarray(-1.0 / (2 * len(statistics)), f.dtype)) for f in statistics
+    )
 
 
 def _unfold(g: jax.Array, axis: int) -> jax.Array:
@@ -124,6 +132,7 @@ def shampoo_direction(
     weight_decay: Any,
     preconditioning_compute_steps: Any,
     matrix_eps: Any,
+    stack_by_shape: bool,
 ) -> GradientTransformation:
     """:func:`scale_by_shampoo` with errors naming ``who`` (the optimizer users call)."""
     decays = not _validate.is_static_zero(weight_decay)
@@ -131,23 +140,28 @@ def shampoo_direction(
 
     def init_fn(params):
         _check_real(who, params)
+        leaves = LeafLayout(params, stacked=stack_by_shape)
 
-        def factors(p, value):
+        def one_leaf(p):
             dtype = _tree.compute_dtype(p.dtype)
             eye = [jnp.eye(d, dtype=dtype) for d in jnp.shape(p)]
-            return tuple(e * _tree.cast_scalar(value, dtype) for e in eye)
+            statistics = tuple(e * _tree.cast_scalar(matrix_eps, dtype) for e in eye)
+            roots = tuple(e * _tree.cast_scalar(0.0, dtype) for e in eye)
+            return _tree.tree_zeros_like(p), statistics, roots
 
+        momenta, statistics, roots = columns(leaves.map(one_leaf, leaves.units(params)), 3)
         return ScaleByShampooState(
             count=jnp.zeros([], jnp.int32),
-            momentum=_tree.tree_zeros_like(params),
-            statistics=jax.tree.map(lambda p: factors(p, matrix_eps), params),
-            roots=jax.tree.map(lambda p: factors(p, 0.0), params),
+            momentum=leaves.state(momenta),
+            statistics=leaves.state(statistics),
+            roots=leaves.state(roots),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         expect_state(who, state, ScaleByShampooState)
-        _checks.check_updates(who, updates, state.momentum, "momentum")
+        leaves = LeafLayout(updates, stacked=stack_by_shape)
+        momenta = leaves.checked_units(who, state.momentum, "momentum", updates)
         if decays:
             require_params(who, params, "weight decay adds a multiple of them to the gradient")
             _checks.check_updates(who, updates, params, "param", inexact=False)
@@ -168,21 +182,17 @@ def shampoo_direction(
                 g = g + _tree.cast_scalar(weight_decay, dtype) * p.astype(dtype)
             return g
 
-        sharded = jax.tree.map(mix, updates, state.momentum, *([params] if decays else []))
-        mixed = jax.tree.map(_whole, sharded)
-        statistics = stacked_map(_accumulate, mixed, state.statistics)
-        exponents = jax.tree.map(
-            lambda g, s: tuple(jnp.asarray(-1.0 / (2 * g.ndim), f.dtype) for f in s),
-            mixed,
-            statistics,
-        )
+        grads = leaves.units(updates)
+        sharded = leaves.map(mix, grads, momenta, *([leaves.units(params)] if decays else []))
+        mixed = [_whole(x) for x in sharded]
+        statistics = leaves.map(_accumulate, mixed, leaves.state_units(state.statistics))
 
         def refresh(statistics, roots):
             del roots
-            return stacked_map(inverse_root, statistics, exponents)
+            return leaves.map(inverse_roots, statistics)
 
         if isinstance(preconditioning_compute_steps, int) and preconditioning_compute_steps == 1:
-            roots = refresh(statistics, state.roots)
+            roots = refresh(statistics, None)
         else:
             # An array (an injected hyperparameter, stored as a float) runs the general program.
             every = preconditioning_compute_steps
@@ -193,20 +203,33 @@ def shampoo_direction(
                 refresh,
                 lambda statistics, roots: roots,
                 statistics,
-                state.roots,
+                leaves.state_units(state.roots),
             )
-        directions = jax.tree.map(_like, stacked_map(_precondition, mixed, roots), sharded)
-        new_momentum = jax.tree.map(lambda d, m: d.astype(m.dtype), directions, state.momentum)
-        out = jax.tree.map(
-            lambda d, g, m: d.astype(_tree.update_dtype(g, m)), directions, updates, state.momentum
+        directions = [
+            _like(d, x)
+            for d, x in zip(leaves.map(_precondition, mixed, roots), sharded, strict=True)
+        ]
+        new_momenta = leaves.map(lambda d, m: d.astype(m.dtype), directions, momenta)
+        out = leaves.map(
+            lambda d, g, m: d.astype(_tree.update_dtype(g, m)), directions, grads, momenta
         )
-        return out, ScaleByShampooState(count, new_momentum, statistics, roots)
+        return leaves.tree(out), ScaleByShampooState(
+            count,
+            leaves.state(new_momenta),
+            leaves.state(statistics),
+            leaves.state(roots),
+        )
 
     return GradientTransformation(init_fn, update_fn)
 
 
 def check_shampoo(
-    who: str, momentum: Any, weight_decay: Any, preconditioning_compute_steps: Any, matrix_eps: Any
+    who: str,
+    momentum: Any,
+    weight_decay: Any,
+    preconditioning_compute_steps: Any,
+    matrix_eps: Any,
+    stack_by_shape: Any,
 ) -> None:
     """The arguments of Shampoo's preconditioner."""
     _validate.probability(who, "momentum", momentum)
@@ -215,6 +238,7 @@ def check_shampoo(
         who, "preconditioning_compute_steps", preconditioning_compute_steps, traced_ok=True
     )
     _validate.non_negative(who, "matrix_eps", matrix_eps)
+    _validate.boolean(who, "stack_by_shape", stack_by_shape)
 
 
 def scale_by_shampoo(
@@ -223,6 +247,7 @@ def scale_by_shampoo(
     weight_decay: float = 0.0,
     preconditioning_compute_steps: int = 1,
     matrix_eps: float = 1e-6,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """Shampoo's direction (Gupta, Koren & Singer, 2018), as ``pytorch_optimizer.Shampoo``.
 
@@ -249,6 +274,11 @@ def scale_by_shampoo(
         count is traced, so the step does not recompile. A Python int 1 drops the ``cond``; an
         array (e.g. injected) runs the general program.
       matrix_eps: the multiple of the identity the factors start from (>= 0).
+      stack_by_shape: keep the state of same-shape leaves stacked, one stack per shape and
+        dtype, and compute each group under one ``vmap`` (the same numbers; compile time set
+        by the number of distinct shapes, not of leaves: ``gradxform._stacking.LeafLayout``).
+        The state's ``momentum``, ``statistics`` and ``roots`` are then tuples of stacks, not
+        trees of the params' structure.
 
     Returns:
       A transformation whose state is :class:`ScaleByShampooState`.
@@ -266,5 +296,6 @@ def scale_by_shampoo(
       <https://arxiv.org/abs/1802.09568>`_, ICML 2018.
     """
     who = "scale_by_shampoo"
-    check_shampoo(who, momentum, weight_decay, preconditioning_compute_steps, matrix_eps)
-    return shampoo_direction(who, momentum, weight_decay, preconditioning_compute_steps, matrix_eps)
+    args = (momentum, weight_decay, preconditioning_compute_steps, matrix_eps, stack_by_shape)
+    check_shampoo(who, *args)
+    return shampoo_direction(who, *args)
