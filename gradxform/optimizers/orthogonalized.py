@@ -59,6 +59,7 @@ def muon(
     adjust_lr_fn: str | None = None,
     ns_dtype: Any | None = BFLOAT16,
     maximize: bool = False,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """Muon (Jordan et al., 2024), as ``torch.optim.Muon``: orthogonalised momentum.
 
@@ -93,6 +94,9 @@ def muon(
       ns_dtype: dtype of the iteration: bfloat16 (torch's), float32, or ``None`` for the
         compute dtype.
       maximize: ascend the objective instead (the gradient is negated first).
+      stack_by_shape: keep the momentum of same-shape matrices stacked and run each shape's
+        iteration once under ``vmap``, as :func:`gradxform.scale_by_muon`'s argument: the
+        same numbers, compile time set by the number of distinct shapes, not of layers.
 
     Returns:
       ``chain(scale_by_muon, adjust_by_shape, add_decayed_weights, scale_by_learning_rate)``.
@@ -111,6 +115,7 @@ def muon(
       LLM Training <https://arxiv.org/abs/2502.16982>`_, 2025.
     """
     who = "muon"
+    _validate.boolean(who, "stack_by_shape", stack_by_shape)
     _check_muon(
         who,
         learning_rate,
@@ -133,6 +138,7 @@ def muon(
         nesterov=nesterov,
         ns_dtype=ns_dtype,
         torch_arithmetic=True,
+        stack_by_shape=stack_by_shape,
     )
     return torch_optimizer(
         who,
@@ -176,6 +182,7 @@ def muon_with_adamw(
     adamw_weight_decay: float = 1e-2,
     labels: Callable[[Any], Any] | None = None,
     maximize: bool = False,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """The usual recipe: :func:`muon` for the hidden matrices, :func:`adamw` for the rest.
 
@@ -206,6 +213,7 @@ def muon_with_adamw(
         a prefix of one); ``None`` is :func:`gradxform.muon_labels`. Only 2-D leaves may be
         labelled ``"muon"``.
       maximize: ascend the objective instead, in both groups.
+      stack_by_shape: Muon's, as in :func:`muon` (AdamW's state stays a tree).
 
     Returns:
       ``multi_transform({"muon": muon(...), "adamw": adamw(...)}, labels)`` over the groups
@@ -240,6 +248,7 @@ def muon_with_adamw(
     if labels is not None:
         _validate.function(who, "labels", labels)
     _validate.boolean(who, "maximize", maximize)
+    _validate.boolean(who, "stack_by_shape", stack_by_shape)
     groups: dict[Hashable, GradientTransformation] = {
         "muon": muon(
             learning_rate,
@@ -252,6 +261,7 @@ def muon_with_adamw(
             adjust_lr_fn=adjust_lr_fn,
             ns_dtype=ns_dtype,
             maximize=maximize,
+            stack_by_shape=stack_by_shape,
         ),
         "adamw": adamw(
             learning_rate if adamw_learning_rate is None else adamw_learning_rate,

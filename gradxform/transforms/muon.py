@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from gradxform import _checks, _tree, _validate
 from gradxform._base import EmptyState, GradientTransformation, expect_state
-from gradxform._stacking import stacked_map
+from gradxform._stacking import LeafLayout, columns
 from gradxform._tree import path_name
 from gradxform._types import StepCount
 
@@ -191,19 +191,21 @@ def muon_direction(
     nesterov: bool,
     ns_dtype: Any,
     torch_arithmetic: bool,
+    stack_by_shape: bool,
 ) -> GradientTransformation:
     """:func:`scale_by_muon` with errors naming ``who`` (the optimizer users call)."""
 
     def init_fn(params):
         check_matrices(who, params)
-        return ScaleByMuonState(
-            count=jnp.zeros([], jnp.int32), mu=_tree.tree_zeros_like(params, mu_dtype)
-        )
+        leaves = LeafLayout(params, stacked=stack_by_shape)
+        zeros = leaves.map(lambda p: _tree.tree_zeros_like(p, mu_dtype), leaves.units(params))
+        return ScaleByMuonState(count=jnp.zeros([], jnp.int32), mu=leaves.state(zeros))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         expect_state(who, state, ScaleByMuonState)
-        _checks.check_updates(who, updates, state.mu, "momentum")
+        leaves = LeafLayout(updates, stacked=stack_by_shape)
+        momenta = leaves.checked_units(who, state.mu, "momentum", updates)
         count = _tree.safe_increment(state.count)
         if not torch_arithmetic:
             correction = _tree.bias_correction(beta, count)
@@ -233,10 +235,9 @@ def muon_direction(
             )
             return o.astype(out_dtype), new_m.astype(m.dtype)
 
-        # Same-shape matrices share one batched iteration (compile time O(distinct shapes)).
-        pairs = stacked_map(leaf, updates, state.mu)
-        u, mu = (jax.tree.map(lambda _, p, i=i: p[i], updates, pairs) for i in (0, 1))
-        return u, ScaleByMuonState(count=count, mu=mu)
+        # Stacked, same-shape matrices share one batched iteration (compile time O(shapes)).
+        u, mu = columns(leaves.map(leaf, leaves.units(updates), momenta), 2)
+        return leaves.tree(u), ScaleByMuonState(count=count, mu=leaves.state(mu))
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -251,6 +252,7 @@ def scale_by_muon(
     nesterov: bool = True,
     ns_dtype: Any | None = None,
     torch_arithmetic: bool = False,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """Muon's direction (Jordan et al., 2024): momentum orthogonalised by Newton-Schulz.
 
@@ -280,6 +282,10 @@ def scale_by_muon(
       ns_dtype: dtype of the iteration (see :func:`newton_schulz`); by default the compute
         dtype, ``bfloat16`` for torch's numbers.
       torch_arithmetic: torch's momentum and normalisation, as above.
+      stack_by_shape: keep the momentum of same-shape matrices stacked, one stack per shape
+        and dtype, and run each group's iteration under one ``vmap`` (the same numbers; compile
+        time set by the number of distinct shapes: ``gradxform._stacking.LeafLayout``). The
+        state's ``mu`` is then a tuple of stacks, not a tree of the params' structure.
 
     Returns:
       A transformation whose state is :class:`ScaleByMuonState`.
@@ -300,6 +306,7 @@ def scale_by_muon(
     _validate.dtype(who, "mu_dtype", mu_dtype)
     _validate.boolean(who, "nesterov", nesterov)
     _validate.boolean(who, "torch_arithmetic", torch_arithmetic)
+    _validate.boolean(who, "stack_by_shape", stack_by_shape)
     return muon_direction(
         who,
         ns_coeffs,
@@ -310,6 +317,7 @@ def scale_by_muon(
         nesterov=nesterov,
         ns_dtype=ns_dtype,
         torch_arithmetic=torch_arithmetic,
+        stack_by_shape=stack_by_shape,
     )
 
 

@@ -8,11 +8,12 @@ Layout of a leaf. A leaf of rank >= 2 (its shape merged first with ``merge_dims`
 identity). A vector gets one factor only with ``precondition_1d``; a scalar gets none (with
 ``merge_dims`` a ``1 x 1`` factor, which changes nothing). A leaf without factors is Adam.
 
-Engineering. Per-matrix work is written for one leaf and mapped with ``stacked_map``
-(``gradxform._stacking``): leaf by leaf by default (faster on XLA's CPU backend, measured),
-one ``vmap`` per shape within ``stacked_by_shape()``. The expensive step (``eigh`` on step 1,
-a power-iteration step and a QR every ``precondition_frequency`` steps) is one ``lax.switch``
-on the traced count, outside any ``vmap``, taking and returning only the bases (and order).
+Engineering. Per-matrix work is written for one leaf and mapped by a ``LeafLayout``
+(``gradxform._stacking``): leaf by leaf by default, or, with ``stack_by_shape``, one ``vmap``
+per shape over state kept stacked (one stack per shape and dtype). The expensive step
+(``eigh`` on step 1, a power-iteration step and a QR every ``precondition_frequency`` steps) is
+one ``lax.switch`` on the traced count, outside any ``vmap``, taking and returning only the
+bases (and order).
 
 Sharding (``jit``, ``NamedSharding`` params, ``Auto`` mesh; tested on rows over 8 devices):
 ``init`` shards ``mu`` and ``nu`` like the param and replicates the ``(d_i, d_i)`` factors and
