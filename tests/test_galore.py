@@ -45,7 +45,6 @@ from jaxpr_counts import count, count_in_conds
 from torch_harness import ATOL64, RTOL64
 
 import gradxform as gx
-from gradxform._stacking import stacked_by_shape
 
 STEPS = 100
 SHAPES = {"tall": (6, 4), "wide": (3, 7), "bias": (5,)}
@@ -201,8 +200,8 @@ def test_galore_equals_optax_contrib(x64):
 # The program: one SVD per distinct shape, in one cond, compiled once.
 
 
-def _update_jaxpr(params):
-    opt = gx.galore_adamw(1e-3, rank=8, update_proj_gap=10)
+def _update_jaxpr(params, stack_by_shape=False):
+    opt = gx.galore_adamw(1e-3, rank=8, update_proj_gap=10, stack_by_shape=stack_by_shape)
     state = opt.init(params)
     return jax.make_jaxpr(lambda g, s, p: opt.update(g, s, p))(params, state, params).jaxpr
 
@@ -213,17 +212,100 @@ def test_one_svd_per_distinct_shape_inside_one_cond(layers, shapes):
         f"layer{i}_{j}": jnp.ones((32 + 16 * j, 32)) for i in range(layers) for j in range(shapes)
     }
     params["bias"] = jnp.ones(32)
-    # Leaf by leaf (the default: gradxform/_stacking.py) one SVD per matrix, stacked one per
-    # shape; either way all inside the one cond.
-    assert count(_update_jaxpr(params), "svd") == layers * shapes
-    assert count_in_conds(_update_jaxpr(params), "svd") == layers * shapes
-    with stacked_by_shape():
-        jaxpr = _update_jaxpr(params)
+    # Leaf by leaf (the default) one SVD per matrix, stacked one per shape; either way all
+    # inside the one cond.
+    per_leaf = _update_jaxpr(params)
+    assert count(per_leaf, "svd") == layers * shapes
+    assert count_in_conds(per_leaf, "svd") == layers * shapes
+    jaxpr = _update_jaxpr(params, stack_by_shape=True)
     assert count(jaxpr, "svd") == shapes
     # Every SVD is inside the one cond: none runs on the steps that keep the projectors (a
     # cond under vmap would have become a select of both branches, its SVD outside any cond).
     assert count_in_conds(jaxpr, "svd") == shapes
     assert count(jaxpr, "cond") == 1
+
+
+# Two groups of projected matrices (three (6, 4), one (3, 7)) and a vector that is not projected.
+STACKED_SHAPES = {"a0": (6, 4), "b": (3, 7), "a1": (6, 4), "v": (5,), "a2": (6, 4)}
+
+
+def _stacked_run(stack_by_shape, proj_type):
+    """galore_adamw's updates and params over 5 steps (projectors computed at steps 0, 2, 4),
+    float32, and the GaLore state after each step."""
+    rng = np.random.default_rng(3)
+    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in STACKED_SHAPES.items()}
+    opt = gx.galore_adamw(
+        1e-2,
+        rank=2,
+        update_proj_gap=2,
+        proj_type=proj_type,
+        weight_decay=0.1,
+        stack_by_shape=stack_by_shape,
+    )
+    step = jax.jit(opt.update)
+    state, states, updates = opt.init(params), [], None
+    for _ in range(5):
+        grads = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in STACKED_SHAPES.items()}
+        updates, state = step(grads, state, params)
+        params = gx.apply_updates(params, updates)
+        states.append(state[0])
+    return updates, params, states
+
+
+@pytest.mark.parametrize(
+    ("proj_type", "stacks"),
+    [
+        ("std", ((3, 2, 4), (1, 3, 2))),
+        ("full", (((3, 6, 2), (3, 2, 4)), ((1, 3, 2), (1, 2, 7)))),
+    ],
+)
+def test_stacked_equals_leaf_by_leaf_bit_for_bit(proj_type, stacks):
+    """``stack_by_shape=True`` (one vmapped SVD, projection and projection back per group) gives
+    the numbers of the default bit for bit, across projector refreshes."""
+    u_want, p_want, per_leaf = _stacked_run(False, proj_type)
+    u_got, p_got, stacked = _stacked_run(True, proj_type)
+    jax.tree.map(np.testing.assert_array_equal, (u_got, p_got), (u_want, p_want))
+    # The projectors: a tuple of stacks, the group of three in the order of its first leaf.
+    assert jax.tree.map(jnp.shape, stacked[-1].projector) == stacks
+    for a, b in ((per_leaf[-1], stacked[-1]), (per_leaf[1], stacked[1])):
+        groups = [["a0", "a1", "a2"], ["b"]]
+        for names, stack in zip(groups, b.projector, strict=True):
+            want = jax.tree.map(lambda *x: jnp.stack(x), *(a.projector[k] for k in names))
+            jax.tree.map(np.testing.assert_array_equal, stack, want)
+    # The run crossed a refresh: the projectors of step 2 are not those of steps 0 and 1.
+    changed = jax.tree.leaves(stacked[2].projector)[0] != jax.tree.leaves(stacked[1].projector)[0]
+    assert bool(jnp.any(changed))
+    chex.assert_trees_all_equal(per_leaf[-1].base_optimizer_state, stacked[-1].base_optimizer_state)
+
+
+def test_stacked_state_of_another_model_raises():
+    opt = gx.galore_adamw(1e-2, rank=2, stack_by_shape=True)
+    params = {"a0": jnp.ones((6, 4)), "a1": jnp.ones((6, 4)), "b": jnp.ones((3, 7))}
+    state = opt.init(params)
+    other = {"a0": jnp.ones((6, 4)), "b": jnp.ones((3, 7))}
+    message = (
+        r"galore_adamw: the state's projector .* stacks of shapes \[\(1, 2, 4\), \(1, 3, 2\)\] "
+        r"\(group size first\), the state has \(\(2, 2, 4\), \(1, 3, 2\)\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        opt.update(other, state, other)
+    # A leaf-by-leaf state, shown by its shapes.
+    leaf_by_leaf = gx.galore_adamw(1e-2, rank=2).init(params)
+    with pytest.raises(ValueError, match=r"the state has \{'a0': \(2, 4\), 'a1'"):
+        opt.update(params, leaf_by_leaf, params)
+
+
+def test_stacked_state_survives_a_checkpoint(tmp_path):
+    opt = gx.scale_by_galore(rank=1, update_proj_gap=2, stack_by_shape=True)
+    params = {"a": jnp.ones((3, 2)), "b": jnp.ones((3, 2)), "v": jnp.ones(2)}
+    grads = {"a": jnp.eye(3, 2), "b": jnp.eye(3, 2)[::-1], "v": jnp.ones(2)}
+    step = jax.jit(opt.update)  # one compile: the loaded state has the state's types
+    _, state = step(grads, opt.init(params))
+    gx.save_state(tmp_path / "galore.npz", state)
+    loaded = gx.load_state(tmp_path / "galore.npz", like=opt.init(params))
+    assert isinstance(loaded.projector, tuple) and loaded.projector[0].shape == (2, 3, 1)
+    chex.assert_trees_all_equal(loaded, state)
+    chex.assert_trees_all_equal(step(grads, loaded), step(grads, state))
 
 
 def test_compiles_once_over_two_periods():

@@ -33,6 +33,7 @@ def galore_adamw(
     eps: float = 1e-6,
     weight_decay: float = 0.0,
     projected: MaskOrFn = None,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """GaLore AdamW (Zhao et al., 2024), as ``galore_torch.GaLoreAdamW``.
 
@@ -61,6 +62,9 @@ def galore_adamw(
       weight_decay: decay of the new params after the step (>= 0).
       projected: which leaves to project (a tree of bools or a function of the params);
         ``None`` projects every 2-D leaf.
+      stack_by_shape: keep the projectors of same-shape projected leaves stacked and compute
+        each group under one ``vmap`` (the same numbers; compile time set by the number of
+        distinct shapes, not of leaves): see :func:`gradxform.scale_by_galore`.
 
     Returns:
       ``chain(scale_by_galore(base_optimizer=scale_by_adam_raw_eps), decay (before the rate),
@@ -81,11 +85,13 @@ def galore_adamw(
     """
     who = "galore_adamw"
     check_common(who, learning_rate, weight_decay)
-    check_galore(who, rank, update_proj_gap, scale, proj_type, projected)
+    check_galore(who, rank, update_proj_gap, scale, proj_type, projected, stack_by_shape)
     check_moments(who, b1, b2, eps)
     base = scale_by_adam_raw_eps(b1, b2=b2, eps=eps)
     return chain(
-        galore_projection(who, rank, update_proj_gap, scale, base, proj_type, projected),
+        galore_projection(
+            who, rank, update_proj_gap, scale, base, proj_type, projected, stack_by_shape
+        ),
         *optional(
             not _validate.is_static_zero(weight_decay),
             decay_before_learning_rate(learning_rate, weight_decay, who=who),
@@ -103,6 +109,8 @@ def galore(
     weight_decay: Any = 0.0,
     mask: MaskOrFn = None,
     weight_dimension_numbers: None = None,
+    *,
+    stack_by_shape: bool = False,
 ) -> GradientTransformation:
     """GaLore as ``optax.contrib.galore``: the projection of :func:`gradxform.scale_by_galore`
     with Optax's side (a matrix with ``m >= n`` on the left), around ``base_optimizer``
@@ -120,6 +128,7 @@ def galore(
         :func:`gradxform.scale_by_galore`.
       weight_decay: decoupled weight decay (>= 0).
       mask: which leaves to decay (a tree of bools or a function of the params).
+      stack_by_shape: as in :func:`gradxform.scale_by_galore` (keyword only).
 
     Returns:
       ``chain(scale_by_galore, add_decayed_weights, scale_by_learning_rate)``.
@@ -138,8 +147,16 @@ def galore(
     who = "galore"
     check_common(who, learning_rate, weight_decay)
     _validate.mask(who, "mask", mask)
+    _validate.boolean(who, "stack_by_shape", stack_by_shape)
     return chain(
-        scale_by_galore(rank, update_proj_gap, scale, base_optimizer, weight_dimension_numbers),
+        scale_by_galore(
+            rank,
+            update_proj_gap,
+            scale,
+            base_optimizer,
+            weight_dimension_numbers,
+            stack_by_shape=stack_by_shape,
+        ),
         *decay_link(who, weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
