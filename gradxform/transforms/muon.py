@@ -282,10 +282,9 @@ def scale_by_muon(
       ns_dtype: dtype of the iteration (see :func:`newton_schulz`); by default the compute
         dtype, ``bfloat16`` for torch's numbers.
       torch_arithmetic: torch's momentum and normalisation, as above.
-      stack_by_shape: keep the momentum of same-shape matrices stacked, one stack per shape
-        and dtype, and run each group's iteration under one ``vmap`` (the same numbers; compile
-        time set by the number of distinct shapes: ``gradxform._stacking.LeafLayout``). The
-        state's ``mu`` is then a tuple of stacks, not a tree of the params' structure.
+      stack_by_shape: keep the momentum as one stack per shape and dtype (``mu`` a tuple of
+        stacks) and run each shape's iteration once under ``vmap``: the same numbers, compile
+        time set by the distinct shapes (``gradxform._stacking.LeafLayout``).
 
     Returns:
       A transformation whose state is :class:`ScaleByMuonState`.
