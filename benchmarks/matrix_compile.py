@@ -6,13 +6,13 @@
 
 The tree is transformer-shaped: per layer the attention's q, k, v, o (256 x 256), the MLP's
 256 x 1024 and 1024 x 256, and two layer-norm vectors (256); plus an embedding 1024 x 256. For
-each matrix optimizer of gradxform (``muon_with_adamw``, ``shampoo``, and ``soap`` and
-``galore_adamw`` when this gradxform has them) it measures the lowering plus compilation of
+each matrix optimizer of gradxform (``muon_with_adamw``, ``shampoo``, ``soap``,
+``galore_adamw``; and ``adamw``, the floor that any optimizer's per-leaf program sets) it measures the lowering plus compilation of
 the jitted ``update`` + ``apply_updates`` and the time of one compiled step, in wall time and
 in the process's CPU time (all threads; less perturbed when other processes share the cores),
 and the compiled program's size (HLO instructions, fused kernels, distinct fused kernels), for
-the stacked program (same-shape matrices share one ``vmap``-ped computation, each leaf read out
-at a runtime position; traced within ``gradxform._stacking.stacked_by_shape()``) and the
+the stacked program (``stack_by_shape=True``: the state kept in one stack per shape, each shape
+computed once under ``vmap``, each leaf's update read out at a runtime position) and the
 per-leaf one (gradxform's default, which these numbers chose), and for Optax's nearest
 equivalent where there is one:
 ``optax.contrib.muon`` for Muon, ``optax.contrib.galore`` for GaLore. Optax 0.2.8 has no
@@ -44,7 +44,6 @@ import numpy as np
 
 import gradxform as gx
 from benchmarks.run import machine_description
-from gradxform._stacking import leaf_by_leaf, stacked_by_shape
 
 try:
     import optax
@@ -77,32 +76,38 @@ def transformer_tree(layers: int) -> dict:
 
 
 def optimizers() -> dict:
-    """gradxform's matrix optimizers present in this build, with their Optax peer (or None)."""
-    found = {
+    """gradxform's matrix optimizers, each a factory of ``stack_by_shape``, with their Optax
+    peer (or None); and AdamW, the floor: an element-wise optimizer's per-leaf program."""
+    return {
         "muon_with_adamw": (
-            lambda: gx.muon_with_adamw(0.02),
+            lambda stacked: gx.muon_with_adamw(0.02, stack_by_shape=stacked),
             (lambda: optax.contrib.muon(0.02)) if optax is not None else None,
         ),
-        "shampoo": (lambda: gx.shampoo(1e-3, preconditioning_compute_steps=ROOT_EVERY), None),
-    }
-    if hasattr(gx, "soap"):
-        found["soap"] = (lambda: gx.soap(3e-3), None)
-    if hasattr(gx, "galore_adamw"):
+        "shampoo": (
+            lambda stacked: gx.shampoo(
+                1e-3, preconditioning_compute_steps=ROOT_EVERY, stack_by_shape=stacked
+            ),
+            None,
+        ),
+        "soap": (lambda stacked: gx.soap(3e-3, stack_by_shape=stacked), None),
         # Optax's contrib GaLore (other side, Adam's eps outside the root, scale 1) at the same
         # rank and gap: the nearest equivalent.
-        found["galore_adamw"] = (
-            lambda: gx.galore_adamw(1e-3, rank=64),
+        "galore_adamw": (
+            lambda stacked: gx.galore_adamw(1e-3, rank=64, stack_by_shape=stacked),
             (lambda: optax.contrib.galore(1e-3, rank=64)) if optax is not None else None,
-        )
-    return found
+        ),
+        "adamw": (
+            lambda stacked: gx.adamw(1e-3),
+            (lambda: optax.adamw(1e-3, weight_decay=1e-2)) if optax is not None else None,
+        ),
+    }
 
 
-def measure(make, params, *, per_leaf: bool, steps: int) -> dict:
+def measure(opt, params, *, steps: int) -> dict:
     """Seconds to lower + compile the jitted step, and the median of ``steps`` steps, in wall
     time and in this process's CPU time (all threads: less perturbed by other processes on a
     shared machine); the compiled program's size (HLO instructions, fused kernels, distinct
     fused kernels: XLA compiles each distinct one once)."""
-    opt = make()
     grads = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
 
     def step(params, state, grads):
@@ -110,12 +115,8 @@ def measure(make, params, *, per_leaf: bool, steps: int) -> dict:
         return gx.apply_updates(params, updates), state
 
     state = jax.jit(opt.init)(params)
-    # ``step`` is a new function on every call: JAX's trace cache is keyed on the function and
-    # the arguments' types, not on the stacking context, so a reused function would return the
-    # first variant's trace for the other too (measured: identical jaxprs).
     start, cpu_start = time.perf_counter(), time.process_time()
-    with leaf_by_leaf() if per_leaf else stacked_by_shape():
-        traced = jax.jit(step).trace(params, state, grads)
+    traced = jax.jit(step).trace(params, state, grads)
     compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
     compile_cpu_s = time.process_time() - cpu_start
@@ -193,11 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.only is not None and name not in args.only:
                 continue
             row = {"optimizer": name, "layers": depth}
-            row["stacked"] = measure(ours, params, per_leaf=False, steps=steps)
-            row["per_leaf"] = measure(ours, params, per_leaf=True, steps=steps)
-            row["optax"] = (
-                None if peer is None else measure(peer, params, per_leaf=False, steps=steps)
-            )
+            row["stacked"] = measure(ours(True), params, steps=steps)
+            row["per_leaf"] = measure(ours(False), params, steps=steps)
+            row["optax"] = None if peer is None else measure(peer(), params, steps=steps)
             rows.append(row)
             print(_line(row), flush=True)
             # Written after every row, so that an interrupted run keeps what it measured.

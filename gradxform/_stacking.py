@@ -1,126 +1,32 @@
-"""Same-shape leaves stacked and mapped with one ``vmap``, or mapped leaf by leaf.
+"""Per-leaf state of the matrix optimizers, kept leaf by leaf or in one stack per shape.
 
 A matrix optimizer (SOAP, Shampoo, GaLore, Muon) runs the same expensive computation on every
 matrix of the model: an eigendecomposition, an SVD, a matrix root, a Newton-Schulz iteration.
-:func:`stacked_map` is ``jax.tree.map`` for such a computation. Stacked, it groups the leaves
-whose arguments have the same shapes and dtypes, stacks each group on a new leading axis and
-runs ``fn`` once per group under ``jax.vmap``, so the traced program holds one batched
-computation per distinct shape, whatever the depth of the model.
+Leaf by leaf (their default), the compiled program holds one copy of it per matrix, and its
+size and compile time grow with the depth of the model. With ``stack_by_shape=True`` the
+optimizer keeps its per-leaf state as one stack per group of leaves of the same shape and dtype
+(:class:`LeafLayout`) and computes each group under one ``jax.vmap``: the program holds one
+computation per distinct shape, and what grows with depth is only the per-leaf part any
+optimizer has (stacking the gradients, reading each leaf's update out of its stack, applying
+it). Measured (``python -m benchmarks.matrix_compile``, 2-core EPYC CPU, 48-layer
+transformer-shaped tree): SOAP's step compiles in 3.5 s stacked against 22.3 s leaf by leaf.
 
-Leaf by leaf is the default, because it is what measures faster on XLA's CPU backend
-(``benchmarks/matrix_compile.py``; 2-core EPYC). XLA compiles a fused kernel once per distinct
-computation: the per-leaf kernels of same-shape leaves are compiled once (48 leaves ``x * 2``
-of one shape compile in 0.07 s, of 48 shapes in 2.0 s). Stacked, each leaf is read out of its
-group's result at a runtime position (:func:`runtime_positions`): with a constant position the
-slices are distinct kernels, one per leaf (about 25 ms of compile each), which made the stacked
-program slower to compile than leaf by leaf (Shampoo on 48 layers: 71 s against 11 s). With
-runtime positions the stacked program's distinct kernels do not grow with depth; what still
-grows is the number of instructions (the stacking, the reads, the per-leaf state), and with it
-the compile time (not profiled pass by pass), more slowly than leaf by leaf's (SOAP on 48
-layers: 15.7 s of CPU stacked, 24.3 s leaf by leaf). Stacking stays opt-in, within
-:func:`stacked_by_shape`: on this CPU it compiles no faster up to 12 layers and its steps are
-slower at every depth measured (SOAP on 48 layers: 6.9 s against 5.5 s); on a backend where
-launching one kernel per leaf dominates it may win (unmeasured: no accelerator was used).
-
-Every stacked group is mapped with ``vmap``, a group of one leaf included, so that a leaf's
-numbers do not depend on how many other leaves share its shape.
+Each leaf is read out of its stack at a runtime position (:func:`runtime_positions`): with a
+constant position every read is a distinct kernel, compiled on its own (about 25 ms each on a
+2-core CPU). Stacking stays opt-in: the state is then a tuple of stacks, not a tree of the
+params' structure (Optax's ``tree_map_params`` does not see it), and on a CPU the steps are
+no faster (``docs/frontier_optimizers.md`` has the table).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from gradxform import _checks
-
-_stack_by_default = [False]
-
-
-@contextlib.contextmanager
-def _stacking(stack: bool) -> Iterator[None]:
-    _stack_by_default.append(stack)
-    try:
-        yield
-    finally:
-        _stack_by_default.pop()
-
-
-def stacked_by_shape() -> contextlib.AbstractContextManager[None]:
-    """Within this context, :func:`stacked_map` stacks same-shape leaves under one ``vmap``.
-
-    It acts while tracing: a function already traced (``jax.jit``'s cache is keyed on the
-    function and the arguments' types, not on this context) keeps the program it had, so trace
-    a new function (or call ``jax.jit(...).trace``) within it.
-    """
-    return _stacking(True)
-
-
-def leaf_by_leaf() -> contextlib.AbstractContextManager[None]:
-    """Within this context, :func:`stacked_map` computes leaf by leaf (the default)."""
-    return _stacking(False)
-
-
-def _signature(args: tuple) -> Hashable:
-    """What decides whether two leaves' arguments can share one batched computation."""
-    leaves, structure = jax.tree.flatten(args)
-    return structure, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
-
-
-def stacked_map(
-    fn: Callable[..., Any],
-    tree: Any,
-    *rest: Any,
-    is_leaf: Callable[[Any], bool] | None = None,
-    stack: bool | None = None,
-) -> Any:
-    """``jax.tree.map(fn, tree, *rest)``, or one ``vmap``-ped call of ``fn`` per shape group.
-
-    The leaves of ``tree`` (as ``is_leaf`` decides) give the calls; each of ``rest`` must have
-    ``tree``'s structure as a prefix, and its matching subtree is passed along (a leaf's state,
-    say). Calls whose arguments have the same tree structure, shapes and dtypes are stacked on a
-    new leading axis and computed by one ``jax.vmap(fn)``; the results are split back in the
-    order of the leaves. ``fn`` must treat its arguments as one leaf's (no reduction across
-    leaves). Without ``stack`` the enclosing context decides: leaf by leaf unless traced within
-    :func:`stacked_by_shape`.
-
-    Args:
-        fn: the computation for one leaf; returns any tree of arrays.
-        tree: the tree whose leaves define the calls.
-        *rest: trees with ``tree``'s structure as a prefix.
-        is_leaf: as for ``jax.tree.flatten``.
-        stack: ``True`` to stack, ``False`` to compute leaf by leaf, ``None`` (default) as
-            the enclosing :func:`stacked_by_shape` or :func:`leaf_by_leaf` says (leaf by leaf
-            outside both).
-
-    Returns:
-        A tree of ``tree``'s structure whose leaves are ``fn``'s results.
-    """
-    leaves, treedef = jax.tree.flatten(tree, is_leaf=is_leaf)
-    calls = list(zip(leaves, *(treedef.flatten_up_to(r) for r in rest), strict=True))
-    if stack is None:
-        stack = _stack_by_default[-1]
-    if not stack:
-        return treedef.unflatten([fn(*args) for args in calls])
-    groups: dict[Hashable, list[int]] = {}
-    for index, args in enumerate(calls):
-        groups.setdefault(_signature(args), []).append(index)
-    results: list[Any] = [None] * len(calls)
-    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(calls))
-    # Eagerly nothing is compiled per kernel, and Python ints index faster.
-    size = max(map(len, groups.values()), default=0)
-    positions = runtime_positions(size) if traced else range(size)
-    for indices in groups.values():
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(calls[i] for i in indices))
-        out = jax.vmap(fn)(*stacked)
-        for position, index in zip(positions, indices, strict=False):
-            results[index] = jax.tree.map(
-                lambda x, p=position: jax.lax.dynamic_index_in_dim(x, p, keepdims=False), out
-            )
-    return treedef.unflatten(results)
 
 
 def runtime_positions(n: int) -> tuple[jax.Array, ...]:

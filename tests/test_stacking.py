@@ -1,14 +1,15 @@
-"""``_stacking.stacked_map``: ``jax.tree.map``'s numbers; stacked, one computation per shape."""
+"""``_stacking.LeafLayout``: ``jax.tree.map``'s numbers; stacked, one computation per shape."""
 
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jaxpr_counts import count
 
 import gradxform as gx
-from gradxform._stacking import leaf_by_leaf, runtime_positions, stacked_by_shape, stacked_map
+from gradxform._stacking import LeafLayout, columns, runtime_positions
 
 
 def _symmetric(key, n):
@@ -28,61 +29,88 @@ def _tree(layers, shapes=((8, 8),)):
     }
 
 
-def test_equals_tree_map_leaf_by_leaf():
+def _mapped(fn, tree, *rest, stacked):
+    """``fn`` over the leaves of ``tree`` (and the matching subtrees of ``rest``) by a
+    ``LeafLayout``: units in, units out, back to a tree."""
+    layout = LeafLayout(tree, stacked=stacked)
+    return layout.tree(layout.map(fn, layout.units(tree), *(layout.units(r) for r in rest)))
+
+
+def test_units_map_and_tree_give_tree_maps_numbers():
     tree = _tree(3, shapes=((4, 4), (6, 6)))
     scales = jax.tree.map(lambda x: jnp.float32(x.shape[0]), tree)
     expected = jax.tree.map(lambda x, s: (jnp.linalg.eigh(x)[0] * s, x.sum()), tree, scales)
-    got = stacked_map(lambda x, s: (jnp.linalg.eigh(x)[0] * s, x.sum()), tree, scales, stack=True)
-    assert jax.tree.structure(got) == jax.tree.structure(expected)
-    for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+    for stacked in (True, False):
+        got = _mapped(
+            lambda x, s: (jnp.linalg.eigh(x)[0] * s, x.sum()), tree, scales, stacked=stacked
+        )
+        assert jax.tree.structure(got) == jax.tree.structure(expected)
+        for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
 
 
 def test_the_rest_passes_subtrees_per_leaf():
     tree = {"a": jnp.ones((2, 2)), "b": jnp.ones((2, 2))}
     state = {"a": (jnp.zeros(2), jnp.float32(1.0)), "b": (jnp.ones(2), jnp.float32(2.0))}
-    got = stacked_map(lambda x, s: x.sum(0) * s[1] + s[0], tree, state, stack=True)
+    got = _mapped(lambda x, s: x.sum(0) * s[1] + s[0], tree, state, stacked=True)
     np.testing.assert_array_equal(got["a"], [2.0, 2.0])
     np.testing.assert_array_equal(got["b"], [5.0, 5.0])
+
+
+def test_groups_by_shape_and_dtype_in_the_order_of_their_first_leaf():
+    tree = [
+        jnp.ones((3,), jnp.float32),
+        jnp.ones((2, 2)),
+        jnp.ones((3,), jnp.bfloat16),
+        jnp.ones((3,), jnp.float32),
+    ]
+    layout = LeafLayout(tree, stacked=True)
+    assert layout.groups == ((0, 3), (1,), (2,))
+    assert [u.shape for u in layout.units(tree)] == [(2, 3), (1, 2, 2), (1, 3)]
+    got = _mapped(lambda x: x * 2, tree, stacked=True)
+    assert [x.dtype for x in got] == [jnp.float32, jnp.float32, jnp.bfloat16, jnp.float32]
+    jaxpr = jax.make_jaxpr(lambda t: _mapped(lambda x: x * 2, t, stacked=True))(tree).jaxpr
+    assert count(jaxpr, "mul") == 3
+    # A state field: the tuple of stacks, read back as units.
+    assert layout.state_units(layout.state(layout.units(tree)))[0].shape == (2, 3)
 
 
 def test_one_computation_per_distinct_shape_not_per_layer():
     for shapes, expected in [(((8, 8),), 1), (((8, 8), (16, 16)), 2)]:
         tree = _tree(48, shapes)
-        with stacked_by_shape():
-            jaxpr = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t))(tree).jaxpr
+        jaxpr = jax.make_jaxpr(lambda t: _mapped(_eigenvalues, t, stacked=True))(tree).jaxpr
         assert count(jaxpr, "eigh") == expected
-        jaxpr = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t, stack=True))(tree).jaxpr
-        assert count(jaxpr, "eigh") == expected
-        # Leaf by leaf: the default, also within stacked_by_shape when asked for explicitly.
-        per_leaf = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t))(tree)
-        assert count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
-        with stacked_by_shape(), leaf_by_leaf():
-            per_leaf = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t))(tree)
-        assert count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
-        with stacked_by_shape():
-            per_leaf = jax.make_jaxpr(lambda t: stacked_map(_eigenvalues, t, stack=False))(tree)
+        per_leaf = jax.make_jaxpr(lambda t: _mapped(_eigenvalues, t, stacked=False))(tree)
         assert count(per_leaf.jaxpr, "eigh") == 48 * len(shapes)
 
 
 def test_a_leaf_alone_gives_the_numbers_it_gives_in_a_group():
     tree = _tree(4)
-    alone = stacked_map(_eigenvalues, tree["layer2"], stack=True)
-    grouped = stacked_map(_eigenvalues, tree, stack=True)["layer2"]
+    alone = _mapped(_eigenvalues, tree["layer2"], stacked=True)
+    grouped = _mapped(_eigenvalues, tree, stacked=True)["layer2"]
     np.testing.assert_array_equal(alone[0], grouped[0])
 
 
-def test_dtypes_are_grouped_apart_and_kept():
-    tree = [jnp.ones((3,), jnp.float32), jnp.ones((3,), jnp.bfloat16), jnp.ones((3,), jnp.float32)]
-    got = stacked_map(lambda x: x * 2, tree, stack=True)
-    assert [x.dtype for x in got] == [jnp.float32, jnp.bfloat16, jnp.float32]
-    jaxpr = jax.make_jaxpr(lambda t: stacked_map(lambda x: x * 2, t, stack=True))(tree).jaxpr
-    assert count(jaxpr, "mul") == 2
+def test_a_stacked_field_of_other_shapes_is_refused_naming_both_sides():
+    tree = {"a": jnp.ones((2, 3)), "b": jnp.ones((2, 3)), "c": jnp.ones(4)}
+    layout = LeafLayout(tree, stacked=True)
+    field = (jnp.zeros((3, 2, 3)), jnp.zeros((1, 4)))
+    with pytest.raises(
+        ValueError, match=r"opt: the state's moment .*\[\(2, 2, 3\), \(1, 4\)\].*\(3, 2, 3\)"
+    ):
+        layout.checked_units("opt", field, "moment", tree)
+    with pytest.raises(ValueError, match="stack_by_shape=False"):
+        layout.checked_units("opt", tree, "moment", tree)
+    assert (
+        len(layout.checked_units("opt", (jnp.zeros((2, 2, 3)), jnp.zeros((1, 4))), "m", tree)) == 2
+    )
 
 
 def test_empty_tree():
-    assert stacked_map(lambda x: x, {}) == {}
-    assert stacked_map(lambda x: x, {}, stack=True) == {}
+    for stacked in (True, False):
+        layout = LeafLayout({}, stacked=stacked)
+        assert layout.tree(layout.map(lambda x: x, layout.units({}))) == {}
+    assert columns([], 3) == [[], [], []]
 
 
 def _kernels(compiled_text):
@@ -122,14 +150,14 @@ def test_stacked_program_compiles_the_same_kernels_at_any_depth():
     for layers in (4, 12, 24):
         tree = [jnp.full((8, 8), 0.1 * i, jnp.float32) for i in range(layers)]
         scales = [jnp.float32(i) for i in range(layers)]
-        step = jax.jit(lambda t, s: stacked_map(_layer_fn, t, s, stack=True))
+        step = jax.jit(lambda t, s: _mapped(_layer_fn, t, s, stacked=True))
         compiled = step.lower(tree, scales).compile()
         fused, distinct[layers] = _kernels(compiled.as_text())
         assert fused >= 2 * layers
         # The same numbers as leaf by leaf, bit for bit (one leaf's computation does not see
         # the others').
         got = compiled(tree, scales)
-        expected = jax.jit(lambda t, s: stacked_map(_layer_fn, t, s, stack=False))(tree, scales)
+        expected = jax.jit(lambda t, s: _mapped(_layer_fn, t, s, stacked=False))(tree, scales)
         for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
             np.testing.assert_array_equal(g, e)
     assert distinct[24] == distinct[12] <= distinct[4], distinct
@@ -137,27 +165,13 @@ def test_stacked_program_compiles_the_same_kernels_at_any_depth():
 
 def test_soap_stacked_compiles_no_new_kernels_with_depth():
     # SOAP's whole step (moments, factors, the switch that refreshes the bases), stacked: 6
-    # layers compile no more distinct kernels than 3 (measured 40 at 3 and 6 layers, 37 at 12:
-    # small programs fuse differently); each constant-offset slice would add one per leaf.
-    distinct, steps = {}, {}
-    opt = gx.soap(precondition_frequency=2)
+    # layers compile no more distinct kernels than 3; each constant-offset slice would add one
+    # per leaf. (Its numbers against leaf by leaf: tests/test_stacked_state.py.)
+    distinct = {}
+    opt = gx.soap(precondition_frequency=2, stack_by_shape=True)
     for layers in (6, 3):
         keys = jax.random.split(jax.random.key(1), layers)
         params = {f"layer{i}": jax.random.normal(k, (4, 3)) for i, k in enumerate(keys)}
-        with stacked_by_shape():
-            traced = jax.jit(opt.update).trace(params, opt.init(params), params)
-        steps[layers] = traced.lower().compile()
-        distinct[layers] = _kernels(steps[layers].as_text())[1]
+        compiled = jax.jit(opt.update).lower(params, opt.init(params), params).compile()
+        distinct[layers] = _kernels(compiled.as_text())[1]
     assert distinct[6] <= distinct[3], distinct
-    # The stacked step's numbers are leaf by leaf's over three steps (the eigendecomposition on
-    # the first, the power iteration and QR on the third): batched LAPACK calls and products
-    # round as single ones here (measured: equal bit for bit).
-    per_leaf = jax.jit(opt.update)
-    state_s = state_l = opt.init(params)
-    for t in range(3):
-        grads = jax.tree.map(lambda p, t=t: jnp.sin(p * (t + 1)), params)
-        u_s, state_s = steps[3](grads, state_s, params)
-        u_l, state_l = per_leaf(grads, state_l, params)
-        stacked, leafwise = jax.tree.leaves((u_s, state_s)), jax.tree.leaves((u_l, state_l))
-        for a, b in zip(stacked, leafwise, strict=True):
-            np.testing.assert_array_equal(a, b)

@@ -4,8 +4,8 @@
 2023) as a wrapper of any transformation: a matrix preconditioner whose cost grows with the
 cube of a dimension (an eigendecomposition, an SVD, a matrix root) runs on blocks of at most
 ``block_size`` along every axis, and so holds a block-diagonal approximation of the factors it
-would hold for the whole matrix. Blocks of the same shape, from one leaf or from many, go
-through :func:`gradxform._stacking.stacked_map` together like any other same-shape leaves.
+would hold for the whole matrix. Blocks are leaves to the inner transformation: with its
+``stack_by_shape`` on, blocks of one shape, from one leaf or from many, share one stack.
 
 It lives with the wrappers (not the transformations) because it changes no number itself: it
 changes the tree an inner transformation sees, as :func:`gradxform.masked` does.
