@@ -335,14 +335,16 @@ SHARDED_RTOL32 = 1e-5
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
-@pytest.mark.parametrize("ns_dtype", [jnp.bfloat16, jnp.float32])
-def test_sharded_matrix_keeps_its_sharding_and_numbers(axis_type, ns_dtype):
+@pytest.mark.parametrize(
+    ("ns_dtype", "stacked"), [(jnp.bfloat16, False), (jnp.float32, False), (jnp.float32, True)]
+)
+def test_sharded_matrix_keeps_its_sharding_and_numbers(axis_type, ns_dtype, stacked):
     mesh = jax.make_mesh((8,), ("rows",), axis_types=(axis_type,))
     by_rows = NamedSharding(mesh, P("rows", None))
     rng = np.random.default_rng(5)
     params = {"w": jnp.asarray(rng.normal(size=(64, 32)), jnp.float32)}
     grads = [{"w": jnp.asarray(rng.normal(size=(64, 32)), jnp.float32)} for _ in range(3)]
-    opt = gx.muon(0.02, ns_dtype=jnp.dtype(ns_dtype))
+    opt = gx.muon(0.02, ns_dtype=jnp.dtype(ns_dtype), stack_by_shape=stacked)
 
     def run(params, grads):
         state, updates = opt.init(params), []
@@ -357,7 +359,9 @@ def test_sharded_matrix_keeps_its_sharding_and_numbers(axis_type, ns_dtype):
         got = jax.jit(run)(*jax.device_put((params, grads), by_rows))
     new_params, state, updates = got
     (muon_state, *_) = state
-    for what, leaf in [("params", new_params["w"]), ("momentum", muon_state.mu["w"])] + [
+    # Stacked (stack_by_shape=True), the momentum is a stack of one, sharded on its rows.
+    momentum = muon_state.mu[0][0] if stacked else muon_state.mu["w"]
+    for what, leaf in [("params", new_params["w"]), ("momentum", momentum)] + [
         (f"update {k}", u) for k, u in enumerate(updates)
     ]:
         assert leaf.sharding.is_equivalent_to(by_rows, 2), (what, leaf.sharding)

@@ -195,15 +195,20 @@ def test_statistics_float32_for_bfloat16_params():
     assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
 
 
-def test_sharded_momentum_and_update_stay_sharded_and_factors_replicated():
+@pytest.mark.parametrize("stacked", [False, True], ids=["leaf_by_leaf", "stacked"])
+def test_sharded_momentum_and_update_stay_sharded_and_factors_replicated(stacked):
     # Explicit mesh axes (the module docstring states the placement; with Auto axes it is XLA's).
+    # Stacked (stack_by_shape=True), a group's momentum is sharded like the param on its
+    # trailing axes, the group axis whole.
     mesh = jax.make_mesh((8,), ("rows",), axis_types=(AxisType.Explicit,))
     by_rows = NamedSharding(mesh, P("rows", None))
     rng = np.random.default_rng(3)
     params = {"w": jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)}
     grads = {"w": jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)}
-    opt = gx.shampoo(0.1, momentum=0.5)
+    opt = gx.shampoo(0.1, momentum=0.5, stack_by_shape=stacked)
     init, step = jax.jit(opt.init), jax.jit(lambda g, s, p: opt.update(g, s, p))
+    key = 0 if stacked else "w"
+    by_rows_stacked = NamedSharding(mesh, P(None, "rows", None)) if stacked else by_rows
     # Two steps on one device first: each of init and step compiles once per placement.
     want = step(grads, init(params), params)
     want = step(grads, want[1], params)
@@ -214,12 +219,12 @@ def test_sharded_momentum_and_update_stay_sharded_and_factors_replicated():
         got = step(grads, state, params)
         got = step(grads, got[1], params)
     updates, (shampoo_state, *_) = got
-    for what, leaf in [
-        ("initial momentum", init_state.momentum["w"]),
-        ("momentum", shampoo_state.momentum["w"]),
-        ("update", updates["w"]),
+    for what, leaf, sharding in [
+        ("initial momentum", init_state.momentum[key], by_rows_stacked),
+        ("momentum", shampoo_state.momentum[key], by_rows_stacked),
+        ("update", updates["w"], by_rows),
     ]:
-        assert leaf.sharding.is_equivalent_to(by_rows, 2), (what, leaf.sharding)
+        assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (what, leaf.sharding)
     for factor in jax.tree.leaves((shampoo_state.statistics, shampoo_state.roots)):
         assert factor.sharding.is_fully_replicated
     # float32 products summed in another order on 8 devices: measured 2e-7 of the largest element.

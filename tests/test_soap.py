@@ -257,11 +257,13 @@ def test_long_axes_and_unflagged_vectors_have_no_factor():
     assert [f.shape for f in state.factors["s"]] == [(1, 1)]
 
 
-def test_state_is_sharded_as_the_module_states():
+@pytest.mark.parametrize("stacked", [False, True], ids=["leaf_by_leaf", "stacked"])
+def test_state_is_sharded_as_the_module_states(stacked):
     """Rows of a matrix sharded over 8 host devices (tests/conftest.py): ``init`` gives the
     moments the param's sharding and replicates the factors and bases; an update whose state
     shardings are pinned to init's (a training loop's ``out_shardings``) keeps them and gives
-    the numbers of the unsharded update."""
+    the numbers of the unsharded update. Stacked (``stack_by_shape=True``), each moment's
+    stack is sharded like its leaves on the trailing axes, the group axis whole."""
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 devices (tests/conftest.py forces 8 host devices)")
     mesh = jax.make_mesh((8,), ("rows",), axis_types=(AxisType.Auto,))
@@ -270,10 +272,12 @@ def test_state_is_sharded_as_the_module_states():
     rng = np.random.default_rng(1)
     plain = {"w": jnp.asarray(rng.standard_normal((8, 8)), jnp.float32), "b": jnp.ones(8)}
     sharded = jax.device_put(plain, NamedSharding(mesh, P("rows")))
-    optimizer = gx.scale_by_soap(precondition_frequency=1)
+    optimizer = gx.scale_by_soap(precondition_frequency=1, stack_by_shape=stacked)
     state = jax.jit(optimizer.init)(sharded)
     specs = jax.tree.map(lambda x: x.sharding.spec, state)
-    assert specs.mu == specs.nu == {"w": P("rows"), "b": P("rows")}, specs
+    # Stacked: groups in the order of their first leaf, "b" (8,) then "w" (8, 8).
+    moments = (P(None, "rows"),) * 2 if stacked else {"w": P("rows"), "b": P("rows")}
+    assert specs.mu == specs.nu == moments, specs
     assert jax.tree.leaves((specs.factors, specs.bases, specs.count)) == [P()] * 5, specs
     update = jax.jit(
         optimizer.update,
