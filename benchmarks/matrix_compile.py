@@ -7,16 +7,16 @@
 The tree is transformer-shaped: per layer the attention's q, k, v, o (256 x 256), the MLP's
 256 x 1024 and 1024 x 256, and two layer-norm vectors (256); plus an embedding 1024 x 256. For
 each matrix optimizer of gradxform (``muon_with_adamw``, ``shampoo``, ``soap``,
-``galore_adamw``; and ``adamw``, the floor that any optimizer's per-leaf program sets) it measures the lowering plus compilation of
-the jitted ``update`` + ``apply_updates`` and the time of one compiled step, in wall time and
-in the process's CPU time (all threads; less perturbed when other processes share the cores),
-and the compiled program's size (HLO instructions, fused kernels, distinct fused kernels), for
-the stacked program (``stack_by_shape=True``: the state kept in one stack per shape, each shape
-computed once under ``vmap``, each leaf's update read out at a runtime position) and the
-per-leaf one (gradxform's default, which these numbers chose), and for Optax's nearest
-equivalent where there is one:
-``optax.contrib.muon`` for Muon, ``optax.contrib.galore`` for GaLore. Optax 0.2.8 has no
-Shampoo and no SOAP, in its core or contrib; those rows have no peer.
+``galore_adamw``; and ``adamw``, the floor that any optimizer's per-leaf program sets) it
+measures the lowering plus compilation of the jitted ``update`` + ``apply_updates`` and the
+time of one compiled step, in wall time and in the process's CPU time (all threads; less
+perturbed when other processes share the cores), and the compiled program's size (HLO
+instructions, fused kernels, distinct fused kernels). It does so for the stacked program
+(``stack_by_shape=True``: the state kept in one stack per shape, each shape computed once under
+``vmap``, each leaf's update read out at a runtime position), for the per-leaf one
+(gradxform's default), and for Optax's nearest equivalent where there is one:
+``optax.contrib.muon`` for Muon, ``optax.contrib.galore`` for GaLore, ``optax.adamw`` for
+AdamW. Optax 0.2.8 has no Shampoo and no SOAP, in its core or contrib; those rows have no peer.
 
 Shampoo runs with ``preconditioning_compute_steps=ROOT_EVERY``: its roots (an SVD per factor)
 are compiled, inside the step's ``cond``, but the timed steps (the 2nd to the 6th) do not

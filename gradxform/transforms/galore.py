@@ -184,7 +184,8 @@ def galore_projection(
             flags, _ = flags_of(updates if params is None else params)
             chosen = [i for i, on in enumerate(flags) if on]
             for i in chosen:
-                _check_projected(who, *with_paths[i], what="update")
+                path, u = with_paths[i]
+                _check_projected(who, path, u, what="update")
         else:
             try:
                 projectors = treedef.flatten_up_to(state.projector)
