@@ -92,8 +92,13 @@ class LeafLayout:
 
     def map(self, fn: Callable[..., Any], *units: list) -> list:
         """``fn`` on each unit's arguments (vmapped when stacked)."""
-        apply = jax.vmap(fn) if self.stacked else fn
-        return [apply(*args) for args in zip(*units, strict=True)]
+        if not self.stacked:
+            return [fn(*args) for args in zip(*units, strict=True)]
+        # A unit with no arrays (a scalar's empty tuple of factors) has nothing to map over.
+        return [
+            jax.vmap(fn)(*args) if jax.tree.leaves(args) else fn(*args)
+            for args in zip(*units, strict=True)
+        ]
 
     def tree(self, units: list) -> Any:
         """The tree of the layout's structure whose leaves are the units' entries."""

@@ -330,6 +330,33 @@ OPTIMIZERS: tuple[Entry, ...] = (
     # the parabola 7.7e-6 from its minimum at lr = 0.3 (1.2e-4 at 0.1), Rosenbrock f = 2.3e-10
     # at lr = 0.3 (4.1e-5 at 0.1); at 1e-6 they were 7.4e-6 and 2.3e-10.
     Entry("shampoo", gx.shampoo, {"matrix_eps": 1.0}, 0.3, 0.3),
+    # The matrix optimizers with their state stacked by shape (tests/test_stacked_state.py
+    # compares each with leaf by leaf): the same entries, through the table's properties.
+    Entry(
+        "soap_stacked",
+        gx.soap,
+        {"precondition_frequency": 2, "eps": 1e-2, "stack_by_shape": True},
+        3e-3,
+        1e-3,
+        hovers=True,
+    ),
+    Entry("shampoo_stacked", gx.shampoo, {"matrix_eps": 1.0, "stack_by_shape": True}, 0.3, 0.3),
+    Entry(
+        "galore_adamw_stacked",
+        gx.galore_adamw,
+        {"update_proj_gap": 10, "stack_by_shape": True},
+        3e-2,
+        1e-2,
+    ),
+    Entry(
+        "muon_with_adamw_stacked",
+        gx.muon_with_adamw,
+        {"stack_by_shape": True},
+        3e-3,
+        1e-3,
+        hovers=True,
+        covers=(gx.muon,),
+    ),
     # Optax's catalogue (tests/test_optax_catalogue.py compares each with Optax). Adam's
     # relatives take Adam's rates (measured: AdaBelief 2.1e-7 from the parabola's minimum and
     # f = 8.9e-12; Adan 0 and 0; the optimistic Adams 4.0e-6 and f = 4.1e-5). Yogi's second
@@ -501,6 +528,7 @@ REPRESENTATIVE_IDS = (
     "adamw_masked",
     "adafactor",
     "muon_with_adamw",
+    "soap_stacked",
     "lamb",
     "dog",
     "sm3",

@@ -318,6 +318,7 @@ NOT_PER_ELEMENT_STATE = {
 # be projected); SOAP rotates each matrix into its factors' eigenbasis and Shampoo multiplies
 # it by a root of each axis's factor (a flat buffer is one vector).
 MATRIX_ENTRIES = {"muon_with_adamw", "galore_adamw", "galore", "soap", "shampoo"}
+MATRIX_ENTRIES |= {f"{name}_stacked" for name in MATRIX_ENTRIES} & ENTRIES.keys()
 TABLE_RUN = [
     name
     for name in (*ENTRIES, *FLAT_EXTRAS)

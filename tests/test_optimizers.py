@@ -281,6 +281,9 @@ def test_state_dtypes_and_shapes_are_stable(entry, dtype, request):
         elif shape in param_shapes or shape in factored_shapes:
             # Moments follow their param's dtype (bf16 params give bf16 moments).
             assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
+        elif entry.id.endswith("_stacked") and shape[1:] in param_shapes:
+            # stack_by_shape: a moment is a stack of same-shape leaves' (group axis first).
+            assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
         elif ".base_optimizer_state." in where and len(shape) == 2:
             # GaLore's moments of a projected matrix (its projected shape), in the param's dtype.
             assert leaf_dtype == dtype, f"{where}: {leaf_dtype} for {dtype} params"
