@@ -528,7 +528,7 @@ REPRESENTATIVE_IDS = (
     "adamw_masked",
     "adafactor",
     "muon_with_adamw",
-    "soap_stacked",
+    "shampoo_stacked",
     "lamb",
     "dog",
     "sm3",
