@@ -56,10 +56,6 @@ TOLERANCE = 1e-13
 # name -> (factory of an optimizer given stack_by_shape, whether vectors are allowed)
 _OPTIMIZERS = {
     "soap": (lambda s: gx.soap(3e-2, precondition_frequency=2, stack_by_shape=s), True),
-    "soap_blocked": (
-        lambda s: gx.soap(3e-2, precondition_frequency=2, block_size=4, stack_by_shape=s),
-        True,
-    ),
     "soap_merged_1d": (
         lambda s: gx.soap(
             3e-2, merge_dims=True, precondition_1d=True, normalize_grads=True, stack_by_shape=s
@@ -186,9 +182,10 @@ def test_compiled_program_grows_with_depth_no_faster_than_adams():
     """The expensive part is one computation per distinct shape at every depth; what grows
     with the number of layers is the per-leaf part (stacking, reading the updates out,
     applying them), measured in HLO instructions per added layer against AdamW's, the floor
-    of any optimizer that returns one update per leaf. Leaf by leaf, SOAP adds about 20 times
-    AdamW's instructions per layer (measured: TODO against TODO at these shapes)."""
-    shallow, deep = _params(2), _params(6)
+    of any optimizer that returns one update per leaf. Leaf by leaf, SOAP adds about 8 times
+    AdamW's instructions per layer (measured at these shapes: 1,119 against 144; stacked,
+    127)."""
+    shallow, deep = _params(1), _params(3)
     decompositions = {"eigh", "qr", "householder_product", "geqrf"}
     soap = gx.soap(3e-2, precondition_frequency=2, stack_by_shape=True)
     jaxprs, sizes = zip(*(_hlo(soap, p) for p in (shallow, deep)), strict=True)
@@ -196,15 +193,15 @@ def test_compiled_program_grows_with_depth_no_faster_than_adams():
     adamw = gx.adamw(3e-2)
     adam_sizes = [_hlo(adamw, p)[1] for p in (shallow, deep)]
     leafwise = [_hlo(gx.soap(3e-2, precondition_frequency=2), p)[1] for p in (shallow, deep)]
-    per_layer = (sizes[1] - sizes[0]) / 4
-    adam_per_layer = (adam_sizes[1] - adam_sizes[0]) / 4
-    leafwise_per_layer = (leafwise[1] - leafwise[0]) / 4
+    per_layer = (sizes[1] - sizes[0]) / 2
+    adam_per_layer = (adam_sizes[1] - adam_sizes[0]) / 2
+    leafwise_per_layer = (leafwise[1] - leafwise[0]) / 2
     assert per_layer <= 1.5 * adam_per_layer, (per_layer, adam_per_layer)
     assert leafwise_per_layer > 5 * adam_per_layer, (leafwise_per_layer, adam_per_layer)
 
 
 def test_a_stacked_state_round_trips_through_a_checkpoint(tmp_path):
-    opt = gx.soap(3e-2, precondition_frequency=2, stack_by_shape=True)
+    opt = gx.shampoo(1e-2, stack_by_shape=True)
     params = _params()
     state, update = opt.init(params), jax.jit(opt.update)
     for step in range(3):
