@@ -65,9 +65,10 @@ class LeafLayout:
       group under ``jax.vmap``. The traced program then holds one computation per distinct
       shape, and its per-leaf part is only the stacking, the reads and the final updates.
 
-    ``jax.vmap`` of a computation gives, on XLA's CPU backend, the numbers of the computation
-    leaf by leaf bit for bit (tested per optimizer); a group of one leaf is vmapped too, so a
-    leaf's numbers do not depend on how many others share its shape.
+    Stacked and leaf by leaf compute the same numbers up to the order in which a batched
+    product sums (tested per optimizer in float64, within 1e-13 of 1 + |value|; in float32 a
+    few ulps apart). A group of one leaf is vmapped too, so a leaf's numbers do not depend on
+    how many others share its shape.
     """
 
     def __init__(self, tree: Any, *, stacked: bool) -> None:
