@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from jaxpr_counts import count
 
 import gradxform as gx
+from benchmarks.matrix_compile import hlo_size
 from gradxform._stacking import LeafLayout
 
 
@@ -173,9 +174,7 @@ def _hlo(opt, params):
         return gx.apply_updates(params, updates), state
 
     lowered = jax.jit(step).trace(params, state, params)
-    text = lowered.lower().compile().as_text()
-    instructions = sum(1 for line in text.splitlines() if " = " in line)
-    return lowered.jaxpr.jaxpr, instructions
+    return lowered.jaxpr.jaxpr, hlo_size(lowered.lower().compile().as_text())["instructions"]
 
 
 def test_compiled_program_grows_with_depth_no_faster_than_adams():

@@ -1,7 +1,5 @@
 """``_stacking.LeafLayout``: ``jax.tree.map``'s numbers; stacked, one computation per shape."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +7,7 @@ import pytest
 from jaxpr_counts import count
 
 import gradxform as gx
+from benchmarks.matrix_compile import hlo_size
 from gradxform._stacking import LeafLayout, columns, runtime_positions
 
 
@@ -113,23 +112,6 @@ def test_empty_tree():
     assert columns([], 3) == [[], [], []]
 
 
-def _kernels(compiled_text):
-    """Fused kernels of an optimized HLO module, and how many are distinct (bodies equal up to
-    names and metadata): XLA's CPU backend compiles each distinct one once."""
-    bodies, current = {}, None
-    for line in compiled_text.splitlines():
-        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$", line)
-        if header and not line.startswith(" "):
-            current = bodies.setdefault(header.group(1), [])
-        elif line.startswith("}"):
-            current = None
-        elif current is not None:
-            line = re.sub(r", metadata=\{[^}]*\}|backend_config=.*", "", line)
-            current.append(re.sub(r"%[\w.\-]+", "%", line.strip()))
-    fused = ["\n".join(b) for name, b in bodies.items() if "fused" in name or "fusion" in name]
-    return len(fused), len(set(fused))
-
-
 def _layer_fn(x, s):
     return jnp.tanh(x @ x.T) * s + x, x.sum(0) * s
 
@@ -152,7 +134,8 @@ def test_stacked_program_compiles_the_same_kernels_at_any_depth():
         scales = [jnp.float32(i) for i in range(layers)]
         step = jax.jit(lambda t, s: _mapped(_layer_fn, t, s, stacked=True))
         compiled = step.lower(tree, scales).compile()
-        fused, distinct[layers] = _kernels(compiled.as_text())
+        size = hlo_size(compiled.as_text())
+        fused, distinct[layers] = size["fused_kernels"], size["distinct_fused_kernels"]
         assert fused >= 2 * layers
         # The same numbers as leaf by leaf, bit for bit (one leaf's computation does not see
         # the others').
@@ -173,5 +156,5 @@ def test_soap_stacked_compiles_no_new_kernels_with_depth():
         keys = jax.random.split(jax.random.key(1), layers)
         params = {f"layer{i}": jax.random.normal(k, (4, 3)) for i, k in enumerate(keys)}
         compiled = jax.jit(opt.update).lower(params, opt.init(params), params).compile()
-        distinct[layers] = _kernels(compiled.as_text())[1]
+        distinct[layers] = hlo_size(compiled.as_text())["distinct_fused_kernels"]
     assert distinct[6] <= distinct[3], distinct
